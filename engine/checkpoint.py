@@ -1,0 +1,156 @@
+"""Checkpoint folders in the released S1-mini layout, loaded strictly.
+
+Upstream loads the codec with ``strict=False`` and logs (rather than refuses) missing DualAR
+weights, so a wrong file silently produces noise. Here every key and shape must match; the only
+things allowed to differ are the non-persistent buffers the model rebuilds itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+REQUIRED_FILES = ("config.json", "model.pth", "codec.pth", "tokenizer.tiktoken", "special_tokens.json")
+SYNTHETIC_MARKER = "SYNTHETIC.json"
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder or one of its files cannot be used; the message names the file."""
+
+
+def upstream_codec_config_path() -> Path:
+    """The Hydra config upstream builds the released codec from."""
+    import fish_speech
+
+    return Path(fish_speech.__file__).parent / "configs" / "modded_dac_vq.yaml"
+
+
+CODEC_CONFIGS = {
+    "modded_dac_vq": upstream_codec_config_path,
+    "tiny": lambda: CONF_DIR / "codec" / "tiny.yaml",
+}
+
+
+def load_codec_config(name: str) -> Any:
+    """The Hydra config (an OmegaConf node) of a known codec layout."""
+    if name not in CODEC_CONFIGS:
+        raise CheckpointError(f"unknown codec config {name!r}; known: {', '.join(CODEC_CONFIGS)}")
+    return OmegaConf.load(CODEC_CONFIGS[name]())
+
+
+@dataclass(frozen=True)
+class CheckpointFolder:
+    """A checkpoint folder: its files, its config and where its codec config comes from."""
+
+    path: Path
+
+    @classmethod
+    def open(cls, path: str | Path) -> CheckpointFolder:
+        folder = cls(Path(path))
+        if not folder.path.is_dir():
+            raise CheckpointError(f"checkpoint folder {folder.path} does not exist")
+        missing = [name for name in REQUIRED_FILES if not (folder.path / name).is_file()]
+        if missing:
+            raise CheckpointError(
+                f"checkpoint folder {folder.path} is missing {', '.join(missing)}"
+            )
+        return folder
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.file("config.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{self.file('config.json')} is not valid JSON: {exc}") from exc
+        if data.get("model_type") != "dual_ar":
+            raise CheckpointError(
+                f"{self.file('config.json')}: model_type {data.get('model_type')!r} is not 'dual_ar'"
+            )
+        return data
+
+    @cached_property
+    def synthetic(self) -> dict[str, Any] | None:
+        """The synthetic-weights marker, or None for a real checkpoint."""
+        marker = self.file(SYNTHETIC_MARKER)
+        return json.loads(marker.read_text()) if marker.is_file() else None
+
+    @property
+    def is_synthetic(self) -> bool:
+        return self.synthetic is not None
+
+    @property
+    def codec_config_name(self) -> str:
+        return (self.synthetic or {}).get("codec_config", "modded_dac_vq")
+
+    def codec_config(self) -> Any:
+        return load_codec_config(self.codec_config_name)
+
+    @cached_property
+    def content_hash(self) -> str:
+        """SHA-256 over config, tokenizer and the first and last MiB of each weight file.
+
+        Hashing 3.6 GB of weights on every start would cost seconds; the size plus head and
+        tail identify a file well enough to warn that a profile was made for other weights.
+        """
+        digest = hashlib.sha256()
+        for name in REQUIRED_FILES:
+            path = self.file(name)
+            size = path.stat().st_size
+            digest.update(f"{name}:{size}".encode())
+            with path.open("rb") as handle:
+                digest.update(handle.read(1 << 20))
+                if size > 2 << 20:
+                    handle.seek(-(1 << 20), 2)
+                    digest.update(handle.read())
+        return digest.hexdigest()[:16]
+
+
+def read_state_dict(path: Path, strip_prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Load a state_dict file, unwrapping a Lightning ``state_dict`` and known key prefixes."""
+    try:
+        data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"{path} cannot be read as a PyTorch state_dict: {exc}") from exc
+    if isinstance(data, Mapping) and "state_dict" in data:
+        data = data["state_dict"]
+    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise CheckpointError(f"{path} does not hold a state_dict of tensors")
+    for prefix in strip_prefixes:
+        if data and all(key.startswith(prefix) for key in data):
+            data = {key[len(prefix) :]: value for key, value in data.items()}
+    return dict(data)
+
+
+def load_strict(module: torch.nn.Module, weights: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Assign ``weights`` into ``module``, refusing any missing, unexpected or mis-shaped key."""
+    expected = module.state_dict(keep_vars=True)
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    mismatched = sorted(
+        f"{key} {tuple(weights[key].shape)} != {tuple(expected[key].shape)}"
+        for key in set(expected) & set(weights)
+        if tuple(weights[key].shape) != tuple(expected[key].shape)
+    )
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+        if keys:
+            shown = ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+            problems.append(f"{len(keys)} {label}: {shown}")
+    if problems:
+        raise CheckpointError(f"{path} does not match the model: " + "; ".join(problems))
+    module.load_state_dict(weights, strict=True, assign=True)

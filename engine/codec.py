@@ -1,0 +1,94 @@
+"""The codec stage: reference audio -> VQ codes, and codes -> 44.1 kHz audio, whole or in chunks.
+
+The codec is causal, so decoding a chunk with enough frames of left context reproduces one-shot
+decoding up to the reach of its attention; ``stream_max_difference`` measures how close.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from fish_speech.models.dac.modded_dac import DAC
+from torch.nn.utils import parametrize
+
+from engine.profile import EngineProfile
+
+log = logging.getLogger(__name__)
+
+
+def fuse_weight_norm(codec: DAC) -> int:
+    """Bake weight-norm parametrizations into plain weights (recomputed every call otherwise)."""
+    fused = 0
+    for module in codec.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            fused += 1
+    return fused
+
+
+class CodecRunner:
+    """Encode and decode with the upstream DAC under the profile's chunking and compile settings."""
+
+    def __init__(self, codec: DAC, profile: EngineProfile) -> None:
+        self.codec = codec
+        self.profile = profile
+        fuse_weight_norm(codec)
+        self.device = next(codec.parameters()).device
+        self.dtype = next(codec.parameters()).dtype
+        self.samples_per_frame = int(codec.frame_length)
+        self.sample_rate = int(codec.sample_rate)
+        self.semantic_size = int(codec.quantizer.semantic_quantizer.codebook_size)
+        self.residual_size = int(codec.quantizer.quantizer.codebook_size)
+        self.num_codebooks = 1 + int(codec.quantizer.quantizer.n_codebooks)
+        self._decode = self._decode_eager
+        if profile.compile_codec != "none":
+            mode = None if profile.compile_codec == "default" else profile.compile_codec
+            self._decode = torch.compile(self._decode_eager, mode=mode, dynamic=True)
+        self._pinned: torch.Tensor | None = None
+
+    def _to_device(self, audio: np.ndarray) -> torch.Tensor:
+        """Copy host audio to the device through a reused pinned buffer."""
+        host = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+        if self.device.type != "cuda":
+            return host
+        if self._pinned is None or self._pinned.numel() < host.numel():
+            self._pinned = torch.empty(host.numel(), dtype=torch.float32).pin_memory()
+        staged = self._pinned[: host.numel()]
+        staged.copy_(host)
+        return staged.to(self.device, non_blocking=True)
+
+    @torch.inference_mode()
+    def encode(self, audio: np.ndarray) -> torch.Tensor:
+        """Codes [num_codebooks, frames] (int64, CPU) for mono 44.1 kHz audio.
+
+        Audio longer than ``encode_chunk_seconds`` is encoded in whole-frame chunks so peak
+        memory stays bounded by the chunk, not the recording.
+        """
+        chunk = max(1, int(self.profile.encode_chunk_seconds * self.sample_rate) // self.samples_per_frame)
+        chunk *= self.samples_per_frame
+        pieces = []
+        for start in range(0, len(audio), chunk):
+            wav = self._to_device(audio[start : start + chunk]).to(self.dtype)[None, None]
+            codes, _ = self.codec.encode(wav)
+            pieces.append(codes[0].long().cpu())
+        return torch.cat(pieces, dim=1)
+
+    def _decode_eager(self, codes: torch.Tensor) -> torch.Tensor:
+        lengths = torch.tensor([codes.shape[-1]], device=codes.device)
+        audio, _ = self.codec.decode(codes[None], lengths)
+        return audio[0, 0]
+
+    @torch.inference_mode()
+    def decode(self, codes: torch.Tensor) -> np.ndarray:
+        """Audio (float32, 44.1 kHz) for codes [num_codebooks, frames]."""
+        audio = self._decode(codes.to(self.device))
+        return audio.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def decode_window(self, codes: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """Device audio for frames [start, end) of ``codes``, decoded with left context."""
+        left = max(0, start - self.profile.codec_left_context)
+        audio = self._decode(codes[:, left:end].to(self.device))
+        return audio[(start - left) * self.samples_per_frame :]

@@ -1,0 +1,169 @@
+"""Semantic generation: prefill, then one whole frame (slow step, ten fast steps, sampling) per call.
+
+The per-frame step touches only preallocated state (KV caches, the repetition window, sampling
+settings held as device tensors), so it can be compiled fullgraph and captured as a CUDA graph.
+End of speech is read back on the host only every ``eos_check_interval`` frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from fish_speech.models.text2semantic.llama import DualARTransformer
+from fish_speech.tokenizer import IM_END_TOKEN
+from torch import Tensor, nn
+
+from engine import dual_ar
+from engine.profile import EngineProfile
+from engine.sampling import REPETITION_WINDOW, SamplingParams, sample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DecodeTimings:
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    frames: int = 0
+
+
+class SemanticDecoder(nn.Module):
+    """Generates frames of 1 token + ``num_codebooks`` codes from a prompt [1 + C, T]."""
+
+    def __init__(
+        self, model: DualARTransformer, profile: EngineProfile, semantic_size: int, residual_size: int
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.profile = profile
+        cfg, tok = model.config, model.tokenizer
+        self.num_codebooks = cfg.num_codebooks
+        self.semantic_size = semantic_size
+        self.residual_size = residual_size
+        self.semantic_begin = tok.semantic_begin_id
+        self.im_end = tok.get_token_id(IM_END_TOKEN)
+        device = next(model.parameters()).device
+        dtype = model.norm.weight.dtype
+        head = model.embeddings.weight if cfg.tie_word_embeddings else model.output.weight
+        rows = torch.cat([
+            torch.arange(self.semantic_begin, self.semantic_begin + semantic_size, device=device),
+            torch.tensor([self.im_end], device=device),
+        ])
+        self.register_buffer("slow_head", head.detach()[rows].clone().to(dtype), persistent=False)
+        self.register_buffer(
+            "fast_head", model.fast_output.weight.detach()[:residual_size].clone().to(dtype), persistent=False
+        )
+        self.register_buffer("settings", torch.tensor([0.8, 0.8, 1.1], device=device))
+        self.register_buffer("eos_bias", torch.zeros((), device=device))
+        self.register_buffer(
+            "window", torch.zeros(self.num_codebooks, REPETITION_WINDOW, dtype=torch.long, device=device)
+        )
+        self.register_buffer("fast_pos", torch.arange(self.num_codebooks, device=device), persistent=False)
+        with torch.device(device):
+            model.setup_caches(1, profile.max_seq_len, dtype=dtype)
+        self.max_seq_len = model.max_seq_len
+        self._step: Callable[[Tensor, Tensor], Tensor] = self.decode_step
+        self._prefill: Callable[[Tensor, Tensor], Tensor] = self.prefill
+        self.compile_seconds = 0.0
+
+    def compile(self) -> None:
+        """Compile the frame step (and prefill) with the profile's modes."""
+        p = self.profile
+        if p.compile_decode != "none":
+            mode = None if p.compile_decode == "default" else p.compile_decode
+            self._step = torch.compile(self.decode_step, mode=mode, fullgraph=p.fullgraph)
+        if p.compile_prefill:
+            self._prefill = torch.compile(self.prefill, dynamic=True, fullgraph=p.fullgraph)
+
+    def _sample_frame(self, hidden: Tensor) -> Tensor:
+        """Slow head + ten fast steps on the last slow hidden state -> next frame [1 + C, 1]."""
+        model = self.model
+        temperature, top_p, penalty = self.settings[0], self.settings[1], self.settings[2]
+        logits = torch.nn.functional.linear(model.norm(hidden), self.slow_head)[0, -1]
+        logits = torch.cat([logits[:-1], logits[-1:] + self.eos_bias])
+        idx = sample(logits, self.window[0], temperature, top_p, penalty)
+        is_end = idx == self.semantic_size
+        token = torch.where(is_end, self.im_end, idx + self.semantic_begin)
+        code = torch.where(is_end, 0, idx)
+        codes = [code]
+        dual_ar.fast_step(model, model.fast_project_in(hidden), self.fast_pos[:1])
+        x = model.fast_embeddings(code)
+        for i in range(1, self.num_codebooks):
+            h = dual_ar.fast_step(model, x, self.fast_pos[i : i + 1])
+            logits = torch.nn.functional.linear(h, self.fast_head)[0, -1]
+            code = sample(logits, self.window[i], temperature, top_p, penalty)
+            x = model.fast_embeddings(code)
+            codes.append(code)
+        frame_codes = torch.cat(codes)
+        self.window.copy_(torch.cat([self.window[:, 1:], frame_codes[:, None]], dim=1))
+        return torch.cat([token, frame_codes])[:, None]
+
+    def prefill(self, prompt: Tensor, input_pos: Tensor) -> Tensor:
+        hidden = dual_ar.slow_hidden(self.model, prompt[None], input_pos)
+        return self._sample_frame(hidden)
+
+    def decode_step(self, frame: Tensor, input_pos: Tensor) -> Tensor:
+        hidden = dual_ar.slow_hidden(self.model, frame[None], input_pos)
+        return self._sample_frame(hidden)
+
+    def _reset(self, params: SamplingParams, allow_end: bool) -> None:
+        self.settings.copy_(torch.tensor([params.temperature, params.top_p, params.repetition_penalty]))
+        self.eos_bias.fill_(0.0 if allow_end else -float("inf"))
+        self.window.zero_()
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt: Tensor,
+        params: SamplingParams,
+        max_new_tokens: int,
+        fixed_frames: int | None = None,
+        timings: DecodeTimings | None = None,
+    ) -> Iterator[Tensor]:
+        """Yield generated codes [C, n] in blocks of at most ``eos_check_interval`` frames."""
+        timings = timings if timings is not None else DecodeTimings()
+        prompt_len = prompt.shape[1]
+        budget = fixed_frames if fixed_frames is not None else max_new_tokens
+        if prompt_len + budget > self.max_seq_len:
+            raise ValueError(
+                f"prompt ({prompt_len} tokens) + {budget} frames exceeds max_seq_len {self.max_seq_len}; "
+                "shorten the text or reference, or raise MAX_SEQ_LEN"
+            )
+        self._reset(params, allow_end=fixed_frames is None)
+        device = self.slow_head.device
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        t0 = time.perf_counter()
+        frame = self._prefill(prompt.to(device), torch.arange(prompt_len, device=device))
+        sync()
+        timings.prefill_s = time.perf_counter() - t0
+        block = [frame]
+        produced = 1
+        input_pos = torch.tensor([prompt_len], device=device)
+        interval = self.profile.eos_check_interval
+        t1 = time.perf_counter()
+        while True:
+            if len(block) == interval or produced == budget:
+                codes = torch.cat(block, dim=1)
+                ends = (codes[0] == self.im_end).nonzero()
+                if ends.numel():
+                    cut = int(ends[0, 0])
+                    if cut:
+                        yield codes[1:, :cut]
+                    break
+                yield codes[1:]
+                block = []
+                if produced == budget:
+                    break
+            frame = self._step(frame, input_pos).clone()
+            block.append(frame)
+            produced += 1
+            input_pos += 1
+        sync()
+        timings.decode_s = time.perf_counter() - t1
+        timings.frames = produced

@@ -1,0 +1,288 @@
+"""OptimizedFishSpeech: text + reference -> codes -> audio under an optimization profile."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from fish_speech.content_sequence import ContentSequence, TextPart, VQPart
+
+from engine.audio_io import SAMPLE_RATE, decode_audio, read_audio_file
+from engine.caches import LRUCache, ReferenceCodeCache
+from engine.checkpoint import CheckpointFolder
+from engine.codec import CodecRunner
+from engine.decode import DecodeTimings, SemanticDecoder
+from engine.profile import EngineProfile, Hardware, resolve_profile, torch_dtype
+from engine.quantize import apply_quantization
+from engine.sampling import SamplingParams
+from engine.telemetry import Measure, SynthesisReport
+from engine.upstream import load_codec, load_dual_ar
+
+log = logging.getLogger(__name__)
+
+ReferenceAudio = bytes | str | Path | np.ndarray
+MAX_TEXT_CHARS = 2000
+
+
+class OptimizedFishSpeech:
+    """The S1-mini pipeline on the upstream classes, with every knob read from one profile."""
+
+    def __init__(
+        self,
+        checkpoint: CheckpointFolder,
+        profile: EngineProfile,
+        hardware: Hardware,
+        fallbacks: list[str],
+        reference_cache_dir: Path | None = None,
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.hardware = hardware
+        self.fallbacks = list(fallbacks)
+        self.device = torch.device(hardware.device)
+        self.dtype = torch_dtype(profile)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = profile.tf32
+            torch.backends.cudnn.allow_tf32 = profile.tf32
+            torch.backends.cudnn.benchmark = True
+        model = load_dual_ar(checkpoint, self.device, self.dtype, profile.max_seq_len)
+        codec = load_codec(checkpoint, self.device, self.dtype)
+        applied = apply_quantization(model, profile.quantization, self.device, profile.int4_group_size)
+        if applied != profile.quantization:
+            profile = profile.model_copy(update={"quantization": applied})
+        self.codec = CodecRunner(codec, profile)
+        self.decoder = SemanticDecoder(model, profile, self.codec.semantic_size, self.codec.residual_size)
+        self.tokenizer = model.tokenizer
+        self._profile = profile
+        self.reference_cache = ReferenceCodeCache(profile.cache_limit, reference_cache_dir)
+        self.semantic_cache: LRUCache[torch.Tensor] = LRUCache(profile.cache_limit)
+        self.last_report = SynthesisReport()
+        self.compile_seconds: float | None = None
+        if profile.compiled:
+            self.decoder.compile()
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, profile: EngineProfile | None = None, reference_cache_dir: Path | None = None
+    ) -> OptimizedFishSpeech:
+        """Load a checkpoint folder strictly and prepare it under ``profile`` (env overrides if None)."""
+        requested = profile if profile is not None else EngineProfile.from_env()
+        checkpoint = CheckpointFolder.open(path)
+        hardware = Hardware.detect(requested.device)
+        active, notes = resolve_profile(requested, hardware)
+        _warn_on_foreign_provenance(requested, checkpoint, hardware)
+        return cls(checkpoint, active, hardware, notes, reference_cache_dir)
+
+    @property
+    def active_profile(self) -> EngineProfile:
+        """The profile that actually runs, after hardware fallbacks."""
+        return self._profile
+
+    @property
+    def sample_rate(self) -> int:
+        return SAMPLE_RATE
+
+    @property
+    def samples_per_frame(self) -> int:
+        return self.codec.samples_per_frame
+
+    def reference_codes(self, reference: ReferenceAudio) -> tuple[torch.Tensor, bool]:
+        """VQ codes of a reference recording and whether they came from the cache."""
+        if isinstance(reference, np.ndarray):
+            raw = np.ascontiguousarray(reference, dtype=np.float32).tobytes()
+        elif isinstance(reference, bytes):
+            raw = reference
+        else:
+            raw = Path(reference).read_bytes() if Path(reference).is_file() else b""
+        key = ReferenceCodeCache.key_for(raw)
+        cached = self.reference_cache.get(key)
+        if cached is not None:
+            return cached, True
+        if isinstance(reference, np.ndarray):
+            audio = reference.astype(np.float32)
+        elif isinstance(reference, bytes):
+            audio = decode_audio(reference)
+        else:
+            audio = read_audio_file(reference)
+        codes = self.codec.encode(audio)
+        self.reference_cache.put(key, codes)
+        return codes, False
+
+    def build_prompt(self, text: str, ref_codes: torch.Tensor | None, ref_text: str | None) -> torch.Tensor:
+        """The upstream interleaved prompt [1 + C, T]: (reference text + codes), then the text."""
+        text = _check_text(text)
+        seq = ContentSequence(modality="interleave")
+        if ref_codes is not None:
+            seq.append([TextPart(text=ref_text or ""), VQPart(codes=ref_codes)], add_end=True, speaker=0)
+        seq.append([TextPart(text=text)], add_end=False, speaker=0)
+        encoded, _, _ = seq.encode_for_inference(self.tokenizer, num_codebooks=self.decoder.num_codebooks)
+        return encoded.long()
+
+    def _semantic_key(self, prompt: torch.Tensor, params: SamplingParams, frames: int | None, cap: int) -> str:
+        digest = hashlib.sha256(prompt.numpy().tobytes()).hexdigest()
+        return f"{digest}:{params.temperature}:{params.top_p}:{params.repetition_penalty}:{params.seed}:{frames}:{cap}"
+
+    def _prepare(
+        self, text: str, reference_audio: ReferenceAudio | None, reference_text: str | None, report: SynthesisReport
+    ) -> torch.Tensor:
+        t0 = time.perf_counter()
+        ref_codes = None
+        if reference_audio is not None:
+            ref_codes, report.reference_cache_hit = self.reference_codes(reference_audio)
+        report.encode_s = time.perf_counter() - t0
+        return self.build_prompt(text, ref_codes, reference_text)
+
+    def iter_codes(
+        self,
+        prompt: torch.Tensor,
+        params: SamplingParams,
+        max_new_tokens: int,
+        fixed_frames: int | None,
+        report: SynthesisReport,
+    ) -> Iterator[torch.Tensor]:
+        """Generated codes in blocks (device tensors), served from the semantic cache when seeded."""
+        key = self._semantic_key(prompt, params, fixed_frames, max_new_tokens) if params.seed is not None else None
+        cached = self.semantic_cache.get(key) if key else None
+        if cached is not None:
+            report.semantic_cache_hit = True
+            report.frames = cached.shape[1]
+            yield cached.to(self.device)
+            return
+        timings = DecodeTimings()
+        blocks = []
+        for block in self.decoder.generate(prompt, params, max_new_tokens, fixed_frames, timings):
+            blocks.append(block)
+            yield block
+        report.prefill_s, report.decode_s, report.frames = timings.prefill_s, timings.decode_s, timings.frames
+        if key and blocks:
+            self.semantic_cache.put(key, torch.cat(blocks, dim=1).cpu())
+
+    @torch.inference_mode()
+    def synthesize(
+        self,
+        text: str,
+        reference_audio: ReferenceAudio | None = None,
+        reference_text: str | None = None,
+        *,
+        max_new_tokens: int = 1024,
+        fixed_frames: int | None = None,
+        temperature: float = 0.8,
+        top_p: float = 0.8,
+        repetition_penalty: float = 1.1,
+        seed: int | None = None,
+    ) -> np.ndarray:
+        """Generate all frames, decode once; float32 mono audio at 44.1 kHz."""
+        params = SamplingParams(temperature, top_p, repetition_penalty, seed)
+        report = SynthesisReport()
+        with Measure(self.device, report) as measure:
+            prompt = self._prepare(text, reference_audio, reference_text, report)
+            blocks = list(self.iter_codes(prompt, params, max_new_tokens, fixed_frames, report))
+            t0 = time.perf_counter()
+            audio = self.codec.decode(torch.cat(blocks, dim=1)) if blocks else np.zeros(0, np.float32)
+            report.codec_s = time.perf_counter() - t0
+            report.ttfa_s = time.perf_counter() - measure.start
+        report.audio_s = len(audio) / SAMPLE_RATE
+        self.last_report = report
+        return audio
+
+    def synthesize_stream(
+        self,
+        text: str,
+        reference_audio: ReferenceAudio | None = None,
+        reference_text: str | None = None,
+        *,
+        max_new_tokens: int = 1024,
+        fixed_frames: int | None = None,
+        temperature: float = 0.8,
+        top_p: float = 0.8,
+        repetition_penalty: float = 1.1,
+        seed: int | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Yield audio chunks of ``chunk_size`` frames while later frames are still generated.
+
+        With ``num_streams >= 2`` on CUDA each chunk is decoded on a side stream, overlapped with
+        generation of the next frames; the main stream's event orders it after its codes.
+        """
+        params = SamplingParams(temperature, top_p, repetition_penalty, seed)
+        report = SynthesisReport()
+        chunk = self._profile.chunk_size
+        side = torch.cuda.Stream(self.device) if self._profile.num_streams >= 2 and self.device.type == "cuda" else None
+        with Measure(self.device, report) as measure, torch.inference_mode():
+            prompt = self._prepare(text, reference_audio, reference_text, report)
+            codes = torch.empty(self.decoder.num_codebooks, 0, dtype=torch.long, device=self.device)
+            emitted, pending, codec_s = 0, deque(), 0.0
+            for block in [*self.iter_codes(prompt, params, max_new_tokens, fixed_frames, report), None]:
+                if block is not None:
+                    codes = torch.cat([codes, block], dim=1)
+                available = codes.shape[1]
+                while available - emitted >= chunk or (block is None and emitted < available):
+                    end = min(emitted + chunk, available)
+                    t0 = time.perf_counter()
+                    pending.append(self._launch_decode(codes, emitted, end, side))
+                    codec_s += time.perf_counter() - t0
+                    emitted = end
+                while pending and (block is None or pending[0][0] is None or pending[0][0].query()):
+                    audio = self._finish_decode(pending.popleft())
+                    if report.ttfa_s is None:
+                        report.ttfa_s = time.perf_counter() - measure.start
+                    report.audio_s += len(audio) / SAMPLE_RATE
+                    yield audio
+            report.codec_s = codec_s
+        self.last_report = report
+
+    def _launch_decode(self, codes: torch.Tensor, start: int, end: int, side: torch.cuda.Stream | None):
+        if side is None:
+            return None, self.codec.decode_window(codes, start, end).float().cpu().numpy()
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        codes.record_stream(side)
+        with torch.cuda.stream(side):
+            audio = self.codec.decode_window(codes, start, end).float()
+            host = torch.empty(audio.shape, dtype=torch.float32, pin_memory=True)
+            host.copy_(audio, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(side)
+        return done, host
+
+    @staticmethod
+    def _finish_decode(item) -> np.ndarray:
+        done, audio = item
+        if done is None:
+            return audio
+        done.synchronize()
+        return audio.numpy()
+
+    def warmup(self, text: str = "Warming up the engine.", frames: int | None = None) -> float:
+        """Run compile / graph capture once (and once more for steady state); return seconds."""
+        frames = frames or max(2 * self._profile.eos_check_interval, self._profile.chunk_size)
+        t0 = time.perf_counter()
+        for _ in range(2 if self._profile.compiled else 1):
+            list(self.synthesize_stream(text, fixed_frames=frames, seed=0))
+            self.synthesize(text, fixed_frames=frames, seed=0)
+        self.compile_seconds = time.perf_counter() - t0
+        self.semantic_cache.clear()
+        self.semantic_cache.hits = self.semantic_cache.misses = 0
+        return self.compile_seconds
+
+
+def _check_text(text: str) -> str:
+    text = (text or "").strip()
+    if not text:
+        raise ValueError("text is empty")
+    if len(text) > MAX_TEXT_CHARS:
+        raise ValueError(f"text is {len(text)} characters; one request may have at most {MAX_TEXT_CHARS}")
+    return text
+
+
+def _warn_on_foreign_provenance(profile: EngineProfile, checkpoint: CheckpointFolder, hw: Hardware) -> None:
+    prov = profile.provenance
+    if prov is None:
+        return
+    if prov.checkpoint_hash and prov.checkpoint_hash != checkpoint.content_hash:
+        log.warning("profile was made for checkpoint %s, this one is %s", prov.checkpoint_hash, checkpoint.content_hash)
+    if prov.gpu_name and prov.gpu_name != hw.name:
+        log.warning("profile was made on %s, this machine has %s", prov.gpu_name, hw.name)

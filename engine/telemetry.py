@@ -1,0 +1,150 @@
+"""Per-request measurements: stage timings, peak memory, and NVML utilization/energy sampled in a
+background thread. On CPU the GPU figures are None (reported as absent, never as zero)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+import psutil
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SynthesisReport:
+    """What one synthesis cost. Times in seconds, memory in MB."""
+
+    encode_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    codec_s: float = 0.0
+    total_s: float = 0.0
+    ttfa_s: float | None = None
+    frames: int = 0
+    audio_s: float = 0.0
+    reference_cache_hit: bool = False
+    semantic_cache_hit: bool = False
+    peak_allocated_mb: float | None = None
+    peak_reserved_mb: float | None = None
+    nvml_process_mb: float | None = None
+    gpu_util_pct: float | None = None
+    energy_j: float | None = None
+    host_rss_mb: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def frames_per_s(self) -> float | None:
+        return self.frames / self.decode_s if self.decode_s > 0 else None
+
+    @property
+    def rtf(self) -> float | None:
+        return self.total_s / self.audio_s if self.audio_s > 0 else None
+
+    @property
+    def j_per_audio_s(self) -> float | None:
+        return self.energy_j / self.audio_s if self.energy_j is not None and self.audio_s > 0 else None
+
+    def as_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data.update(frames_per_s=self.frames_per_s, rtf=self.rtf, j_per_audio_s=self.j_per_audio_s)
+        return data
+
+
+class NvmlSampler:
+    """Samples GPU busy %, process memory and energy while a block runs (no-op without NVML)."""
+
+    def __init__(self, device: torch.device, period_s: float = 0.02) -> None:
+        self.period_s = period_s
+        self.handle = None
+        self.samples: list[float] = []
+        self.process_mb: float | None = None
+        self.energy_j: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if device.type == "cuda":
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                self.nvml = pynvml
+                self.handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+            except Exception as exc:
+                log.info("NVML unavailable: %s", exc)
+
+    def _energy_mj(self) -> int | None:
+        try:
+            return self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
+        except Exception:
+            return None
+
+    def _process_mb(self) -> float | None:
+        try:
+            procs = self.nvml.nvmlDeviceGetComputeRunningProcesses(self.handle)
+            used = [p.usedGpuMemory for p in procs if p.pid == os.getpid() and p.usedGpuMemory]
+            return used[0] / 2**20 if used else None
+        except Exception:
+            return None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            try:
+                self.samples.append(float(self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu))
+            except Exception:
+                return
+            mb = self._process_mb()
+            if mb is not None:
+                self.process_mb = max(self.process_mb or 0.0, mb)
+
+    def __enter__(self) -> NvmlSampler:
+        if self.handle is not None:
+            self._energy_start = self._energy_mj()
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        end = self._energy_mj()
+        if end is not None and self._energy_start is not None:
+            self.energy_j = (end - self._energy_start) / 1000.0
+
+    @property
+    def utilization_pct(self) -> float | None:
+        return sum(self.samples) / len(self.samples) if self.samples else None
+
+
+class Measure:
+    """Context manager filling a report's memory and NVML fields around a synthesis."""
+
+    def __init__(self, device: torch.device, report: SynthesisReport) -> None:
+        self.device = device
+        self.report = report
+        self.sampler = NvmlSampler(device)
+
+    def __enter__(self) -> Measure:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.sampler.__enter__()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.report.peak_allocated_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+            self.report.peak_reserved_mb = torch.cuda.max_memory_reserved(self.device) / 2**20
+        self.report.total_s = time.perf_counter() - self.start
+        self.sampler.__exit__()
+        self.report.gpu_util_pct = self.sampler.utilization_pct
+        self.report.energy_j = self.sampler.energy_j
+        self.report.nvml_process_mb = self.sampler.process_mb
+        self.report.host_rss_mb = psutil.Process().memory_info().rss / 2**20
