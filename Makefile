@@ -1,0 +1,57 @@
+# fishbench: `make sweep` finds the best profile for this machine, `make test` checks everything.
+SHELL := /bin/bash
+UV ?= uv
+RUN := $(UV) run --frozen
+CHECKPOINT ?= checkpoints/openaudio-s1-mini
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup setup-browser test lint format sweep bench fidelity serve ui ui-streamlit mlflow-ui clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+setup: ## install uv (with pip) if missing, then the locked environment
+	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	$(UV) sync --frozen
+
+setup-browser: ## Debian chromium for the headless UI tests (skipped if present)
+	@bash scripts/install-chromium.sh
+
+test: setup setup-browser ## ruff + the whole pytest suite (what CI runs)
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) pytest $(PYTEST_ARGS)
+
+lint: setup ## ruff check
+	$(RUN) ruff check .
+
+format: setup ## ruff format + autofix
+	$(RUN) ruff format .
+	$(RUN) ruff check --fix .
+
+sweep: setup ## the main job: sweep profiles on this machine, export reports/profile.yaml
+	$(RUN) fishbench sweep $(ARGS)
+
+bench: setup ## upstream vs our profiles on a checkpoint (CHECKPOINT=..., ARGS=...)
+	$(RUN) fishbench bench --checkpoint $(CHECKPOINT) $(ARGS)
+
+fidelity: setup ## teacher-forced fidelity of PROFILE against fp32
+	$(RUN) fishbench fidelity --checkpoint $(CHECKPOINT) --profile $(or $(PROFILE),reports/profile.yaml)
+
+serve: setup ## the REST service on :8000 with reports/profile.yaml
+	$(RUN) uvicorn serving.app:app --host $(or $(HOST),0.0.0.0) --port $(or $(PORT),8000)
+
+ui: setup ## service + Gradio UI (:7860)
+	@trap 'kill 0' EXIT; $(RUN) uvicorn serving.app:app --host 127.0.0.1 --port $(or $(PORT),8000) & \
+	  $(RUN) python ui/gradio_app.py
+
+ui-streamlit: setup ## service + Streamlit UI (:8501)
+	@trap 'kill 0' EXIT; $(RUN) uvicorn serving.app:app --host 127.0.0.1 --port $(or $(PORT),8000) & \
+	  $(RUN) streamlit run ui/streamlit_app.py
+
+mlflow-ui: setup ## MLflow UI on the sweep store (:5000)
+	$(RUN) mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts --port 5000
+
+clean: ## remove generated checkpoints, MLflow store, caches
+	rm -rf checkpoints/tiny-synthetic mlflow.db mlartifacts .pytest_cache .ruff_cache outputs multirun

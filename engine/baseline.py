@@ -1,0 +1,139 @@
+"""The baseline: what upstream fish-speech 0.1.0 gives a user today for the same inputs.
+
+Upstream's own ``init_model`` (eager, or its ``--compile`` path), its ``generate()`` loop and its
+codec decode, uncached. The one change is the one random weights force on any runner: the first
+codebook is restricted to the semantic tokens (plus ``<|im_end|>`` unless a fixed frame count
+is asked for) by masking the full-vocabulary logits, so the baseline keeps paying for them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from fish_speech.content_sequence import ContentSequence, TextPart, VQPart
+from fish_speech.models.text2semantic import inference as upstream
+from fish_speech.tokenizer import IM_END_TOKEN
+
+from engine.audio_io import SAMPLE_RATE, decode_audio, read_audio_file
+from engine.checkpoint import CheckpointFolder
+from engine.engine import ReferenceAudio
+from engine.telemetry import Measure, SynthesisReport
+from engine.upstream import load_codec
+
+log = logging.getLogger(__name__)
+
+# Upstream draws a tqdm bar per request; silence it so sweeps and servers log cleanly (the bar's
+# cost per frame is microseconds, far below the frame time being compared).
+upstream.tqdm = functools.partial(upstream.tqdm, disable=True)
+
+
+class UpstreamBaseline:
+    """Upstream inference for one checkpoint; ``compile=True`` is upstream's ``--compile``."""
+
+    def __init__(self, checkpoint: CheckpointFolder, device: torch.device, compile: bool = False) -> None:
+        self.checkpoint = checkpoint
+        self.device = device
+        self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        self.compiled = compile
+        self.model, self.decode_one_token = upstream.init_model(
+            str(checkpoint.path), device, self.dtype, compile=compile
+        )
+        self.codec = load_codec(checkpoint, device, self.dtype)
+        tok = self.model.tokenizer
+        allowed = torch.zeros(self.model.config.vocab_size, dtype=torch.bool, device=device)
+        allowed[tok.semantic_begin_id : tok.semantic_begin_id + self.codec.quantizer.semantic_quantizer.codebook_size] = True
+        self._allow_semantic = allowed
+        self._allow_semantic_or_end = allowed.clone()
+        self._allow_semantic_or_end[tok.get_token_id(IM_END_TOKEN)] = True
+        self._allowed = self._allow_semantic_or_end
+        self._restrict_first_codebook()
+        self.last_report = SynthesisReport()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", compile: bool = False) -> UpstreamBaseline:
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return cls(CheckpointFolder.open(path), torch.device(device), compile)
+
+    def _restrict_first_codebook(self) -> None:
+        model = self.model
+        forward_generate = model.forward_generate
+
+        def restricted(*args, **kwargs):
+            result = forward_generate(*args, **kwargs)
+            result.logits = result.logits.masked_fill(~self._allowed, -float("inf"))
+            return result
+
+        model.forward_generate = restricted
+
+    def _reference_codes(self, reference: ReferenceAudio) -> torch.Tensor:
+        if isinstance(reference, np.ndarray):
+            audio = reference.astype(np.float32)
+        elif isinstance(reference, bytes):
+            audio = decode_audio(reference)
+        else:
+            audio = read_audio_file(reference)
+        wav = torch.from_numpy(audio).to(self.device, self.dtype)[None, None]
+        lengths = torch.tensor([wav.shape[2]], device=self.device, dtype=torch.long)
+        return self.codec.encode(wav, lengths)[0][0]
+
+    @torch.inference_mode()
+    def synthesize(
+        self,
+        text: str,
+        reference_audio: ReferenceAudio | None = None,
+        reference_text: str | None = None,
+        *,
+        max_new_tokens: int = 1024,
+        fixed_frames: int | None = None,
+        temperature: float = 0.8,
+        top_p: float = 0.8,
+        repetition_penalty: float = 1.1,
+        seed: int | None = None,
+    ) -> np.ndarray:
+        """Audio for ``text`` the way upstream makes it; ``fixed_frames`` ignores end-of-speech."""
+        if seed is not None:
+            torch.manual_seed(seed)
+        report = SynthesisReport()
+        with Measure(self.device, report) as measure:
+            t0 = time.perf_counter()
+            seq = ContentSequence(modality="interleave")
+            if reference_audio is not None:
+                codes = self._reference_codes(reference_audio)
+                seq.append([TextPart(text=reference_text or ""), VQPart(codes=codes.cpu())], add_end=True, speaker=0)
+            seq.append([TextPart(text=text)], add_end=False, speaker=0)
+            encoded, audio_masks, audio_parts = seq.encode_for_inference(
+                self.model.tokenizer, num_codebooks=self.model.config.num_codebooks
+            )
+            report.encode_s = time.perf_counter() - t0
+            self._allowed = self._allow_semantic if fixed_frames else self._allow_semantic_or_end
+            t1 = time.perf_counter()
+            y = upstream.generate(
+                model=self.model,
+                prompt=encoded.to(self.device),
+                max_new_tokens=fixed_frames or max_new_tokens,
+                audio_masks=audio_masks,
+                audio_parts=audio_parts,
+                decode_one_token=self.decode_one_token,
+                temperature=temperature,
+                top_p=top_p,
+                repetition_penalty=repetition_penalty,
+            )
+            codes = y[1:, encoded.shape[1] :]
+            if y[0, -1] == self.model.tokenizer.get_token_id(IM_END_TOKEN):
+                codes = codes[:, :-1]
+            report.decode_s = time.perf_counter() - t1
+            report.frames = codes.shape[1]
+            t2 = time.perf_counter()
+            lengths = torch.tensor([codes.shape[1]], device=self.device)
+            audio = self.codec.decode(codes[None], lengths)[0].squeeze().float().cpu().numpy()
+            report.codec_s = time.perf_counter() - t2
+            report.ttfa_s = time.perf_counter() - measure.start
+        report.audio_s = len(audio) / SAMPLE_RATE
+        self.last_report = report
+        return audio

@@ -1,0 +1,137 @@
+"""The ``fishbench`` command line: make checkpoints, synthesize, measure fidelity, bench, sweep."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog."
+
+
+def _make_checkpoint(args: argparse.Namespace) -> int:
+    from engine.synthetic import make_checkpoint
+
+    folder = make_checkpoint(args.preset, args.out_dir, seed=args.seed)
+    print(f"wrote synthetic {args.preset} checkpoint to {folder.path}")
+    return 0
+
+
+def _load_profile(path: str | None):
+    from engine.profile import EngineProfile
+
+    return EngineProfile.from_env(EngineProfile.load(path) if path else None)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from engine.audio_io import write_wav
+    from engine.engine import OptimizedFishSpeech
+
+    engine = OptimizedFishSpeech.from_checkpoint(args.checkpoint, _load_profile(args.profile))
+    audio = engine.synthesize(
+        args.text,
+        args.reference,
+        args.reference_text,
+        max_new_tokens=args.max_new_tokens,
+        fixed_frames=args.fixed_frames,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+    write_wav(args.output, audio, engine.sample_rate)
+    report = engine.last_report
+    print(f"wrote {args.output}: {report.audio_s:.2f} s of audio, {report.frames} frames in {report.total_s:.2f} s")
+    return 0
+
+
+def _fidelity(args: argparse.Namespace) -> int:
+    from engine.fidelity import measure_fidelity, passes_gates
+
+    figures = measure_fidelity(
+        args.checkpoint, _load_profile(args.profile), args.text, args.reference, args.reference_text, args.frames
+    )
+    failures = passes_gates(figures)
+    for failure in failures:
+        logging.getLogger("fishbench").warning("gate failed: %s", failure)
+    print(json.dumps({**figures, "passes_gates": not failures}))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from harness.bench import run_bench
+
+    run_bench(args.checkpoint, args.frames, args.repeats, args.out_dir, args.reference, args.rows)
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from harness.sweep import main as sweep_main
+
+    return sweep_main(args.overrides) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fishbench", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-checkpoint", help="write a synthetic checkpoint in the released format")
+    p.add_argument("--preset", choices=["tiny", "s1-mini"], default="tiny")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out_dir", type=Path)
+    p.set_defaults(func=_make_checkpoint)
+
+    p = sub.add_parser("synth", help="synthesize one text to a 44.1 kHz WAV")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--text", required=True)
+    p.add_argument("--reference", help="reference recording (wav, flac, mp3, ogg)")
+    p.add_argument("--reference-text", help="transcript of the reference recording")
+    p.add_argument("--profile", help="profile YAML (default: built-in defaults + env overrides)")
+    p.add_argument("--fixed-frames", type=int, help="ignore end-of-speech; exactly N frames")
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=0.8)
+    p.add_argument("--seed", type=int)
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.set_defaults(func=_synth)
+
+    p = sub.add_parser("fidelity", help="teacher-forced agreement and codec SNR of a profile vs fp32")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--profile")
+    p.add_argument("--text", default=DEFAULT_TEXT)
+    p.add_argument("--reference")
+    p.add_argument("--reference-text")
+    p.add_argument("--frames", type=int, default=32)
+    p.set_defaults(func=_fidelity)
+
+    p = sub.add_parser("bench", help="upstream vs our profiles, one process per row")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--frames", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--reference", help="reference recording (default: 10 s generated speech)")
+    p.add_argument("--rows", nargs="*", help="subset of row names")
+    p.add_argument("--out-dir", type=Path, default=Path("reports/bench"))
+    p.set_defaults(func=_bench)
+
+    p = sub.add_parser("sweep", help="Hydra sweep; overrides the Hydra way (key=value)")
+    p.add_argument("overrides", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_sweep)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"fishbench {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

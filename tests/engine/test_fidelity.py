@@ -1,0 +1,90 @@
+"""Fidelity against fp32, streaming against one-shot decoding, and the caches' keys."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.engine import OptimizedFishSpeech
+from engine.fidelity import FIDELITY_GATES, measure_fidelity, passes_gates
+from engine.profile import EngineProfile
+
+TEXT = "Streaming should sound exactly like decoding in one go."
+
+
+def test_fp32_against_fp32_is_exact(tiny_checkpoint: Path) -> None:
+    figures = measure_fidelity(str(tiny_checkpoint), EngineProfile(), frames=16)
+    assert figures["slow_top1"] == 1.0 and figures["fast_top1"] == 1.0
+    assert figures["slow_kl"] == 0.0 and figures["fast_kl"] == 0.0
+    assert figures["codec_snr_db"] == 300.0
+    assert passes_gates(figures) == []
+
+
+def test_cpu_int8_stays_within_the_gates(tiny_checkpoint: Path) -> None:
+    figures = measure_fidelity(str(tiny_checkpoint), EngineProfile(quantization="int8"), frames=16)
+    assert 0.0 < figures["slow_kl"] <= FIDELITY_GATES["slow_kl_max"]
+    assert 0.0 < figures["fast_kl"] <= FIDELITY_GATES["fast_kl_max"]
+    assert passes_gates(figures) == []
+
+
+def test_gates_reject_a_broken_candidate() -> None:
+    broken = {"slow_top1": 0.01, "slow_kl": 3.0, "fast_top1": 0.9, "fast_kl": 0.001, "codec_snr_db": 40.0}
+    failures = passes_gates(broken)
+    assert len(failures) == 2 and failures[0].startswith("slow_kl=3.0")
+
+
+@pytest.mark.parametrize("chunk, left", [(4, 32), (5, 3)])
+def test_streamed_chunks_match_one_shot_decoding(tiny_checkpoint: Path, chunk: int, left: int) -> None:
+    engine = OptimizedFishSpeech.from_checkpoint(tiny_checkpoint, EngineProfile(chunk_size=chunk, codec_left_context=left))
+    one_shot = engine.synthesize(TEXT, fixed_frames=17, seed=4)
+    chunks = list(engine.synthesize_stream(TEXT, fixed_frames=17, seed=4))
+    assert [len(c) for c in chunks[:-1]] == [chunk * 2048] * (len(chunks) - 1)
+    streamed = np.concatenate(chunks)
+    assert streamed.shape == one_shot.shape
+    bound = 1e-5 if left >= 17 else 0.05 * np.abs(one_shot).max()
+    assert np.abs(streamed - one_shot).max() <= bound
+    assert engine.last_report.ttfa_s < engine.last_report.total_s
+
+
+def test_semantic_cache_hits_on_repeat_and_misses_when_any_parameter_changes(engine) -> None:
+    engine.semantic_cache.clear()
+    first = engine.synthesize(TEXT, fixed_frames=4, seed=9, temperature=0.7)
+    assert not engine.last_report.semantic_cache_hit
+    again = engine.synthesize(TEXT, fixed_frames=4, seed=9, temperature=0.7)
+    assert engine.last_report.semantic_cache_hit and np.array_equal(first, again)
+    engine.synthesize(TEXT, fixed_frames=4, seed=9, temperature=0.71)
+    assert not engine.last_report.semantic_cache_hit
+    engine.synthesize(TEXT, fixed_frames=4, seed=10, temperature=0.7)
+    assert not engine.last_report.semantic_cache_hit
+    engine.synthesize(TEXT + " More.", fixed_frames=4, seed=9, temperature=0.7)
+    assert not engine.last_report.semantic_cache_hit
+
+
+def test_unseeded_requests_are_never_served_from_the_cache(engine) -> None:
+    engine.synthesize(TEXT, fixed_frames=4)
+    engine.synthesize(TEXT, fixed_frames=4)
+    assert not engine.last_report.semantic_cache_hit
+
+
+def test_reference_cache_is_keyed_by_audio_bytes_and_persists(tmp_path: Path, tiny_checkpoint: Path, piper_reference) -> None:
+    path, _ = piper_reference
+    cache_dir = tmp_path / "refcache"
+    first = OptimizedFishSpeech.from_checkpoint(tiny_checkpoint, EngineProfile(), reference_cache_dir=cache_dir)
+    codes, hit = first.reference_codes(path.read_bytes())
+    assert not hit and first.reference_codes(path)[1]
+    second = OptimizedFishSpeech.from_checkpoint(tiny_checkpoint, EngineProfile(), reference_cache_dir=cache_dir)
+    again, hit = second.reference_codes(path.read_bytes())
+    assert hit and np.array_equal(codes.numpy(), again.numpy())
+    assert second.reference_cache.stats()["hits"] == 1
+
+
+def test_fidelity_cli_prints_json_last(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from harness.cli import main
+
+    profile = EngineProfile(quantization="int8").save(tmp_path / "int8.yaml")
+    assert main(["fidelity", "--checkpoint", str(tiny_checkpoint), "--profile", str(profile), "--frames", "8"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(last) >= {"slow_top1", "slow_kl", "fast_top1", "fast_kl", "codec_snr_db", "passes_gates"}
