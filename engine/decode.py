@@ -138,30 +138,33 @@ class SemanticDecoder(nn.Module):
         self._reset(params, allow_end=fixed_frames is None)
         device = self.slow_head.device
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        frames = torch.empty(1 + self.num_codebooks, budget, dtype=torch.long, device=device)
         t0 = time.perf_counter()
-        frame = self._prefill(prompt.to(device), torch.arange(prompt_len, device=device))
+        frames[:, :1] = self._prefill(prompt.to(device), torch.arange(prompt_len, device=device))
         sync()
         timings.prefill_s = time.perf_counter() - t0
-        block = [frame]
-        produced = 1
+        produced, emitted = 1, 0
+        current = frames[:, :1].clone()  # contiguous, same shape and strides every request: no recompiles
         input_pos = torch.tensor([prompt_len], device=device)
         interval = self.profile.eos_check_interval
         t1 = time.perf_counter()
         while True:
-            if len(block) == interval or produced == budget:
-                codes = torch.cat(block, dim=1)
-                ends = (codes[0] == self.im_end).nonzero()
+            if produced - emitted == interval or produced == budget:
+                block = frames[:, emitted:produced]
+                ends = (block[0] == self.im_end).nonzero()
                 if ends.numel():
                     cut = int(ends[0, 0])
                     if cut:
-                        yield codes[1:, :cut]
+                        yield block[1:, :cut]
+                    produced = emitted + cut
                     break
-                yield codes[1:]
-                block = []
+                yield block[1:]
+                emitted = produced
                 if produced == budget:
                     break
-            frame = self._step(frame, input_pos).clone()
-            block.append(frame)
+            # Copy the step's output out at once: a CUDA-graph replay reuses its output memory.
+            current.copy_(self._step(current, input_pos))
+            frames[:, produced : produced + 1].copy_(current)
             produced += 1
             input_pos += 1
         sync()

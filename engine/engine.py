@@ -73,7 +73,7 @@ class OptimizedFishSpeech:
         """Load a checkpoint folder strictly and prepare it under ``profile`` (env overrides if None)."""
         requested = profile if profile is not None else EngineProfile.from_env()
         checkpoint = CheckpointFolder.open(path)
-        hardware = Hardware.detect(requested.device)
+        hardware = Hardware.detect(requested.device, probe_bitsandbytes=requested.quantization == "nf4")
         active, notes = resolve_profile(requested, hardware)
         _warn_on_foreign_provenance(requested, checkpoint, hardware)
         return cls(checkpoint, active, hardware, notes, reference_cache_dir)

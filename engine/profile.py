@@ -143,7 +143,8 @@ class Hardware:
     bitsandbytes_cuda: bool
 
     @classmethod
-    def detect(cls, requested: str = "auto") -> Hardware:
+    def detect(cls, requested: str = "auto", probe_bitsandbytes: bool = False) -> Hardware:
+        """This machine; bitsandbytes' CUDA kernels are only probed when nf4 is asked for."""
         cuda = torch.cuda.is_available() and requested != "cpu"
         if not cuda:
             return cls("cpu", "cpu", None, False)
@@ -151,7 +152,7 @@ class Hardware:
             "cuda",
             torch.cuda.get_device_name(),
             torch.cuda.get_device_capability(),
-            _bitsandbytes_has_cuda(),
+            probe_bitsandbytes and _bitsandbytes_has_cuda(),
         )
 
     @property
@@ -206,6 +207,8 @@ def resolve_profile(requested: EngineProfile, hw: Hardware) -> tuple[EngineProfi
             change("precision", "fp16", f"bf16 needs compute capability 8.0, this GPU has {hw.capability_str}")
         if data["tf32"] and major < 8:
             change("tf32", False, f"TF32 needs compute capability 8.0, this GPU has {hw.capability_str}")
+        if data["quantization"] == "int4" and data["precision"] != "bf16":
+            change("quantization", "int8", "int4 (tinygemm) kernels need bf16 weights")
         if data["quantization"] == "nf4" and not hw.bitsandbytes_cuda:
             change("quantization", "int8", "bitsandbytes 4-bit kernels are not available")
 

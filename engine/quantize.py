@@ -26,8 +26,15 @@ def quantize_cpu_int8(model: DualARTransformer) -> None:
 
 def quantize_torchao(model: DualARTransformer, kind: str, group_size: int) -> None:
     from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+    from torchao.quantization.quantize_.workflows.int4.int4_packing_format import Int4PackingFormat
 
-    config = Int8WeightOnlyConfig() if kind == "int8" else Int4WeightOnlyConfig(group_size=group_size)
+    # int4 uses the tinygemm layout: its kernels ship with torch (the default PLAIN layout needs
+    # the separate mslk kernels).
+    config = (
+        Int8WeightOnlyConfig()
+        if kind == "int8"
+        else Int4WeightOnlyConfig(group_size=group_size, int4_packing_format=Int4PackingFormat.TILE_PACKED_TO_4D)
+    )
     for stack in _layer_stacks(model):
         quantize_(stack, config)
 
