@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -216,7 +217,8 @@ class OptimizedFishSpeech:
             prompt = self._prepare(text, reference_audio, reference_text, report)
             codes = torch.empty(self.decoder.num_codebooks, 0, dtype=torch.long, device=self.device)
             emitted, pending, codec_s = 0, deque(), 0.0
-            for block in [*self.iter_codes(prompt, params, max_new_tokens, fixed_frames, report), None]:
+            blocks = self.iter_codes(prompt, params, max_new_tokens, fixed_frames, report)
+            for block in itertools.chain(blocks, [None]):
                 if block is not None:
                     codes = torch.cat([codes, block], dim=1)
                 available = codes.shape[1]

@@ -1,0 +1,1 @@
+"""fishbench serving: a FastAPI service around the optimized engine (see serving.app)."""

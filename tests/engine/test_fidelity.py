@@ -49,6 +49,25 @@ def test_streamed_chunks_match_one_shot_decoding(tiny_checkpoint: Path, chunk: i
     assert engine.last_report.ttfa_s < engine.last_report.total_s
 
 
+def test_first_chunk_arrives_while_later_frames_are_still_being_generated(tiny_checkpoint: Path) -> None:
+    engine = OptimizedFishSpeech.from_checkpoint(tiny_checkpoint, EngineProfile(chunk_size=4, eos_check_interval=4))
+    steps = 0
+    step = engine.decoder._step
+
+    def counting_step(*args):
+        nonlocal steps
+        steps += 1
+        return step(*args)
+
+    engine.decoder._step = counting_step
+    stream = engine.synthesize_stream(TEXT, fixed_frames=24, seed=1)
+    first = next(stream)
+    steps_at_first_chunk = steps
+    rest = list(stream)
+    assert len(first) == 4 * 2048 and len(rest) == 5
+    assert steps_at_first_chunk < 8 < steps == 23
+
+
 def test_semantic_cache_hits_on_repeat_and_misses_when_any_parameter_changes(engine) -> None:
     engine.semantic_cache.clear()
     first = engine.synthesize(TEXT, fixed_frames=4, seed=9, temperature=0.7)

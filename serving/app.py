@@ -1,0 +1,104 @@
+"""The FastAPI app: ``uvicorn serving.app:app`` serves the default settings, ``create_app`` others.
+
+Startup checks the profile and the checkpoint folder before accepting connections (a wrong
+MODEL_DIR stops the process with a clear message), then loads and warms the engine on its worker
+thread while ``/health`` answers ``loading``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from serving.dependencies import Services, authorize
+from serving.errors import install_error_handlers
+from serving.routers import cache, emotions, health, metrics, openai, tts, voices
+from serving.routers.common import METRIC_HEADERS
+from serving.services.asr import Transcriber
+from serving.services.loading import StartupError, build_engine, check_checkpoint, load_profile
+from serving.services.metrics import MetricsStore
+from serving.services.ratelimit import RateLimiter
+from serving.services.speech import SpeechService
+from serving.services.voices import VoiceLibrary
+from serving.services.worker import EngineWorker
+from serving.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _version() -> str:
+    try:
+        return version("fishbench")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def build_services(settings: Settings) -> Services:
+    """Check the profile and checkpoint, then wire the services; the engine loads later."""
+    profile, source = load_profile(settings.profile_path, Path(".env"))
+    check_checkpoint(settings.model_dir)
+    worker = EngineWorker(
+        lambda: build_engine(settings.model_dir, profile, settings.warmup), settings.queue_size
+    )
+    library = VoiceLibrary(settings.voices_dir)
+    store = MetricsStore()
+    speech = SpeechService(settings, worker, library, store, Transcriber())
+    limiter = RateLimiter(settings.rate_limit_per_minute)
+    return Services(settings, worker, library, store, limiter, speech, source)
+
+
+def _configure_logging(level: str) -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """An app for ``settings`` (default: environment / .env)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        _configure_logging(settings.log_level)
+        try:
+            services = build_services(settings)
+        except StartupError as exc:
+            log.error("cannot start: %s", exc)
+            raise
+        app.state.services = services
+        services.worker.start()
+        log.info(
+            "loading the engine from %s (profile: %s)", settings.model_dir, services.profile_source
+        )
+        yield
+        services.worker.stop()
+
+    app = FastAPI(
+        title="fishbench",
+        version=_version(),
+        description="OpenAudio S1-mini voice cloning under the profile measured for this GPU.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=list(METRIC_HEADERS),
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    guarded = [Depends(authorize)]
+    for module in (tts, openai, voices, metrics, cache, emotions):
+        app.include_router(module.router, dependencies=guarded)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,78 @@
+"""The per-app service container and the FastAPI dependencies that hand it to routes."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from engine.engine import OptimizedFishSpeech
+from serving.errors import NotReady, Unauthorized
+from serving.schemas import MetricsResponse
+from serving.services.metrics import MetricsStore
+from serving.services.ratelimit import RateLimiter
+from serving.services.speech import SpeechService
+from serving.services.voices import VoiceLibrary
+from serving.services.worker import EngineWorker
+from serving.settings import Settings
+
+
+@dataclass
+class Services:
+    """Everything a route may use; built once per app in the lifespan."""
+
+    settings: Settings
+    worker: EngineWorker[OptimizedFishSpeech]
+    voices: VoiceLibrary
+    metrics: MetricsStore
+    limiter: RateLimiter
+    speech: SpeechService
+    profile_source: str
+
+    def snapshot(self) -> MetricsResponse:
+        """The rolling metrics plus the engine caches' hit rates."""
+        engine = self.worker.engine
+        caches = (
+            {}
+            if engine is None
+            else {
+                "reference": engine.reference_cache.stats(),
+                "semantic": engine.semantic_cache.stats(),
+            }
+        )
+        return self.metrics.snapshot(self.worker.depth, self.worker.queue_size, caches)
+
+    def clear_caches(self) -> dict[str, int]:
+        """Empty the engine's in-memory caches (they are locked, so no worker round trip)."""
+        engine = self.worker.engine
+        if engine is None:
+            raise NotReady("the model is still loading; retry shortly", retry_after_s=5)
+        cleared = {"reference": len(engine.reference_cache), "semantic": len(engine.semantic_cache)}
+        engine.reference_cache.clear()
+        engine.semantic_cache.clear()
+        return cleared
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+_bearer = HTTPBearer(auto_error=False, description="API_KEY, when the server sets one")
+
+
+def authorize(
+    request: Request,
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Check the bearer key (when keys are set) and count the request against its rate limit."""
+    keys = services.settings.api_keys
+    token = credentials.credentials if credentials else ""
+    if keys and not any(secrets.compare_digest(token.encode(), key.encode()) for key in keys):
+        raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <API_KEY>'")
+    client = request.client.host if request.client else "unknown"
+    services.limiter.check(token if keys else client)

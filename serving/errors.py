@@ -1,0 +1,155 @@
+"""Service exceptions and the one place that maps every failure to an HTTP status.
+
+Every error body has the same shape, ``{"error": code, "message": text, "type": category}``, so
+clients (and the UIs) can show ``message`` without knowing which layer failed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engine.audio_io import AudioInputError
+from engine.checkpoint import CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """A failure with a known HTTP status; subclasses set the status and codes."""
+
+    status_code = 400
+    error = "bad_request"
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class InvalidInput(ServiceError):
+    status_code = 422
+    error = "invalid_input"
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+    error = "unauthorized"
+    type = "authentication_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class NotFound(ServiceError):
+    status_code = 404
+    error = "not_found"
+
+
+class Conflict(ServiceError):
+    status_code = 409
+    error = "conflict"
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+    error = "payload_too_large"
+
+
+class _RetryLater(ServiceError):
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, round(retry_after_s)))})
+
+
+class RateLimited(_RetryLater):
+    status_code = 429
+    error = "rate_limited"
+    type = "rate_limit_error"
+
+
+class QueueFull(_RetryLater):
+    status_code = 429
+    error = "queue_full"
+    type = "rate_limit_error"
+
+
+class NotReady(_RetryLater):
+    status_code = 503
+    error = "not_ready"
+    type = "server_error"
+
+
+class Unavailable(ServiceError):
+    status_code = 503
+    error = "unavailable"
+    type = "server_error"
+
+
+def error_response(
+    status: int, error: str, message: str, type_: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The stable error body."""
+    body = {"error": error, "message": message, "type": type_}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+        parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg")))
+    return "; ".join(parts) or "invalid request"
+
+
+async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+    return error_response(exc.status_code, exc.error, exc.message, exc.type, exc.headers)
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    return error_response(
+        422, "validation_error", _validation_message(exc), "invalid_request_error"
+    )
+
+
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    error = "not_found" if exc.status_code == 404 else f"http_{exc.status_code}"
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return error_response(exc.status_code, error, str(exc.detail), kind, dict(exc.headers or {}))
+
+
+async def _audio_error(_: Request, exc: AudioInputError) -> JSONResponse:
+    return error_response(422, "invalid_audio", str(exc), "invalid_request_error")
+
+
+async def _checkpoint_error(_: Request, exc: CheckpointError) -> JSONResponse:
+    log.error("checkpoint error: %s", exc)
+    return error_response(503, "checkpoint_error", str(exc), "server_error")
+
+
+async def _value_error(_: Request, exc: ValueError) -> JSONResponse:
+    # The engine signals bad requests (overlong prompt, bad sampling values) with ValueError.
+    log.info("request rejected by the engine: %s", exc)
+    return error_response(422, "invalid_input", str(exc), "invalid_request_error")
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(
+        500, "internal_error", "internal server error; see the server log", "server_error"
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the mapping; more specific classes first (Starlette picks by MRO anyway)."""
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(AudioInputError, _audio_error)
+    app.add_exception_handler(CheckpointError, _checkpoint_error)
+    app.add_exception_handler(ValueError, _value_error)
+    app.add_exception_handler(Exception, _unexpected)

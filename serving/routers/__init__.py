@@ -1,0 +1,1 @@
+"""HTTP routes: each handler validates, calls a service, and shapes the response."""

@@ -1,0 +1,123 @@
+"""Shaping a ``SynthesisStream`` into an HTTP response: whole file, audio stream, or SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+from fastapi import Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from serving.schemas import AudioFormat, ErrorBody
+from serving.services.audio import MEDIA_TYPES, encode_all, make_encoder
+from serving.services.synthesis import RequestStats, SynthesisStream
+
+log = logging.getLogger(__name__)
+
+METRIC_HEADERS = (
+    "x-latency-ms",
+    "x-ttfa-ms",
+    "x-peak-vram-mb",
+    "x-gpu-util-pct",
+    "x-rtf",
+    "x-seed",
+)
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (401, 404, 413, 422, 429, 503)
+}
+AUDIO_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {media: {} for media in sorted(set(MEDIA_TYPES.values()))},
+        "description": "audio",
+    },
+    **ERROR_RESPONSES,
+}
+
+
+def _figure(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def metric_headers(stats: RequestStats) -> dict[str, str]:
+    """Per-request figures; GPU ones read ``n/a`` on CPU (absent, not zero)."""
+    s = stats.summary()
+    return {
+        "x-latency-ms": _figure(s["latency_ms"]),
+        "x-ttfa-ms": _figure(s["ttfa_ms"]),
+        "x-peak-vram-mb": _figure(s["peak_vram_mb"]),
+        "x-gpu-util-pct": _figure(s["gpu_util_pct"]),
+        "x-rtf": _figure(s["rtf"], 3),
+        "x-seed": str(stats.seed),
+    }
+
+
+async def _until_disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _collect(request: Request, stream: SynthesisStream) -> np.ndarray | None:
+    """All audio, or None if the client went away first (its job is then cancelled)."""
+    collect = asyncio.ensure_future(stream.collect())
+    gone = asyncio.ensure_future(_until_disconnected(request))
+    await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
+    gone.cancel()
+    if collect.done():
+        return collect.result()
+    collect.cancel()
+    await asyncio.gather(collect, return_exceptions=True)
+    log.info("client disconnected; generation cancelled")
+    return None
+
+
+async def _encoded(stream: SynthesisStream, fmt: str) -> AsyncIterator[bytes]:
+    encoder = make_encoder(fmt, stream.stats.sample_rate)
+    try:
+        async for audio in stream:
+            if data := encoder.encode(audio):
+                yield data
+    except Exception:  # the response has started: log, end the stream cleanly
+        log.exception("generation failed mid-stream")
+    finally:
+        stream.close()
+    yield encoder.finish()
+
+
+def _event(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+async def _sse(stream: SynthesisStream, fmt: str) -> AsyncIterator[str]:
+    """OpenAI's speech SSE: ``speech.audio.delta`` events, then ``speech.audio.done``."""
+    async for data in _encoded(stream, fmt):
+        if data:
+            yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+    frames = stream.stats.frames
+    usage = {"input_tokens": 0, "output_tokens": frames, "total_tokens": frames}
+    yield _event({"type": "speech.audio.done", "usage": usage, "metrics": stream.stats.summary()})
+
+
+async def audio_response(
+    request: Request, stream: SynthesisStream, fmt: AudioFormat, streaming: bool
+) -> Response:
+    """Stream the audio as it comes, or send one file with the metric headers."""
+    media = MEDIA_TYPES[fmt]
+    if streaming:
+        return StreamingResponse(
+            _encoded(stream, fmt), media_type=media, headers={"x-seed": str(stream.stats.seed)}
+        )
+    audio = await _collect(request, stream)
+    if audio is None:
+        return Response(status_code=499)
+    body = await run_in_threadpool(encode_all, fmt, audio, stream.stats.sample_rate)
+    return Response(body, media_type=media, headers=metric_headers(stream.stats))
+
+
+def sse_response(stream: SynthesisStream, fmt: AudioFormat) -> StreamingResponse:
+    return StreamingResponse(_sse(stream, fmt), media_type="text/event-stream")

@@ -1,0 +1,29 @@
+"""GET /health: readiness and what the engine runs with (never behind the API key)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from serving.dependencies import ServicesDep
+from serving.schemas import HealthResponse
+from serving.services.loading import describe
+
+router = APIRouter(tags=["health"])
+
+
+@router.get(
+    "/health", responses={503: {"model": HealthResponse, "description": "loading or failed"}}
+)
+async def health(response: Response, services: ServicesDep) -> HealthResponse:
+    """200 once warmed up; 503 while loading or after a failed load, with the same body."""
+    worker = services.worker
+    if worker.state != "ready":
+        response.status_code = 503
+    return describe(
+        worker.engine,
+        status=worker.state,
+        message=worker.error,
+        profile_source=services.profile_source,
+        checkpoint=str(services.settings.model_dir),
+        queue_depth=worker.depth,
+    )

@@ -1,0 +1,54 @@
+"""OpenAI-compatible routes, so the official client and Open WebUI work unchanged."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request, Response
+
+from serving.dependencies import ServicesDep
+from serving.routers.common import AUDIO_RESPONSES, audio_response, sse_response
+from serving.schemas import (
+    ModelCard,
+    ModelList,
+    OpenAIVoiceList,
+    SpeechRequest,
+    VoiceName,
+    VoiceRef,
+)
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+MODEL_IDS = ("s1-mini", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+_CREATED = int(time.time())
+
+
+@router.post("/audio/speech", response_class=Response, responses=AUDIO_RESPONSES)
+async def create_speech(request: Request, body: SpeechRequest, services: ServicesDep) -> Response:
+    """Stream speech in ``response_format``; ``stream_format=sse`` sends base64 delta events."""
+    voice_id = body.voice.id if isinstance(body.voice, VoiceRef) else body.voice
+    stream = await services.speech.speak(
+        body.input,
+        voice=services.speech.resolve_voice(voice_id),
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        speed=body.speed,
+        chunked_decode=True,
+    )
+    if body.stream_format == "sse":
+        return sse_response(stream, body.response_format)
+    return await audio_response(request, stream, body.response_format, streaming=True)
+
+
+@router.get("/models")
+async def list_models() -> ModelList:
+    """One engine serves every listed id; OpenAI's names are aliases for stock clients."""
+    return ModelList(data=[ModelCard(id=model_id, created=_CREATED) for model_id in MODEL_IDS])
+
+
+@router.get("/audio/voices")
+async def list_voices(services: ServicesDep) -> OpenAIVoiceList:
+    """``default`` (no reference) plus every saved voice."""
+    saved = [VoiceName(id=v.id, name=v.name) for v in services.voices.list()]
+    return OpenAIVoiceList(voices=[VoiceName(id="default", name="default (unconditioned)"), *saved])

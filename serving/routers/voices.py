@@ -1,0 +1,43 @@
+"""The voice library: list, inspect, add (with ASR when no transcript is sent), delete."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile, status
+
+from serving.dependencies import ServicesDep
+from serving.routers.common import ERROR_RESPONSES
+from serving.schemas import Deleted, VoiceInfo, VoiceList
+
+router = APIRouter(prefix="/voices", tags=["voices"], responses=ERROR_RESPONSES)
+
+
+@router.get("")
+async def list_voices(services: ServicesDep) -> VoiceList:
+    return VoiceList(voices=services.voices.list())
+
+
+@router.get("/{voice_id}")
+async def get_voice(voice_id: str, services: ServicesDep) -> VoiceInfo:
+    return services.voices.get(voice_id).info
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def add_voice(
+    services: ServicesDep,
+    voice_id: Annotated[str, Form(description="1-64 of letters, digits, '_', '-', '.'")],
+    audio: Annotated[UploadFile, File(description="reference recording")],
+    transcript: Annotated[
+        str | None, Form(max_length=2000, description="what it says; ASR if empty")
+    ] = None,
+    name: Annotated[str | None, Form(max_length=200)] = None,
+) -> VoiceInfo:
+    """Save a voice: audio, transcript, its reference codes (computed now) and metadata."""
+    return await services.speech.add_voice(voice_id, audio, transcript, name)
+
+
+@router.delete("/{voice_id}")
+async def delete_voice(voice_id: str, services: ServicesDep) -> Deleted:
+    services.voices.delete(voice_id)
+    return Deleted(id=voice_id)

@@ -1,0 +1,181 @@
+"""Request and response models of every route (the OpenAPI schema is generated from these)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+AudioFormat = Literal["wav", "pcm", "mp3", "opus", "flac", "aac"]
+
+SEED_MAX = 2**31 - 1
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    error: str = Field(description="stable machine-readable code, e.g. queue_full")
+    message: str = Field(description="what went wrong, for people")
+    type: str = Field(
+        description="category: invalid_request_error, rate_limit_error, server_error, ..."
+    )
+
+
+class TTSForm(BaseModel):
+    """POST /tts form fields (the reference recording comes as the ``speaker_file`` part)."""
+
+    text: str = Field(description="text to speak; S1 markers like (excited) are allowed")
+    reference_text: str | None = Field(
+        None, max_length=2000, description="transcript of speaker_file"
+    )
+    voice_id: str | None = Field(None, description="a saved voice instead of speaker_file")
+    language: str | None = Field(
+        None,
+        max_length=16,
+        description="accepted for compatibility; S1 infers the language from the text",
+    )
+    temperature: float = Field(0.8, gt=0, le=2)
+    top_p: float = Field(0.8, gt=0, le=1)
+    speed: float = Field(1.0, ge=0.25, le=4.0, description="tempo factor; pitch is kept")
+    seed: int | None = Field(
+        None, ge=0, le=SEED_MAX, description="chunk i uses seed + i; random if unset"
+    )
+    optimize_for_memory: bool = Field(
+        False, description="decode audio in bounded chunks, free cached VRAM"
+    )
+    format: AudioFormat = "wav"
+    stream: bool = Field(False, description="stream audio as it is generated (no metric headers)")
+
+
+class VoiceRef(BaseModel):
+    """OpenAI's custom-voice object form, ``{"id": "..."}``."""
+
+    id: str
+
+
+class SpeechRequest(BaseModel):
+    """OpenAI ``audio.speech.create`` body, plus optional fishbench sampling fields."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field("s1-mini", description="any value; one model is served")
+    input: str = Field(description="text to speak")
+    voice: str | VoiceRef = Field(
+        "default",
+        description="a voice-library id; 'default' or an OpenAI voice name = unconditioned",
+    )
+    response_format: AudioFormat = "mp3"
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+    stream_format: Literal["audio", "sse"] = "audio"
+    instructions: str | None = Field(
+        None, description="ignored; use S1 markers in the input instead"
+    )
+    temperature: float = Field(0.8, gt=0, le=2)
+    top_p: float = Field(0.8, gt=0, le=1)
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "fishbench"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class VoiceName(BaseModel):
+    id: str
+    name: str
+
+
+class OpenAIVoiceList(BaseModel):
+    voices: list[VoiceName]
+
+
+class VoiceInfo(BaseModel):
+    """A saved voice as listed (audio and codes stay on the server)."""
+
+    id: str
+    name: str
+    transcript: str
+    transcript_source: Literal["user", "asr"]
+    duration_s: float
+    created_at: str
+
+
+class VoiceList(BaseModel):
+    voices: list[VoiceInfo]
+
+
+class Deleted(BaseModel):
+    id: str
+    deleted: bool = True
+
+
+class HealthResponse(BaseModel):
+    """Readiness plus what the engine runs with; GPU fields are null on CPU."""
+
+    status: Literal["loading", "ready", "failed", "stopped"]
+    message: str | None = None
+    device: str | None = None
+    device_name: str | None = None
+    compute_capability: str | None = None
+    dtype: str | None = None
+    compiled: bool | None = None
+    compile_decode: str | None = None
+    compile_codec: str | None = None
+    quantization: str | None = None
+    profile_source: str
+    profile: dict[str, Any] | None = None
+    provenance: dict[str, Any] | None = None
+    fallbacks: list[str] = Field(default_factory=list)
+    checkpoint: str
+    synthetic_checkpoint: bool | None = None
+    warmup_s: float | None = None
+    queue_depth: int = 0
+
+
+class Percentiles(BaseModel):
+    p50: float | None = None
+    p95: float | None = None
+    mean: float | None = None
+    count: int = 0
+
+
+class CacheStats(BaseModel):
+    entries: int
+    hits: int
+    misses: int
+    hit_rate: float
+
+
+class MetricsResponse(BaseModel):
+    """Rolling figures over the last ``window`` completed requests; GPU figures null on CPU."""
+
+    window: int
+    uptime_s: float
+    requests: dict[str, int]
+    latency_ms: Percentiles
+    ttfa_ms: Percentiles
+    rtf: Percentiles
+    peak_vram_mb: float | None
+    gpu_util_pct: float | None
+    queue_depth: int
+    queue_capacity: int
+    caches: dict[str, CacheStats]
+    last: dict[str, Any] | None = Field(None, description="the latest request's own figures")
+
+
+class CacheCleared(BaseModel):
+    cleared: dict[str, int]
+
+
+class EmotionList(BaseModel):
+    """S1 markers by category; write them in parentheses in the text."""
+
+    markers: dict[str, list[str]]
+    usage: str

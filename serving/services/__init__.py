@@ -1,0 +1,1 @@
+"""Service layer: the engine worker, voices, metrics, audio encoding and text splitting."""

@@ -1,0 +1,153 @@
+"""Float audio -> bytes of a response format, incrementally, with one header per stream.
+
+Streams are encoded by one encoder fed chunk after chunk, so the concatenated output is a single
+valid file: streamed WAV carries a header with unknown (0xFFFFFFFF) sizes, PCM is raw s16le, and
+mp3 / opus (Ogg) / flac / aac (ADTS) go through PyAV's bundled ffmpeg encoders.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from typing import Literal, Protocol
+
+import av
+import librosa
+import numpy as np
+
+AudioFormat = Literal["wav", "pcm", "mp3", "opus", "flac", "aac"]
+
+MEDIA_TYPES: dict[str, str] = {
+    "wav": "audio/wav",
+    "pcm": "audio/pcm",
+    "mp3": "audio/mpeg",
+    "opus": "audio/ogg",
+    "flac": "audio/flac",
+    "aac": "audio/aac",
+}
+
+# format -> (container, encoder, output sample rate or None for the input rate)
+_AV_FORMATS: dict[str, tuple[str, str, int | None]] = {
+    "mp3": ("mp3", "libmp3lame", None),
+    "opus": ("ogg", "libopus", 48_000),
+    "flac": ("flac", "flac", None),
+    "aac": ("adts", "aac", None),
+}
+_UNKNOWN_SIZE = 0xFFFFFFFF
+
+
+class AudioEncoder(Protocol):
+    """Turns successive float32 mono chunks into successive bytes of one file."""
+
+    def encode(self, samples: np.ndarray) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
+def to_pcm16(samples: np.ndarray) -> bytes:
+    """Little-endian signed 16-bit PCM, clipped rather than wrapped."""
+    clipped = np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0)
+    return (np.round(clipped * 32767.0)).astype("<i2").tobytes()
+
+
+def wav_header(sample_rate: int, data_bytes: int | None) -> bytes:
+    """A 44-byte PCM16 mono header; ``None`` sizes mark a stream of unknown length."""
+    data = _UNKNOWN_SIZE if data_bytes is None else data_bytes
+    riff = _UNKNOWN_SIZE if data_bytes is None else 36 + data_bytes
+    fmt = struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
+    return b"RIFF" + struct.pack("<I", riff) + b"WAVEfmt " + fmt + b"data" + struct.pack("<I", data)
+
+
+class PcmEncoder:
+    """Raw s16le; with ``header``, a streaming WAV header precedes the first chunk."""
+
+    def __init__(self, sample_rate: int, header: bool = False) -> None:
+        self._header = wav_header(sample_rate, None) if header else b""
+
+    def encode(self, samples: np.ndarray) -> bytes:
+        head, self._header = self._header, b""
+        return head + to_pcm16(samples)
+
+    def finish(self) -> bytes:
+        head, self._header = self._header, b""
+        return head
+
+
+class _Sink:
+    """A write-only file for PyAV: being unseekable keeps muxers from rewriting headers."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        out, self._parts = b"".join(self._parts), []
+        return out
+
+
+class AvEncoder:
+    """An ffmpeg encoder + muxer fed float32 chunks; PyAV resamples and re-frames as needed."""
+
+    def __init__(self, fmt: str, sample_rate: int, seekable: bool = False) -> None:
+        container, codec, rate = _AV_FORMATS[fmt]
+        options = {"page_duration": "100000"} if container == "ogg" else {}
+        # Seekable output (whole files) lets muxers write final sizes, e.g. FLAC's sample count.
+        self._sink: _Sink | io.BytesIO = io.BytesIO() if seekable else _Sink()
+        self._container = av.open(self._sink, mode="w", format=container, options=options)
+        self._stream = self._container.add_stream(codec, rate=rate or sample_rate, layout="mono")
+        self._rate = sample_rate
+        self._pts = 0
+
+    def _mux(self, frame: av.AudioFrame | None) -> bytes:
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        return self._sink.take() if isinstance(self._sink, _Sink) else b""
+
+    def encode(self, samples: np.ndarray) -> bytes:
+        samples = np.ascontiguousarray(samples, dtype=np.float32)
+        if samples.size == 0:
+            return b""
+        frame = av.AudioFrame.from_ndarray(samples[None, :], format="flt", layout="mono")
+        frame.sample_rate = self._rate
+        frame.pts = self._pts
+        self._pts += samples.size
+        return self._mux(frame)
+
+    def finish(self) -> bytes:
+        tail = self._mux(None)
+        self._container.close()
+        if isinstance(self._sink, io.BytesIO):
+            return self._sink.getvalue()
+        return tail + self._sink.take()
+
+
+def make_encoder(fmt: str, sample_rate: int) -> AudioEncoder:
+    """A streaming encoder for ``fmt``."""
+    if fmt in ("wav", "pcm"):
+        return PcmEncoder(sample_rate, header=fmt == "wav")
+    return AvEncoder(fmt, sample_rate)
+
+
+def encode_all(fmt: str, samples: np.ndarray, sample_rate: int) -> bytes:
+    """A whole file; WAV gets exact sizes in its header since the length is known."""
+    if fmt == "wav":
+        data = to_pcm16(samples)
+        return wav_header(sample_rate, len(data)) + data
+    if fmt == "pcm":
+        return to_pcm16(samples)
+    encoder = AvEncoder(fmt, sample_rate, seekable=True)
+    encoder.encode(samples)
+    return encoder.finish()
+
+
+_STRETCH_MIN_SAMPLES = 4096  # below two STFT windows there is nothing to stretch
+
+
+def change_speed(samples: np.ndarray, speed: float) -> np.ndarray:
+    """Tempo change without pitch change (librosa's phase vocoder)."""
+    if speed == 1.0 or samples.size < _STRETCH_MIN_SAMPLES:
+        return samples
+    return librosa.effects.time_stretch(np.asarray(samples, dtype=np.float32), rate=speed)

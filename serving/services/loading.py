@@ -1,0 +1,99 @@
+"""Startup: the profile, the checkpoint check, and building + warming the engine.
+
+Cheap checks (profile file, checkpoint folder layout) run before the server accepts connections
+so a wrong MODEL_DIR stops it at once with a clear message; loading weights and warming up run on
+the worker thread while ``/health`` says ``loading``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from dotenv import dotenv_values
+from pydantic import ValidationError
+
+from engine.checkpoint import CheckpointError, CheckpointFolder
+from engine.engine import OptimizedFishSpeech
+from engine.profile import EngineProfile
+from serving.schemas import HealthResponse
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """The service cannot start; the message says what to fix."""
+
+
+def engine_env(env_file: Path | None) -> dict[str, str]:
+    """The process environment over ``.env``: the engine's overrides may live in either."""
+    from_file = dotenv_values(env_file) if env_file and env_file.is_file() else {}
+    return {**{k: v for k, v in from_file.items() if v is not None}, **os.environ}
+
+
+def load_profile(path: Path, env_file: Path | None = None) -> tuple[EngineProfile, str]:
+    """The exported profile (or safe defaults, with one warning) under the engine's env overrides
+    (MIXED_PRECISION, QUANTIZATION, ENABLE_TORCH_COMPILE, ...)."""
+    if path.is_file():
+        try:
+            profile, source = EngineProfile.load(path), str(path)
+        except (ValidationError, ValueError, OSError) as exc:
+            raise StartupError(f"profile {path} is invalid: {exc}") from exc
+    else:
+        log.warning("no profile at %s (PROFILE_PATH); serving with safe engine defaults", path)
+        profile, source = EngineProfile(), "defaults"
+    try:
+        return EngineProfile.from_env(base=profile, env=engine_env(env_file)), source
+    except (ValidationError, ValueError) as exc:
+        raise StartupError(f"engine overrides in the environment are invalid: {exc}") from exc
+
+
+def check_checkpoint(model_dir: Path) -> CheckpointFolder:
+    """The checkpoint folder, or a ``StartupError`` naming what is missing."""
+    try:
+        return CheckpointFolder.open(model_dir)
+    except CheckpointError as exc:
+        raise StartupError(
+            f"{exc}. Set MODEL_DIR to an S1-mini checkpoint folder (config.json, model.pth, "
+            "codec.pth, tokenizer.tiktoken, special_tokens.json); the service never generates one."
+        ) from exc
+
+
+def build_engine(model_dir: Path, profile: EngineProfile, warmup: bool) -> OptimizedFishSpeech:
+    """Load the weights under ``profile`` and run warm-up (compile, graph capture) once."""
+    t0 = time.perf_counter()
+    engine = OptimizedFishSpeech.from_checkpoint(model_dir, profile)
+    log.info(
+        "engine loaded in %.1f s on %s (%s)",
+        time.perf_counter() - t0,
+        engine.hardware.name,
+        engine.dtype,
+    )
+    if warmup:
+        log.info("warm-up took %.1f s", engine.warmup())
+    return engine
+
+
+def describe(engine: OptimizedFishSpeech | None, **fields: object) -> HealthResponse:
+    """``/health``: what runs, on what, compiled and quantized how."""
+    if engine is None:
+        return HealthResponse(**fields)
+    profile = engine.active_profile
+    return HealthResponse(
+        **fields,
+        device=engine.hardware.device,
+        device_name=engine.hardware.name,
+        compute_capability=engine.hardware.capability_str,
+        dtype=str(engine.dtype).removeprefix("torch."),
+        compiled=profile.compiled,
+        compile_decode=profile.compile_decode,
+        compile_codec=profile.compile_codec,
+        quantization=profile.quantization,
+        profile=profile.knobs(),
+        provenance=profile.provenance.model_dump() if profile.provenance else None,
+        fallbacks=engine.fallbacks,
+        synthetic_checkpoint=engine.checkpoint.is_synthetic,
+        warmup_s=engine.compile_seconds,
+    )

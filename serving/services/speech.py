@@ -1,0 +1,142 @@
+"""The request-facing service: validate and resolve a speech request or a new voice, then hand the
+engine work to the worker. Route handlers call this and only shape responses.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+
+import numpy as np
+from fastapi import UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from engine.audio_io import SAMPLE_RATE, decode_audio
+from engine.engine import OptimizedFishSpeech
+from serving.errors import InvalidInput, PayloadTooLarge, QueueFull
+from serving.schemas import SEED_MAX, VoiceInfo
+from serving.services.asr import Transcriber
+from serving.services.metrics import MetricsStore
+from serving.services.synthesis import SynthesisSpec, SynthesisStream, start_synthesis
+from serving.services.text import check_text, split_text
+from serving.services.voices import Voice, VoiceLibrary, check_voice_id
+from serving.services.worker import EngineWorker
+from serving.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Names stock OpenAI clients send; unless a saved voice has the name they mean "no reference".
+UNCONDITIONED_VOICES = frozenset(
+    {"default", "alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova"}
+    | {"sage", "shimmer", "verse", "marin", "cedar"}
+)
+_READ_BLOCK = 1 << 20
+
+
+class SpeechService:
+    """Turns validated requests into worker jobs; owns no engine state itself."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        worker: EngineWorker[OptimizedFishSpeech],
+        voices: VoiceLibrary,
+        metrics: MetricsStore,
+        transcriber: Transcriber,
+    ) -> None:
+        self.settings = settings
+        self.worker = worker
+        self.voices = voices
+        self.metrics = metrics
+        self.transcriber = transcriber
+
+    async def read_reference(self, upload: UploadFile | None) -> np.ndarray | None:
+        """An uploaded recording, size- and duration-checked, as mono float32 at 44.1 kHz.
+
+        An empty part without a file name (a browser form with no file chosen) counts as none.
+        """
+        if upload is None or (not upload.filename and not upload.size):
+            return None
+        limit = self.settings.max_upload_bytes
+        if upload.size is not None and upload.size > limit:
+            raise PayloadTooLarge(
+                f"upload is {upload.size} bytes; the limit is {limit} (MAX_UPLOAD_MB)"
+            )
+        data = bytearray()
+        while block := await upload.read(_READ_BLOCK):
+            data += block
+            if len(data) > limit:
+                raise PayloadTooLarge(f"upload exceeds {limit} bytes (MAX_UPLOAD_MB)")
+        return await run_in_threadpool(
+            decode_audio, bytes(data), max_seconds=self.settings.max_reference_seconds
+        )
+
+    def resolve_voice(self, voice_id: str | None) -> Voice | None:
+        """A saved voice, or None for the unconditioned voice; unknown ids are a 404."""
+        if not voice_id or (
+            voice_id.lower() in UNCONDITIONED_VOICES and not self.voices.exists(voice_id)
+        ):
+            return None
+        return self.voices.get(check_voice_id(voice_id))
+
+    async def speak(
+        self,
+        text: str,
+        *,
+        voice: Voice | None = None,
+        reference: np.ndarray | None = None,
+        reference_text: str | None = None,
+        temperature: float = 0.8,
+        top_p: float = 0.8,
+        seed: int | None = None,
+        speed: float = 1.0,
+        chunked_decode: bool = False,
+        low_memory: bool = False,
+    ) -> SynthesisStream:
+        """Split the text, queue the request and wait for its first audio."""
+        received_at = time.perf_counter()
+        chunks = split_text(
+            check_text(text, self.settings.max_text_chars), self.settings.text_chunk_chars
+        )
+        if not chunks:
+            raise InvalidInput("text has nothing to speak")
+        if voice is not None and reference is not None:
+            raise InvalidInput("send either voice_id or speaker_file, not both")
+        spec = SynthesisSpec(
+            chunks=chunks,
+            seed=secrets.randbelow(SEED_MAX) if seed is None else seed,
+            reference_audio=voice.audio if voice else reference,
+            reference_text=voice.info.transcript if voice else reference_text,
+            reference_codes=voice.codes if voice else None,
+            temperature=temperature,
+            top_p=top_p,
+            speed=speed,
+            chunked_decode=chunked_decode or low_memory,
+            release_memory=low_memory,
+            max_new_tokens=self.settings.max_new_tokens,
+        )
+        try:
+            return await start_synthesis(self.worker, spec, received_at, self.metrics.record)
+        except QueueFull:
+            self.metrics.reject()
+            raise
+
+    async def add_voice(
+        self, voice_id: str, upload: UploadFile, transcript: str | None, name: str | None
+    ) -> VoiceInfo:
+        """Check, transcribe if needed, encode on the worker, then save atomically."""
+        self.voices.ensure_new(voice_id)  # early; re-checked under the library lock on save
+        audio = await self.read_reference(upload)
+        if audio is None:
+            raise InvalidInput("audio is required: a reference recording of the voice")
+        source = "user"
+        if not (transcript or "").strip():
+            transcript = await run_in_threadpool(self.transcriber.transcribe, audio, SAMPLE_RATE)
+            source = "asr"
+            log.info("transcribed voice %s: %r", voice_id, transcript)
+        job = self.worker.submit(lambda engine, _job: engine.reference_codes(audio)[0])
+        codes = await job.wait()
+        return await run_in_threadpool(
+            self.voices.create, voice_id, name, transcript.strip(), source, audio, codes
+        )

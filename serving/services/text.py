@@ -1,0 +1,70 @@
+"""Long text -> chunks at sentence boundaries, each short enough for one engine call.
+
+Chunks are generated in order with the same voice, so splitting where a speaker would pause
+anyway (sentence ends, then clause breaks, then spaces) keeps the joins inaudible.
+"""
+
+from __future__ import annotations
+
+import re
+
+from serving.errors import InvalidInput
+
+_SENTENCE_END = re.compile(r"(?<=[.!?…;])[\"'”’)\]]*\s+|(?<=[。！？；])|\n\s*")
+_CLAUSE_END = re.compile(r"(?<=[,:，、：—])\s*")
+
+
+def check_text(text: str, max_chars: int) -> str:
+    """The stripped text, or a 4xx for empty or overlong input."""
+    text = (text or "").strip()
+    if not text:
+        raise InvalidInput("text is empty")
+    if len(text) > max_chars:
+        raise InvalidInput(
+            f"text is {len(text)} characters; the limit is {max_chars} (MAX_TEXT_CHARS)"
+        )
+    return text
+
+
+def _pieces(text: str, pattern: re.Pattern[str]) -> list[str]:
+    return [p.strip() for p in pattern.split(text) if p and p.strip()]
+
+
+def _hard_wrap(text: str, limit: int) -> list[str]:
+    """Split a clause with no usable punctuation at spaces (or anywhere, for unspaced scripts)."""
+    out, line = [], ""
+    for word in text.split(" "):
+        while len(word) > limit:
+            if line:
+                out.append(line)
+                line = ""
+            out.append(word[:limit])
+            word = word[limit:]
+        candidate = f"{line} {word}".strip()
+        if len(candidate) > limit:
+            out.append(line)
+            candidate = word
+        line = candidate
+    return out + ([line] if line else [])
+
+
+def _units(text: str, limit: int) -> list[str]:
+    units = []
+    for sentence in _pieces(text, _SENTENCE_END):
+        if len(sentence) <= limit:
+            units.append(sentence)
+            continue
+        for clause in _pieces(sentence, _CLAUSE_END):
+            units.extend([clause] if len(clause) <= limit else _hard_wrap(clause, limit))
+    return units
+
+
+def split_text(text: str, limit: int) -> list[str]:
+    """Pack whole sentences greedily into chunks of at most ``limit`` characters."""
+    chunks: list[str] = []
+    for unit in _units(text, limit):
+        if chunks and len(chunks[-1]) + 1 + len(unit) <= limit:
+            chunks[-1] = f"{chunks[-1]} {unit}"
+        else:
+            chunks.append(unit)
+    return chunks

@@ -1,0 +1,137 @@
+"""The voice library: reference audio, transcript, cached reference codes and metadata on disk.
+
+Each voice is a folder ``VOICES_DIR/<id>/`` holding ``reference.wav`` (mono float32, 44.1 kHz),
+``codes.pt`` and ``meta.json``. A voice is written into a temporary folder and renamed into place,
+so a crash never leaves a half-written voice, and ids are checked against a strict pattern so
+none can name a path outside the library.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from serving.errors import Conflict, InvalidInput, NotFound
+from serving.schemas import VoiceInfo
+
+log = logging.getLogger(__name__)
+
+VOICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+AUDIO_FILE, CODES_FILE, META_FILE = "reference.wav", "codes.pt", "meta.json"
+
+
+def check_voice_id(voice_id: str) -> str:
+    """The id if it is a safe folder name: letters, digits, ``_ . -``, no ``..``, at most 64."""
+    if not VOICE_ID.fullmatch(voice_id or "") or ".." in voice_id:
+        raise InvalidInput(
+            f"invalid voice id {voice_id!r}: use 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    return voice_id
+
+
+@dataclass(frozen=True)
+class Voice:
+    """A saved voice, loaded for synthesis."""
+
+    info: VoiceInfo
+    audio: np.ndarray
+    codes: torch.Tensor | None
+
+
+class VoiceLibrary:
+    """CRUD over the voice folders; one lock serialises writers."""
+
+    def __init__(self, root: Path, sample_rate: int = 44_100) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.sample_rate = sample_rate
+        self._lock = threading.Lock()
+
+    def _folder(self, voice_id: str) -> Path:
+        return self.root / check_voice_id(voice_id)
+
+    def exists(self, voice_id: str) -> bool:
+        return (
+            VOICE_ID.fullmatch(voice_id or "") is not None
+            and (self._folder(voice_id) / META_FILE).is_file()
+        )
+
+    def list(self) -> list[VoiceInfo]:
+        voices = []
+        for meta in sorted(self.root.glob(f"*/{META_FILE}")):
+            if meta.parent.name.startswith("."):
+                continue  # a voice being written or deleted
+            try:
+                voices.append(VoiceInfo.model_validate_json(meta.read_text(encoding="utf-8")))
+            except (OSError, ValueError) as exc:
+                log.warning("skipping unreadable voice %s: %s", meta.parent.name, exc)
+        return voices
+
+    def get(self, voice_id: str) -> Voice:
+        folder = self._folder(voice_id)
+        if not (folder / META_FILE).is_file():
+            raise NotFound(f"unknown voice {voice_id!r}; GET /voices lists the saved ones")
+        info = VoiceInfo.model_validate_json((folder / META_FILE).read_text(encoding="utf-8"))
+        audio, _ = sf.read(folder / AUDIO_FILE, dtype="float32")
+        codes_path = folder / CODES_FILE
+        codes = torch.load(codes_path, weights_only=True) if codes_path.is_file() else None
+        return Voice(info, audio, codes)
+
+    def ensure_new(self, voice_id: str) -> None:
+        if self._folder(voice_id).exists():
+            raise Conflict(f"voice {voice_id!r} already exists; DELETE /voices/{voice_id} first")
+
+    def create(
+        self,
+        voice_id: str,
+        name: str | None,
+        transcript: str,
+        source: str,
+        audio: np.ndarray,
+        codes: torch.Tensor,
+    ) -> VoiceInfo:
+        """Write a new voice atomically; an existing id is a conflict (delete it first)."""
+        folder = self._folder(voice_id)
+        info = VoiceInfo(
+            id=voice_id,
+            name=name or voice_id,
+            transcript=transcript,
+            transcript_source=source,
+            duration_s=round(len(audio) / self.sample_rate, 3),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        tmp = self.root / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            sf.write(tmp / AUDIO_FILE, audio, self.sample_rate, subtype="FLOAT")
+            torch.save(codes.cpu(), tmp / CODES_FILE)
+            (tmp / META_FILE).write_text(info.model_dump_json(indent=2), encoding="utf-8")
+            with self._lock:
+                self.ensure_new(voice_id)
+                tmp.rename(folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        log.info("saved voice %s (%.1f s)", voice_id, info.duration_s)
+        return info
+
+    def delete(self, voice_id: str) -> None:
+        """Move the folder aside (atomic), then remove it."""
+        folder = self._folder(voice_id)
+        trash = self.root / f".trash-{uuid.uuid4().hex}"
+        with self._lock:
+            if not (folder / META_FILE).is_file():
+                raise NotFound(f"unknown voice {voice_id!r}")
+            folder.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        log.info("deleted voice %s", voice_id)

@@ -1,0 +1,157 @@
+"""Success paths of every endpoint against the live server."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import av
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytestmark = pytest.mark.service
+
+SAMPLE_RATE = 44_100
+
+
+def read_wav(data: bytes) -> np.ndarray:
+    audio, rate = sf.read(io.BytesIO(data), dtype="float32")
+    assert rate == SAMPLE_RATE
+    return audio
+
+
+def test_health_reports_engine_and_profile(client: httpx.Client) -> None:
+    body = client.get("/health").json()
+    assert body["status"] == "ready"
+    assert body["device"] == "cpu" and body["dtype"] == "float32"
+    assert body["compute_capability"] is None
+    assert body["profile_source"] == "defaults"
+    assert body["profile"]["quantization"] == body["quantization"] == "none"
+    assert body["synthetic_checkpoint"] is True
+    assert body["warmup_s"] is not None
+
+
+def test_tts_returns_wav_with_metric_headers(client: httpx.Client) -> None:
+    response = client.post("/tts", data={"text": "Hello world.", "seed": "7"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "audio/wav"
+    assert float(response.headers["x-latency-ms"]) > 0
+    assert float(response.headers["x-ttfa-ms"]) > 0
+    assert response.headers["x-peak-vram-mb"] == "n/a"  # CPU: absent, not zero
+    assert response.headers["x-gpu-util-pct"] == "n/a"
+    assert response.headers["x-seed"] == "7"
+    assert read_wav(response.content).size > 0
+
+
+def test_tts_same_seed_same_audio(client: httpx.Client) -> None:
+    form = {"text": "Reproducible speech.", "seed": "11", "format": "pcm"}
+    first, second = client.post("/tts", data=form), client.post("/tts", data=form)
+    assert first.status_code == second.status_code == 200
+    assert first.content == second.content
+
+
+def test_tts_with_uploaded_reference(client: httpx.Client, spoken_wav: bytes) -> None:
+    files = {"speaker_file": ("ref.wav", spoken_wav, "audio/wav")}
+    data = {"text": "Cloned speech.", "reference_text": "Hello there.", "seed": "1"}
+    response = client.post("/tts", data=data, files=files)
+    assert response.status_code == 200, response.text
+    assert read_wav(response.content).size > 0
+
+
+def test_tts_speed_changes_duration_not_rate(client: httpx.Client) -> None:
+    form = {"text": "Tempo test.", "seed": "5"}
+    normal = read_wav(client.post("/tts", data=form).content)
+    fast = read_wav(client.post("/tts", data={**form, "speed": "2.0"}).content)
+    assert len(fast) == pytest.approx(len(normal) / 2, rel=0.1)
+
+
+@pytest.mark.parametrize("fmt", ["wav", "mp3", "flac"])
+def test_tts_streams_each_format_as_one_file(client: httpx.Client, fmt: str) -> None:
+    data = {"text": "First sentence. Second one.", "stream": "true", "format": fmt, "seed": "2"}
+    with client.stream("POST", "/tts", data=data) as response:
+        assert response.status_code == 200
+        body = b"".join(response.iter_bytes())
+    with av.open(io.BytesIO(body)) as container:  # ffmpeg: streamed FLAC has no total length
+        stream = container.streams.audio[0]
+        assert stream.rate == SAMPLE_RATE
+        assert sum(frame.samples for frame in container.decode(stream)) > 0
+
+
+def test_tts_optimize_for_memory(client: httpx.Client) -> None:
+    response = client.post("/tts", data={"text": "Low memory.", "optimize_for_memory": "true"})
+    assert response.status_code == 200
+    assert read_wav(response.content).size > 0
+
+
+def test_long_text_is_split_into_ordered_chunks(client: httpx.Client) -> None:
+    sentence = "This sentence is long enough that three of them need separate chunks, " * 3
+    text = " ".join(sentence.strip() + "." for _ in range(3))
+    body = {"input": text, "voice": "default", "response_format": "pcm", "stream_format": "sse"}
+    events = sse_events(client.post("/v1/audio/speech", json=body))
+    assert events[-1]["type"] == "speech.audio.done"
+    assert events[-1]["metrics"]["chunks"] == 3
+
+
+def sse_events(response: httpx.Response) -> list[dict]:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    return [
+        json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")
+    ]
+
+
+def test_speech_sse_deltas_concatenate_to_one_file(client: httpx.Client) -> None:
+    body = {
+        "input": "Events please.",
+        "voice": "alloy",
+        "response_format": "wav",
+        "stream_format": "sse",
+    }
+    events = sse_events(client.post("/v1/audio/speech", json=body))
+    deltas = [e for e in events if e["type"] == "speech.audio.delta"]
+    audio = b"".join(base64.b64decode(e["audio"]) for e in deltas)
+    assert deltas and read_wav(audio).size > 0
+    assert events[-1]["usage"]["output_tokens"] > 0
+
+
+def test_models_and_openai_voice_list(client: httpx.Client) -> None:
+    models = client.get("/v1/models").json()
+    assert models["object"] == "list" and "tts-1" in {m["id"] for m in models["data"]}
+    voices = client.get("/v1/audio/voices").json()["voices"]
+    assert voices[0] == {"id": "default", "name": "default (unconditioned)"}
+
+
+def test_emotions_lists_s1_markers(client: httpx.Client) -> None:
+    markers = client.get("/emotions").json()["markers"]
+    assert {"(angry)", "(sad)", "(excited)", "(surprised)"} <= set(markers["emotion"])
+    assert "(whispering)" in markers["tone"] and "(laughing)" in markers["effect"]
+
+
+def test_metrics_json_and_prometheus(client: httpx.Client) -> None:
+    assert client.post("/tts", data={"text": "Count me."}).status_code == 200
+    metrics = client.get("/metrics").json()
+    assert metrics["requests"]["ok"] >= 1
+    assert (
+        metrics["latency_ms"]["p50"] > 0
+        and metrics["latency_ms"]["p95"] >= metrics["latency_ms"]["p50"]
+    )
+    assert metrics["ttfa_ms"]["p50"] > 0 and metrics["rtf"]["p50"] > 0
+    assert metrics["peak_vram_mb"] is None and metrics["gpu_util_pct"] is None
+    assert set(metrics["caches"]) == {"reference", "semantic"}
+    text = client.get("/metrics/prometheus")
+    assert text.headers["content-type"].startswith("text/plain")
+    assert 'fishbench_latency_seconds{quantile="0.95"}' in text.text
+    assert 'fishbench_cache_hit_ratio{cache="semantic"}' in text.text
+
+
+def test_cache_clear_empties_engine_caches(client: httpx.Client) -> None:
+    form = {"text": "Cache me.", "seed": "3"}
+    client.post("/tts", data=form)
+    client.post("/tts", data=form)
+    assert client.get("/metrics").json()["caches"]["semantic"]["entries"] > 0
+    cleared = client.post("/cache/clear").json()["cleared"]
+    assert cleared["semantic"] > 0
+    assert client.get("/metrics").json()["caches"]["semantic"]["entries"] == 0

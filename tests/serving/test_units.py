@@ -1,0 +1,165 @@
+"""Fast tests of the serving pieces that need no model and no server."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+
+import av
+import numpy as np
+import pytest
+
+from serving.errors import InvalidInput, QueueFull, RateLimited
+from serving.services.audio import encode_all, make_encoder
+from serving.services.ratelimit import RateLimiter
+from serving.services.text import check_text, split_text
+from serving.services.voices import check_voice_id
+from serving.services.worker import EngineWorker
+from serving.settings import Settings
+
+RATE = 44_100
+
+
+def test_split_keeps_sentences_whole_and_in_order() -> None:
+    text = (
+        "One. Two! Three? " + "Four is a much longer sentence, with a clause, and more words. " * 3
+    )
+    chunks = split_text(text, 70)
+    assert all(len(c) <= 70 for c in chunks)
+    assert " ".join(chunks).split() == text.split()
+    assert chunks[0] == "One. Two! Three?"
+
+
+def test_split_handles_cjk_and_unpunctuated_text() -> None:
+    assert split_text("你好。今天天气很好！", 5) == ["你好。", "今天天气很", "好！"]
+    words = "word " * 50
+    assert all(len(c) <= 30 for c in split_text(words, 30))
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n"])
+def test_empty_text_is_rejected(text: str) -> None:
+    with pytest.raises(InvalidInput, match="empty"):
+        check_text(text, 10)
+
+
+def test_overlong_text_is_rejected() -> None:
+    with pytest.raises(InvalidInput, match="MAX_TEXT_CHARS"):
+        check_text("a" * 11, 10)
+
+
+@pytest.mark.parametrize("voice_id", ["..", "../x", "a/b", ".hidden", "", "x" * 65, "a\\b", "é"])
+def test_unsafe_voice_ids_are_rejected(voice_id: str) -> None:
+    with pytest.raises(InvalidInput):
+        check_voice_id(voice_id)
+
+
+@pytest.mark.parametrize("voice_id", ["joe", "Joe_2", "en-us.narrator", "7"])
+def test_safe_voice_ids_pass(voice_id: str) -> None:
+    assert check_voice_id(voice_id) == voice_id
+
+
+def tone(seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+@pytest.mark.parametrize("fmt", ["wav", "mp3", "opus", "flac", "aac"])
+def test_streamed_chunks_form_one_decodable_file(fmt: str) -> None:
+    encoder = make_encoder(fmt, RATE)
+    parts = [encoder.encode(chunk) for chunk in np.array_split(tone(1.0), 7)]
+    data = b"".join(parts) + encoder.finish()
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        seconds = sum(frame.samples for frame in container.decode(stream)) / stream.rate
+    assert seconds == pytest.approx(1.0, abs=0.06)
+    if fmt == "wav":
+        assert data.count(b"RIFF") == 1 and data[4:8] == b"\xff\xff\xff\xff"
+
+
+def test_whole_wav_has_exact_sizes() -> None:
+    data = encode_all("wav", tone(0.5), RATE)
+    assert int.from_bytes(data[40:44], "little") == len(data) - 44
+
+
+def test_pcm_is_clipped_s16le() -> None:
+    data = encode_all("pcm", np.array([2.0, -2.0, 0.0], dtype=np.float32), RATE)
+    assert np.frombuffer(data, "<i2").tolist() == [32767, -32767, 0]
+
+
+def test_rate_limiter_window_per_key() -> None:
+    limiter = RateLimiter(2)
+    limiter.check("a", now=0.0)
+    limiter.check("a", now=1.0)
+    limiter.check("b", now=1.0)
+    with pytest.raises(RateLimited) as info:
+        limiter.check("a", now=2.0)
+    assert info.value.headers["Retry-After"] == "58"
+    limiter.check("a", now=61.0)
+
+
+def test_settings_parse_lists_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORS_ORIGINS", "http://a, http://b")
+    monkeypatch.setenv("API_KEY", "k1, k2")
+    settings = Settings(_env_file=None)
+    assert settings.cors_origins == ["http://a", "http://b"]
+    assert settings.api_keys == {"k1", "k2"}
+    assert "k1" not in repr(settings)
+
+
+def test_worker_rejects_when_full_and_skips_cancelled_jobs() -> None:
+    gate = threading.Event()
+    ran: list[str] = []
+
+    def work(name: str):
+        def fn(engine: object, job: object) -> str:
+            gate.wait(5)
+            ran.append(name)
+            return name
+
+        return fn
+
+    async def scenario() -> None:
+        worker = EngineWorker(lambda: object(), queue_size=1)
+        worker.start()
+        while worker.state != "ready":
+            await asyncio.sleep(0.01)
+        running = worker.submit(work("running"))
+        while running.started_at is None:
+            await asyncio.sleep(0.01)
+        waiting = worker.submit(work("waiting"))
+        with pytest.raises(QueueFull):
+            worker.submit(work("refused"))
+        waiting.cancel()
+        gate.set()
+        assert await running.wait() == "running"
+        assert await waiting.wait() is None
+        worker.stop()
+
+    asyncio.run(scenario())
+    assert ran == ["running"]
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "opus", "flac", "aac"])
+def test_whole_files_decode(fmt: str) -> None:
+    data = encode_all(fmt, tone(0.5), RATE)
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        assert sum(frame.samples for frame in container.decode(stream)) / stream.rate > 0.4
+
+
+def test_whole_flac_reads_with_soundfile() -> None:
+    import soundfile as sf
+
+    audio, rate = sf.read(io.BytesIO(encode_all("flac", tone(0.5), RATE)))
+    assert rate == RATE and len(audio) == int(0.5 * RATE)
+
+
+def test_speed_changes_length_not_pitch() -> None:
+    from serving.services.audio import change_speed
+
+    fast = change_speed(tone(1.0), 2.0)
+    assert len(fast) == pytest.approx(RATE / 2, rel=0.01)
+    spectrum = np.abs(np.fft.rfft(fast))
+    assert np.fft.rfftfreq(len(fast), 1 / RATE)[spectrum.argmax()] == pytest.approx(440, abs=5)
+    assert change_speed(tone(0.01), 2.0).size == int(0.01 * RATE)  # too short to stretch

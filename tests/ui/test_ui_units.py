@@ -1,0 +1,146 @@
+"""Fast checks of the UI's pure parts: stream re-chunking, what the page says, client parsing."""
+
+from __future__ import annotations
+
+import io
+import struct
+import wave
+
+import httpx
+import numpy as np
+import pytest
+
+from ui.audio import WavChunker, wav_chunks
+from ui.client import Figures, ServiceClient, ServiceError, SynthesisRequest, _refusal
+from ui.view import (
+    insert_marker,
+    metric_cells,
+    profile_line,
+    unavailable_features,
+    voice_choices,
+    voice_id_for,
+)
+
+pytestmark = pytest.mark.ui
+
+CPU_HEALTH = {"status": "ready", "device": "cpu", "dtype": "float32", "profile": {"chunk_size": 16}}
+GPU_HEALTH = {
+    "status": "ready",
+    "device": "cuda",
+    "device_name": "NVIDIA GeForce RTX 3060",
+    "dtype": "bfloat16",
+    "compile_decode": "max-autotune",
+    "compile_codec": "reduce-overhead",
+    "quantization": "nf4",
+    "profile": {"num_streams": 2},
+    "fallbacks": ["int4_group_size: 256 -> 128 (int4 kernel limit)"],
+    "profile_source": "reports/profile.yaml",
+    "provenance": {"gpu_name": "NVIDIA GeForce RTX 4060"},
+}
+
+
+def streaming_header(rate: int, tag: int = 1, bits: int = 16) -> bytes:
+    """A WAV header with unknown sizes, as the service streams it."""
+    block = bits // 8
+    fmt = struct.pack("<IHHIIHH", 16, tag, 1, rate, rate * block, block, bits)
+    return b"RIFF\xff\xff\xff\xffWAVEfmt " + fmt + b"data\xff\xff\xff\xff"
+
+
+def frames_of(piece: bytes) -> tuple[int, int]:
+    with wave.open(io.BytesIO(piece)) as reader:
+        return reader.getframerate(), reader.getnframes()
+
+
+def test_chunker_waits_for_the_header_and_whole_samples() -> None:
+    chunker = WavChunker()
+    body = streaming_header(44_100) + np.arange(5, dtype="<i2").tobytes()
+    assert chunker.feed(body[:20]) is None  # header incomplete
+    first = chunker.feed(body[20:-1])  # four whole samples and half of the fifth
+    assert frames_of(first) == (44_100, 4)
+    assert frames_of(chunker.feed(body[-1:])) == (44_100, 1)
+
+
+def test_float_streams_become_16_bit_files() -> None:
+    samples = np.array([0.0, 0.5, -1.0, 2.0], dtype="<f4").tobytes()
+    (piece,) = wav_chunks([streaming_header(22_050, tag=3, bits=32) + samples])
+    with wave.open(io.BytesIO(piece)) as reader:
+        pcm = np.frombuffer(reader.readframes(4), dtype="<i2")
+    assert reader.getsampwidth() == 2
+    assert pcm.tolist() == [0, 16383, -32767, 32767]
+
+
+def test_a_non_wav_stream_is_refused() -> None:
+    with pytest.raises(ValueError, match="WAV"):
+        list(wav_chunks([b"ID3" + b"\x00" * 64]))
+
+
+def test_profile_line_marks_4_bit_experimental_and_lists_gpu_knobs() -> None:
+    line = profile_line(GPU_HEALTH)
+    assert line.startswith(
+        "Profile (reports/profile.yaml, tuned on NVIDIA GeForce RTX 4060): NVIDIA"
+    )
+    assert "RTX 3060" in line and "bfloat16" in line
+    assert "quantization nf4 (experimental)" in line
+    assert "compile decode=max-autotune, codec=reduce-overhead" in line
+    assert "2 CUDA stream(s)" in line
+
+
+def test_cpu_service_lists_unavailable_features_with_reasons() -> None:
+    assert "eager" not in profile_line(CPU_HEALTH)  # compile state unknown: not guessed
+    notes = unavailable_features(CPU_HEALTH)
+    assert any(note.startswith("GPU utilization: unavailable (") for note in notes)
+    assert any(note.startswith("CUDA streams: unavailable (") for note in notes)
+    cells = dict(metric_cells(Figures(latency_ms=1234.0), CPU_HEALTH))
+    assert cells == {
+        "Latency": "1234 ms",
+        "First audio": "n/a",
+        "Peak VRAM": "n/a (CPU)",
+        "GPU": "n/a (CPU)",
+    }
+
+
+def test_gpu_service_reports_only_its_fallbacks_with_4_bit_labelled() -> None:
+    assert unavailable_features(GPU_HEALTH) == [
+        "Profile fallback: int4_group_size: 256 -> 128 (int4 (experimental) kernel limit)"
+    ]
+
+
+def test_loading_service_says_so() -> None:
+    assert profile_line({"status": "loading"}).startswith("Service loading")
+
+
+def test_small_helpers() -> None:
+    assert insert_marker("Hi  ", "(sad)") == "Hi (sad) "
+    assert insert_marker("", "(sad)") == "(sad) "
+    assert voice_id_for("My Voice #2") == "my-voice-2"
+    assert voice_id_for("  ", fallback="ref.take") == "ref.take"
+    assert voice_choices([{"id": "a", "name": "Alice"}, {"id": "b"}, {}]) == [
+        ("Alice", "a"),
+        ("b", "b"),
+    ]
+
+
+def test_figures_from_headers_and_metrics() -> None:
+    headers = {"x-latency-ms": "812.5", "x-ttfa-ms": "n/a", "x-peak-vram-mb": "1024"}
+    figures = Figures.from_headers(headers)
+    assert figures == Figures(latency_ms=812.5, peak_vram_mb=1024.0)
+    rolling = Figures.from_metrics({"ttfa_ms": {"p50": 90.0}, "last": {"gpu_util_pct": 55}})
+    assert figures.filled_from(rolling) == Figures(812.5, 90.0, 1024.0, 55.0)
+
+
+def test_request_form_leaves_out_unset_fields() -> None:
+    form = SynthesisRequest("Hi", seed=None, optimize_for_memory=True).form(stream=True)
+    assert form["optimize_for_memory"] == "true" and form["stream"] == "true"
+    assert "seed" not in form and "voice_id" not in form
+
+
+def test_error_body_becomes_the_message() -> None:
+    body = {"error": "invalid_input", "message": "text is empty", "type": "invalid_request_error"}
+    error = _refusal(httpx.Response(422, json=body))
+    assert str(error) == "The service refused the request (422): text is empty"
+    assert error.status == 422
+
+
+def test_unreachable_service_is_a_service_error() -> None:
+    with pytest.raises(ServiceError, match="not reachable at http://127.0.0.1:9"):
+        ServiceClient("http://127.0.0.1:9").voices()
