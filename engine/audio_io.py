@@ -61,9 +61,13 @@ def decode_audio(data: bytes, *, max_seconds: float = MAX_REFERENCE_SECONDS) -> 
         raise AudioInputError("the audio file contains no samples")
     duration = channels.shape[1] / rate
     if duration > max_seconds:
-        raise AudioInputError(f"reference audio is {duration:.1f} s; the limit is {max_seconds:.0f} s")
+        raise AudioInputError(
+            f"reference audio is {duration:.1f} s; the limit is {max_seconds:.0f} s"
+        )
     if duration < MIN_REFERENCE_SECONDS:
-        raise AudioInputError(f"reference audio is {duration:.2f} s; at least {MIN_REFERENCE_SECONDS} s needed")
+        raise AudioInputError(
+            f"reference audio is {duration:.2f} s; at least {MIN_REFERENCE_SECONDS} s needed"
+        )
     mono = torch.from_numpy(np.ascontiguousarray(channels.mean(axis=0)))
     if rate != SAMPLE_RATE:
         mono = AF.resample(mono, rate, SAMPLE_RATE)
@@ -80,6 +84,15 @@ def read_audio_file(path: str | Path, *, max_seconds: float = MAX_REFERENCE_SECO
         return decode_audio(path.read_bytes(), max_seconds=max_seconds)
     except AudioInputError as exc:
         raise AudioInputError(f"{path.name}: {exc}") from exc
+
+
+def load_reference(reference: bytes | str | Path | np.ndarray) -> np.ndarray:
+    """Reference audio given as bytes, a file path or 44.1 kHz float samples -> float32 samples."""
+    if isinstance(reference, np.ndarray):
+        return np.ascontiguousarray(reference, dtype=np.float32)
+    if isinstance(reference, bytes):
+        return decode_audio(reference)
+    return read_audio_file(reference)
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:

@@ -19,7 +19,7 @@ from fish_speech.content_sequence import ContentSequence, TextPart, VQPart
 from fish_speech.models.text2semantic import inference as upstream
 from fish_speech.tokenizer import IM_END_TOKEN
 
-from engine.audio_io import SAMPLE_RATE, decode_audio, read_audio_file
+from engine.audio_io import SAMPLE_RATE, load_reference
 from engine.checkpoint import CheckpointFolder
 from engine.engine import ReferenceAudio
 from engine.telemetry import Measure, SynthesisReport
@@ -35,7 +35,9 @@ upstream.tqdm = functools.partial(upstream.tqdm, disable=True)
 class UpstreamBaseline:
     """Upstream inference for one checkpoint; ``compile=True`` is upstream's ``--compile``."""
 
-    def __init__(self, checkpoint: CheckpointFolder, device: torch.device, compile: bool = False) -> None:
+    def __init__(
+        self, checkpoint: CheckpointFolder, device: torch.device, compile: bool = False
+    ) -> None:
         self.checkpoint = checkpoint
         self.device = device
         self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -46,7 +48,10 @@ class UpstreamBaseline:
         self.codec = load_codec(checkpoint, device, self.dtype)
         tok = self.model.tokenizer
         allowed = torch.zeros(self.model.config.vocab_size, dtype=torch.bool, device=device)
-        allowed[tok.semantic_begin_id : tok.semantic_begin_id + self.codec.quantizer.semantic_quantizer.codebook_size] = True
+        allowed[
+            tok.semantic_begin_id : tok.semantic_begin_id
+            + self.codec.quantizer.semantic_quantizer.codebook_size
+        ] = True
         self._allow_semantic = allowed
         self._allow_semantic_or_end = allowed.clone()
         self._allow_semantic_or_end[tok.get_token_id(IM_END_TOKEN)] = True
@@ -55,7 +60,9 @@ class UpstreamBaseline:
         self.last_report = SynthesisReport()
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", compile: bool = False) -> UpstreamBaseline:
+    def from_checkpoint(
+        cls, path: str | Path, device: str = "auto", compile: bool = False
+    ) -> UpstreamBaseline:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return cls(CheckpointFolder.open(path), torch.device(device), compile)
@@ -72,12 +79,7 @@ class UpstreamBaseline:
         model.forward_generate = restricted
 
     def _reference_codes(self, reference: ReferenceAudio) -> torch.Tensor:
-        if isinstance(reference, np.ndarray):
-            audio = reference.astype(np.float32)
-        elif isinstance(reference, bytes):
-            audio = decode_audio(reference)
-        else:
-            audio = read_audio_file(reference)
+        audio = load_reference(reference)
         wav = torch.from_numpy(audio).to(self.device, self.dtype)[None, None]
         lengths = torch.tensor([wav.shape[2]], device=self.device, dtype=torch.long)
         return self.codec.encode(wav, lengths)[0][0]
@@ -105,7 +107,11 @@ class UpstreamBaseline:
             seq = ContentSequence(modality="interleave")
             if reference_audio is not None:
                 codes = self._reference_codes(reference_audio)
-                seq.append([TextPart(text=reference_text or ""), VQPart(codes=codes.cpu())], add_end=True, speaker=0)
+                seq.append(
+                    [TextPart(text=reference_text or ""), VQPart(codes=codes.cpu())],
+                    add_end=True,
+                    speaker=0,
+                )
             seq.append([TextPart(text=text)], add_end=False, speaker=0)
             encoded, audio_masks, audio_parts = seq.encode_for_inference(
                 self.model.tokenizer, num_codebooks=self.model.config.num_codebooks

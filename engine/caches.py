@@ -75,7 +75,11 @@ class ReferenceCodeCache(LRUCache[torch.Tensor]):
 
     def get(self, key: str) -> torch.Tensor | None:
         value = super().get(key)
-        if value is None and self.directory is not None and (self.directory / f"{key}.pt").is_file():
+        if (
+            value is None
+            and self.directory is not None
+            and (self.directory / f"{key}.pt").is_file()
+        ):
             value = torch.load(self.directory / f"{key}.pt", weights_only=True)
             with self._lock:
                 self.misses -= 1

@@ -21,7 +21,13 @@ from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
 
-REQUIRED_FILES = ("config.json", "model.pth", "codec.pth", "tokenizer.tiktoken", "special_tokens.json")
+REQUIRED_FILES = (
+    "config.json",
+    "model.pth",
+    "codec.pth",
+    "tokenizer.tiktoken",
+    "special_tokens.json",
+)
 SYNTHETIC_MARKER = "SYNTHETIC.json"
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -79,7 +85,8 @@ class CheckpointFolder:
             raise CheckpointError(f"{self.file('config.json')} is not valid JSON: {exc}") from exc
         if data.get("model_type") != "dual_ar":
             raise CheckpointError(
-                f"{self.file('config.json')}: model_type {data.get('model_type')!r} is not 'dual_ar'"
+                f"{self.file('config.json')}: model_type {data.get('model_type')!r} "
+                "is not 'dual_ar'"
             )
         return data
 
@@ -147,7 +154,11 @@ def load_strict(module: torch.nn.Module, weights: Mapping[str, torch.Tensor], pa
         if tuple(weights[key].shape) != tuple(expected[key].shape)
     )
     problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+    for label, keys in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("shape mismatch", mismatched),
+    ):
         if keys:
             shown = ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
             problems.append(f"{len(keys)} {label}: {shown}")

@@ -66,7 +66,9 @@ class CodecRunner:
         Audio longer than ``encode_chunk_seconds`` is encoded in whole-frame chunks so peak
         memory stays bounded by the chunk, not the recording.
         """
-        chunk = max(1, int(self.profile.encode_chunk_seconds * self.sample_rate) // self.samples_per_frame)
+        chunk = max(
+            1, int(self.profile.encode_chunk_seconds * self.sample_rate) // self.samples_per_frame
+        )
         chunk *= self.samples_per_frame
         pieces = []
         for start in range(0, len(audio), chunk):

@@ -1,4 +1,4 @@
-"""Semantic generation: prefill, then one whole frame (slow step, ten fast steps, sampling) per call.
+"""Semantic generation: prefill, then one whole frame per call: slow step, ten fast steps, sampling.
 
 The per-frame step touches only preallocated state (KV caches, the repetition window, sampling
 settings held as device tensors), so it can be compiled fullgraph and captured as a CUDA graph.
@@ -35,7 +35,11 @@ class SemanticDecoder(nn.Module):
     """Generates frames of 1 token + ``num_codebooks`` codes from a prompt [1 + C, T]."""
 
     def __init__(
-        self, model: DualARTransformer, profile: EngineProfile, semantic_size: int, residual_size: int
+        self,
+        model: DualARTransformer,
+        profile: EngineProfile,
+        semantic_size: int,
+        residual_size: int,
     ) -> None:
         super().__init__()
         self.model = model
@@ -49,20 +53,29 @@ class SemanticDecoder(nn.Module):
         device = next(model.parameters()).device
         dtype = model.norm.weight.dtype
         head = model.embeddings.weight if cfg.tie_word_embeddings else model.output.weight
-        rows = torch.cat([
-            torch.arange(self.semantic_begin, self.semantic_begin + semantic_size, device=device),
-            torch.tensor([self.im_end], device=device),
-        ])
+        rows = torch.cat(
+            [
+                torch.arange(
+                    self.semantic_begin, self.semantic_begin + semantic_size, device=device
+                ),
+                torch.tensor([self.im_end], device=device),
+            ]
+        )
         self.register_buffer("slow_head", head.detach()[rows].clone().to(dtype), persistent=False)
         self.register_buffer(
-            "fast_head", model.fast_output.weight.detach()[:residual_size].clone().to(dtype), persistent=False
+            "fast_head",
+            model.fast_output.weight.detach()[:residual_size].clone().to(dtype),
+            persistent=False,
         )
         self.register_buffer("settings", torch.tensor([0.8, 0.8, 1.1], device=device))
         self.register_buffer("eos_bias", torch.zeros((), device=device))
         self.register_buffer(
-            "window", torch.zeros(self.num_codebooks, REPETITION_WINDOW, dtype=torch.long, device=device)
+            "window",
+            torch.zeros(self.num_codebooks, REPETITION_WINDOW, dtype=torch.long, device=device),
         )
-        self.register_buffer("fast_pos", torch.arange(self.num_codebooks, device=device), persistent=False)
+        self.register_buffer(
+            "fast_pos", torch.arange(self.num_codebooks, device=device), persistent=False
+        )
         with torch.device(device):
             model.setup_caches(1, profile.max_seq_len, dtype=dtype)
         self.max_seq_len = model.max_seq_len
@@ -111,7 +124,9 @@ class SemanticDecoder(nn.Module):
         return self._sample_frame(hidden)
 
     def _reset(self, params: SamplingParams, allow_end: bool) -> None:
-        self.settings.copy_(torch.tensor([params.temperature, params.top_p, params.repetition_penalty]))
+        self.settings.copy_(
+            torch.tensor([params.temperature, params.top_p, params.repetition_penalty])
+        )
         self.eos_bias.fill_(0.0 if allow_end else -float("inf"))
         self.window.zero_()
         if params.seed is not None:
@@ -132,7 +147,8 @@ class SemanticDecoder(nn.Module):
         budget = fixed_frames if fixed_frames is not None else max_new_tokens
         if prompt_len + budget > self.max_seq_len:
             raise ValueError(
-                f"prompt ({prompt_len} tokens) + {budget} frames exceeds max_seq_len {self.max_seq_len}; "
+                f"prompt ({prompt_len} tokens) + {budget} frames exceeds "
+                f"max_seq_len {self.max_seq_len}; "
                 "shorten the text or reference, or raise MAX_SEQ_LEN"
             )
         self._reset(params, allow_end=fixed_frames is None)
@@ -144,7 +160,9 @@ class SemanticDecoder(nn.Module):
         sync()
         timings.prefill_s = time.perf_counter() - t0
         produced, emitted = 1, 0
-        current = frames[:, :1].clone()  # contiguous, same shape and strides every request: no recompiles
+        current = frames[
+            :, :1
+        ].clone()  # contiguous, same shape and strides every request: no recompiles
         input_pos = torch.tensor([prompt_len], device=device)
         interval = self.profile.eos_check_interval
         t1 = time.perf_counter()

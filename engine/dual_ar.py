@@ -29,7 +29,9 @@ def embed(model: DualARTransformer, inp: Tensor) -> Tensor:
     return x
 
 
-def attention(attn: Attention, x: Tensor, freqs_cis: Tensor, mask: Tensor, input_pos: Tensor | None) -> Tensor:
+def attention(
+    attn: Attention, x: Tensor, freqs_cis: Tensor, mask: Tensor, input_pos: Tensor | None
+) -> Tensor:
     """Upstream ``Attention`` with its KV cache when ``input_pos`` is given, causal otherwise."""
     bsz, seqlen, _ = x.shape
     q_size = attn.n_head * attn.head_dim
@@ -45,18 +47,24 @@ def attention(attn: Attention, x: Tensor, freqs_cis: Tensor, mask: Tensor, input
     v = v.transpose(1, 2)
     if input_pos is not None:
         k, v = attn.kv_cache.update(input_pos, k, v)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=attn.n_head != attn.n_local_heads)
+    y = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, enable_gqa=attn.n_head != attn.n_local_heads
+    )
     return attn.wo(y.transpose(1, 2).reshape(bsz, seqlen, q_size))
 
 
-def run_layers(layers, x: Tensor, freqs_cis: Tensor, mask: Tensor, input_pos: Tensor | None) -> Tensor:
+def run_layers(
+    layers, x: Tensor, freqs_cis: Tensor, mask: Tensor, input_pos: Tensor | None
+) -> Tensor:
     for layer in layers:
         x = x + attention(layer.attention, layer.attention_norm(x), freqs_cis, mask, input_pos)
         x = x + layer.feed_forward(layer.ffn_norm(x))
     return x
 
 
-def slow_hidden(model: DualARTransformer, inp: Tensor, input_pos: Tensor, *, last_only: bool = True) -> Tensor:
+def slow_hidden(
+    model: DualARTransformer, inp: Tensor, input_pos: Tensor, *, last_only: bool = True
+) -> Tensor:
     """Slow transformer over ``inp`` at ``input_pos`` using the KV cache; pre-norm hidden states."""
     x = embed(model, inp)
     mask = model.causal_mask[None, None, input_pos, : model.max_seq_len]
@@ -75,7 +83,9 @@ def slow_hidden_uncached(model: DualARTransformer, inp: Tensor) -> Tensor:
 def fast_step(model: DualARTransformer, x: Tensor, pos: Tensor) -> Tensor:
     """One fast-transformer position with its KV cache; returns the normed hidden state."""
     mask = model.causal_mask[None, None, pos, : model.config.num_codebooks]
-    x = run_layers(model.fast_layers, x.view(x.shape[0], 1, -1), model.fast_freqs_cis[pos], mask, pos)
+    x = run_layers(
+        model.fast_layers, x.view(x.shape[0], 1, -1), model.fast_freqs_cis[pos], mask, pos
+    )
     return model.fast_norm(x)
 
 

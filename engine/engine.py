@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from fish_speech.content_sequence import ContentSequence, TextPart, VQPart
 
-from engine.audio_io import SAMPLE_RATE, decode_audio, read_audio_file
+from engine.audio_io import SAMPLE_RATE, load_reference
 from engine.caches import LRUCache, ReferenceCodeCache
 from engine.checkpoint import CheckpointFolder
 from engine.codec import CodecRunner
@@ -53,11 +53,15 @@ class OptimizedFishSpeech:
             torch.backends.cudnn.benchmark = True
         model = load_dual_ar(checkpoint, self.device, self.dtype, profile.max_seq_len)
         codec = load_codec(checkpoint, self.device, self.dtype)
-        applied = apply_quantization(model, profile.quantization, self.device, profile.int4_group_size)
+        applied = apply_quantization(
+            model, profile.quantization, self.device, profile.int4_group_size
+        )
         if applied != profile.quantization:
             profile = profile.model_copy(update={"quantization": applied})
         self.codec = CodecRunner(codec, profile)
-        self.decoder = SemanticDecoder(model, profile, self.codec.semantic_size, self.codec.residual_size)
+        self.decoder = SemanticDecoder(
+            model, profile, self.codec.semantic_size, self.codec.residual_size
+        )
         self.tokenizer = model.tokenizer
         self._profile = profile
         self.reference_cache = ReferenceCodeCache(profile.cache_limit, reference_cache_dir)
@@ -69,12 +73,17 @@ class OptimizedFishSpeech:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, profile: EngineProfile | None = None, reference_cache_dir: Path | None = None
+        cls,
+        path: str | Path,
+        profile: EngineProfile | None = None,
+        reference_cache_dir: Path | None = None,
     ) -> OptimizedFishSpeech:
-        """Load a checkpoint folder strictly and prepare it under ``profile`` (env overrides if None)."""
+        """Load a checkpoint strictly and prepare it under ``profile`` (env overrides if None)."""
         requested = profile if profile is not None else EngineProfile.from_env()
         checkpoint = CheckpointFolder.open(path)
-        hardware = Hardware.detect(requested.device, probe_bitsandbytes=requested.quantization == "nf4")
+        hardware = Hardware.detect(
+            requested.device, probe_bitsandbytes=requested.quantization == "nf4"
+        )
         active, notes = resolve_profile(requested, hardware)
         _warn_on_foreign_provenance(requested, checkpoint, hardware)
         return cls(checkpoint, active, hardware, notes, reference_cache_dir)
@@ -104,32 +113,47 @@ class OptimizedFishSpeech:
         cached = self.reference_cache.get(key)
         if cached is not None:
             return cached, True
-        if isinstance(reference, np.ndarray):
-            audio = reference.astype(np.float32)
-        elif isinstance(reference, bytes):
-            audio = decode_audio(reference)
-        else:
-            audio = read_audio_file(reference)
+        audio = load_reference(reference)
         codes = self.codec.encode(audio)
         self.reference_cache.put(key, codes)
         return codes, False
 
-    def build_prompt(self, text: str, ref_codes: torch.Tensor | None, ref_text: str | None) -> torch.Tensor:
+    def build_prompt(
+        self, text: str, ref_codes: torch.Tensor | None, ref_text: str | None
+    ) -> torch.Tensor:
         """The upstream interleaved prompt [1 + C, T]: (reference text + codes), then the text."""
         text = _check_text(text)
         seq = ContentSequence(modality="interleave")
         if ref_codes is not None:
-            seq.append([TextPart(text=ref_text or ""), VQPart(codes=ref_codes)], add_end=True, speaker=0)
+            seq.append(
+                [TextPart(text=ref_text or ""), VQPart(codes=ref_codes)], add_end=True, speaker=0
+            )
         seq.append([TextPart(text=text)], add_end=False, speaker=0)
-        encoded, _, _ = seq.encode_for_inference(self.tokenizer, num_codebooks=self.decoder.num_codebooks)
+        encoded, _, _ = seq.encode_for_inference(
+            self.tokenizer, num_codebooks=self.decoder.num_codebooks
+        )
         return encoded.long()
 
-    def _semantic_key(self, prompt: torch.Tensor, params: SamplingParams, frames: int | None, cap: int) -> str:
+    def _semantic_key(
+        self, prompt: torch.Tensor, params: SamplingParams, frames: int | None, cap: int
+    ) -> str:
         digest = hashlib.sha256(prompt.numpy().tobytes()).hexdigest()
-        return f"{digest}:{params.temperature}:{params.top_p}:{params.repetition_penalty}:{params.seed}:{frames}:{cap}"
+        knobs = (
+            params.temperature,
+            params.top_p,
+            params.repetition_penalty,
+            params.seed,
+            frames,
+            cap,
+        )
+        return ":".join(map(str, (digest, *knobs)))
 
     def _prepare(
-        self, text: str, reference_audio: ReferenceAudio | None, reference_text: str | None, report: SynthesisReport
+        self,
+        text: str,
+        reference_audio: ReferenceAudio | None,
+        reference_text: str | None,
+        report: SynthesisReport,
     ) -> torch.Tensor:
         t0 = time.perf_counter()
         ref_codes = None
@@ -146,8 +170,12 @@ class OptimizedFishSpeech:
         fixed_frames: int | None,
         report: SynthesisReport,
     ) -> Iterator[torch.Tensor]:
-        """Generated codes in blocks (device tensors), served from the semantic cache when seeded."""
-        key = self._semantic_key(prompt, params, fixed_frames, max_new_tokens) if params.seed is not None else None
+        """Generated codes in blocks (device tensors); seeded requests may come from the cache."""
+        key = (
+            self._semantic_key(prompt, params, fixed_frames, max_new_tokens)
+            if params.seed is not None
+            else None
+        )
         cached = self.semantic_cache.get(key) if key else None
         if cached is not None:
             report.semantic_cache_hit = True
@@ -159,7 +187,11 @@ class OptimizedFishSpeech:
         for block in self.decoder.generate(prompt, params, max_new_tokens, fixed_frames, timings):
             blocks.append(block)
             yield block
-        report.prefill_s, report.decode_s, report.frames = timings.prefill_s, timings.decode_s, timings.frames
+        report.prefill_s, report.decode_s, report.frames = (
+            timings.prefill_s,
+            timings.decode_s,
+            timings.frames,
+        )
         if key and blocks:
             self.semantic_cache.put(key, torch.cat(blocks, dim=1).cpu())
 
@@ -184,7 +216,9 @@ class OptimizedFishSpeech:
             prompt = self._prepare(text, reference_audio, reference_text, report)
             blocks = list(self.iter_codes(prompt, params, max_new_tokens, fixed_frames, report))
             t0 = time.perf_counter()
-            audio = self.codec.decode(torch.cat(blocks, dim=1)) if blocks else np.zeros(0, np.float32)
+            audio = (
+                self.codec.decode(torch.cat(blocks, dim=1)) if blocks else np.zeros(0, np.float32)
+            )
             report.codec_s = time.perf_counter() - t0
             report.ttfa_s = time.perf_counter() - measure.start
         report.audio_s = len(audio) / SAMPLE_RATE
@@ -212,7 +246,11 @@ class OptimizedFishSpeech:
         params = SamplingParams(temperature, top_p, repetition_penalty, seed)
         report = SynthesisReport()
         chunk = self._profile.chunk_size
-        side = torch.cuda.Stream(self.device) if self._profile.num_streams >= 2 and self.device.type == "cuda" else None
+        side = (
+            torch.cuda.Stream(self.device)
+            if self._profile.num_streams >= 2 and self.device.type == "cuda"
+            else None
+        )
         with Measure(self.device, report) as measure, torch.inference_mode():
             prompt = self._prepare(text, reference_audio, reference_text, report)
             codes = torch.empty(self.decoder.num_codebooks, 0, dtype=torch.long, device=self.device)
@@ -237,7 +275,9 @@ class OptimizedFishSpeech:
             report.codec_s = codec_s
         self.last_report = report
 
-    def _launch_decode(self, codes: torch.Tensor, start: int, end: int, side: torch.cuda.Stream | None):
+    def _launch_decode(
+        self, codes: torch.Tensor, start: int, end: int, side: torch.cuda.Stream | None
+    ):
         if side is None:
             return None, self.codec.decode_window(codes, start, end).float().cpu().numpy()
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -276,15 +316,23 @@ def _check_text(text: str) -> str:
     if not text:
         raise ValueError("text is empty")
     if len(text) > MAX_TEXT_CHARS:
-        raise ValueError(f"text is {len(text)} characters; one request may have at most {MAX_TEXT_CHARS}")
+        raise ValueError(
+            f"text is {len(text)} characters; one request may have at most {MAX_TEXT_CHARS}"
+        )
     return text
 
 
-def _warn_on_foreign_provenance(profile: EngineProfile, checkpoint: CheckpointFolder, hw: Hardware) -> None:
+def _warn_on_foreign_provenance(
+    profile: EngineProfile, checkpoint: CheckpointFolder, hw: Hardware
+) -> None:
     prov = profile.provenance
     if prov is None:
         return
     if prov.checkpoint_hash and prov.checkpoint_hash != checkpoint.content_hash:
-        log.warning("profile was made for checkpoint %s, this one is %s", prov.checkpoint_hash, checkpoint.content_hash)
+        log.warning(
+            "profile was made for checkpoint %s, this one is %s",
+            prov.checkpoint_hash,
+            checkpoint.content_hash,
+        )
     if prov.gpu_name and prov.gpu_name != hw.name:
         log.warning("profile was made on %s, this machine has %s", prov.gpu_name, hw.name)

@@ -47,7 +47,9 @@ def reference_profile(device: str) -> EngineProfile:
 
 
 @torch.inference_mode()
-def teacher_forced_logits(engine: OptimizedFishSpeech, sequence: torch.Tensor, prompt_len: int) -> TeacherForced:
+def teacher_forced_logits(
+    engine: OptimizedFishSpeech, sequence: torch.Tensor, prompt_len: int
+) -> TeacherForced:
     """Logits predicting each generated frame of ``sequence`` [1 + C, T] from its true prefix."""
     torch.backends.cuda.matmul.allow_tf32 = engine.active_profile.tf32
     dec = engine.decoder
@@ -57,7 +59,11 @@ def teacher_forced_logits(engine: OptimizedFishSpeech, sequence: torch.Tensor, p
     slow = F.linear(model.norm(hidden), dec.slow_head).float()
     codes = seq[1:, prompt_len:].T  # [frames, C]
     fast_in = torch.cat(
-        [model.fast_project_in(hidden)[:, None], model.fast_embeddings(codes[:, : dec.num_codebooks - 1])], dim=1
+        [
+            model.fast_project_in(hidden)[:, None],
+            model.fast_embeddings(codes[:, : dec.num_codebooks - 1]),
+        ],
+        dim=1,
     )
     fast = F.linear(dual_ar.fast_uncached(model, fast_in)[:, 1:], dec.fast_head).float()
     return TeacherForced(slow.cpu(), fast.cpu())
@@ -65,7 +71,9 @@ def teacher_forced_logits(engine: OptimizedFishSpeech, sequence: torch.Tensor, p
 
 def _agreement(ref: torch.Tensor, cand: torch.Tensor) -> tuple[float, float]:
     top1 = (ref.argmax(-1) == cand.argmax(-1)).float().mean().item()
-    kl = F.kl_div(F.log_softmax(cand, -1), F.log_softmax(ref, -1), log_target=True, reduction="none")
+    kl = F.kl_div(
+        F.log_softmax(cand, -1), F.log_softmax(ref, -1), log_target=True, reduction="none"
+    )
     return top1, kl.sum(-1).mean().item()
 
 
@@ -88,9 +96,13 @@ def measure_fidelity(
 ) -> dict[str, float]:
     """Fidelity figures of ``profile`` against fp32 on ``checkpoint`` (see FIDELITY_GATES)."""
     reference = OptimizedFishSpeech.from_checkpoint(checkpoint, reference_profile(profile.device))
-    ref_codes = reference.reference_codes(reference_audio)[0] if reference_audio is not None else None
+    ref_codes = (
+        reference.reference_codes(reference_audio)[0] if reference_audio is not None else None
+    )
     prompt = reference.build_prompt(text, ref_codes, reference_text)
-    blocks = reference.decoder.generate(prompt, SamplingParams(seed=seed), frames, fixed_frames=frames)
+    blocks = reference.decoder.generate(
+        prompt, SamplingParams(seed=seed), frames, fixed_frames=frames
+    )
     codes = torch.cat(list(blocks), dim=1).cpu()
     tokens = codes[:1] + reference.decoder.semantic_begin
     sequence = torch.cat([prompt, torch.cat([tokens, codes])], dim=1)
@@ -103,7 +115,9 @@ def measure_fidelity(
     cand_audio = candidate.codec.decode(codes)
     slow_top1, slow_kl = _agreement(ref_logits.slow_logits, cand_logits.slow_logits)
     fast_top1, fast_kl = _agreement(ref_logits.fast_logits, cand_logits.fast_logits)
-    streamed = np.concatenate(list(candidate.synthesize_stream(text, fixed_frames=frames, seed=seed)))
+    streamed = np.concatenate(
+        list(candidate.synthesize_stream(text, fixed_frames=frames, seed=seed))
+    )
     one_shot = candidate.synthesize(text, fixed_frames=frames, seed=seed)
     return {
         "slow_top1": slow_top1,
@@ -132,4 +146,3 @@ def passes_gates(figures: dict[str, float], gates: dict[str, float] = FIDELITY_G
         if not ok:
             failures.append(f"{key}={value} not {op} {limit}")
     return failures
-

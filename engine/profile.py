@@ -57,19 +57,27 @@ class EngineProfile(BaseModel):
     int4_group_size: int = Field(64, ge=32, le=256)
     max_seq_len: int = Field(2048, ge=256, le=8192)
     chunk_size: int = Field(16, ge=1, le=1024, description="frames per streamed/decoded chunk")
-    codec_left_context: int = Field(32, ge=0, le=1024, description="frames of left context per chunk")
-    encode_chunk_seconds: float = Field(30.0, gt=0, description="reference audio encoded in chunks this long")
+    codec_left_context: int = Field(
+        32, ge=0, le=1024, description="frames of left context per chunk"
+    )
+    encode_chunk_seconds: float = Field(
+        30.0, gt=0, description="reference audio encoded in chunks this long"
+    )
     num_streams: int = Field(1, ge=1, le=3)
     cache_limit: int = Field(64, ge=0)
     kv_cache: bool = True
-    eos_check_interval: int = Field(8, ge=1, le=256, description="frames between end-of-speech checks")
+    eos_check_interval: int = Field(
+        8, ge=1, le=256, description="frames between end-of-speech checks"
+    )
     provenance: Provenance | None = None
 
     @field_validator("kv_cache")
     @classmethod
     def _kv_cache_required(cls, value: bool) -> bool:
         if not value:
-            raise ValueError("kv_cache=false is not supported: AR decoding without a KV cache is quadratic")
+            raise ValueError(
+                "kv_cache=false is not supported: AR decoding without a KV cache is quadratic"
+            )
         return value
 
     @property
@@ -84,7 +92,9 @@ class EngineProfile(BaseModel):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False))
+        tmp.write_text(
+            yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+        )
         tmp.replace(path)
         return path
 
@@ -94,7 +104,9 @@ class EngineProfile(BaseModel):
         return cls.model_validate(data)
 
     @classmethod
-    def from_env(cls, base: EngineProfile | None = None, env: dict[str, str] | None = None) -> EngineProfile:
+    def from_env(
+        cls, base: EngineProfile | None = None, env: dict[str, str] | None = None
+    ) -> EngineProfile:
         """Apply the ``.env.example`` overrides (MIXED_PRECISION, QUANTIZATION, ...) to ``base``."""
         env = dict(os.environ if env is None else env)
         data = (base or cls()).model_dump()
@@ -157,7 +169,7 @@ class Hardware:
 
     @property
     def capability_str(self) -> str | None:
-        return None if self.compute_capability is None else "%d.%d" % self.compute_capability
+        return None if self.compute_capability is None else "{}.{}".format(*self.compute_capability)
 
 
 def _bitsandbytes_has_cuda() -> bool:
@@ -204,9 +216,17 @@ def resolve_profile(requested: EngineProfile, hw: Hardware) -> tuple[EngineProfi
         if data["precision"] == "auto":
             data["precision"] = "bf16" if major >= 8 else "fp16"
         elif data["precision"] == "bf16" and major < 8:
-            change("precision", "fp16", f"bf16 needs compute capability 8.0, this GPU has {hw.capability_str}")
+            change(
+                "precision",
+                "fp16",
+                f"bf16 needs compute capability 8.0, this GPU has {hw.capability_str}",
+            )
         if data["tf32"] and major < 8:
-            change("tf32", False, f"TF32 needs compute capability 8.0, this GPU has {hw.capability_str}")
+            change(
+                "tf32",
+                False,
+                f"TF32 needs compute capability 8.0, this GPU has {hw.capability_str}",
+            )
         if data["quantization"] == "int4" and data["precision"] != "bf16":
             change("quantization", "int8", "int4 (tinygemm) kernels need bf16 weights")
         if data["quantization"] == "nf4" and not hw.bitsandbytes_cuda:

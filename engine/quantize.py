@@ -33,7 +33,9 @@ def quantize_torchao(model: DualARTransformer, kind: str, group_size: int) -> No
     config = (
         Int8WeightOnlyConfig()
         if kind == "int8"
-        else Int4WeightOnlyConfig(group_size=group_size, int4_packing_format=Int4PackingFormat.TILE_PACKED_TO_4D)
+        else Int4WeightOnlyConfig(
+            group_size=group_size, int4_packing_format=Int4PackingFormat.TILE_PACKED_TO_4D
+        )
     )
     for stack in _layer_stacks(model):
         quantize_(stack, config)
@@ -48,16 +50,24 @@ def quantize_nf4(model: DualARTransformer, dtype: torch.dtype) -> None:
                 if not isinstance(child, nn.Linear):
                     continue
                 q = bnb.nn.Linear4bit(
-                    child.in_features, child.out_features, bias=child.bias is not None,
-                    compute_dtype=dtype, quant_type="nf4", device="cpu",
+                    child.in_features,
+                    child.out_features,
+                    bias=child.bias is not None,
+                    compute_dtype=dtype,
+                    quant_type="nf4",
+                    device="cpu",
                 )
-                q.weight = bnb.nn.Params4bit(child.weight.data.cpu(), requires_grad=False, quant_type="nf4")
+                q.weight = bnb.nn.Params4bit(
+                    child.weight.data.cpu(), requires_grad=False, quant_type="nf4"
+                )
                 if child.bias is not None:
                     q.bias = nn.Parameter(child.bias.data, requires_grad=False)
                 setattr(parent, name, q.to(child.weight.device))
 
 
-def apply_quantization(model: DualARTransformer, kind: str, device: torch.device, group_size: int) -> str:
+def apply_quantization(
+    model: DualARTransformer, kind: str, device: torch.device, group_size: int
+) -> str:
     """Quantize in place; returns the scheme that was applied ("none" when nothing was)."""
     if kind == "none":
         return "none"

@@ -25,10 +25,14 @@ class SamplingParams:
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0.5 <= self.repetition_penalty <= 2.0:
-            raise ValueError(f"repetition_penalty must be in [0.5, 2], got {self.repetition_penalty}")
+            raise ValueError(
+                f"repetition_penalty must be in [0.5, 2], got {self.repetition_penalty}"
+            )
 
 
-def sample(logits: Tensor, previous: Tensor, temperature: Tensor, top_p: Tensor, penalty: Tensor) -> Tensor:
+def sample(
+    logits: Tensor, previous: Tensor, temperature: Tensor, top_p: Tensor, penalty: Tensor
+) -> Tensor:
     """Sample one index from ``logits`` [V] (float32 math); ``previous`` [W] are penalised ids."""
     logits = logits.float()
     score = logits.gather(0, previous)

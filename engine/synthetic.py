@@ -107,7 +107,9 @@ def make_checkpoint(preset: str, out_dir: str | Path, seed: int = 0) -> Checkpoi
 
     torch.manual_seed(seed)
     model = build_dual_ar(folder, device="cpu")
-    torch.save({k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}, folder / "model.pth")
+    torch.save(
+        {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}, folder / "model.pth"
+    )
     n_model = sum(p.numel() for p in model.parameters())
     del model
 
@@ -123,9 +125,14 @@ def make_checkpoint(preset: str, out_dir: str | Path, seed: int = 0) -> Checkpoi
         "codec_config": spec.codec_config,
         "special_tokens": len(BASE_SPECIAL_TOKENS),
         "parameters": {"dual_ar": n_model, "codec": n_codec},
-        "note": "Random weights in the released file format: faithful speed and memory, noise audio.",
+        "note": "Random weights in the released format: faithful speed and memory, noise audio.",
     }
     (folder / SYNTHETIC_MARKER).write_text(json.dumps(marker, indent=2))
-    log.info("wrote %s checkpoint to %s (%.1f M + %.1f M parameters)", preset, folder, n_model / 1e6, n_codec / 1e6)
+    log.info(
+        "wrote %s checkpoint to %s (%.1f M + %.1f M parameters)",
+        preset,
+        folder,
+        n_model / 1e6,
+        n_codec / 1e6,
+    )
     return CheckpointFolder.open(folder)
-

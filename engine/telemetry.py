@@ -47,7 +47,9 @@ class SynthesisReport:
 
     @property
     def j_per_audio_s(self) -> float | None:
-        return self.energy_j / self.audio_s if self.energy_j is not None and self.audio_s > 0 else None
+        return (
+            self.energy_j / self.audio_s if self.energy_j is not None and self.audio_s > 0 else None
+        )
 
     def as_dict(self) -> dict[str, object]:
         data = asdict(self)

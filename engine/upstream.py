@@ -36,9 +36,9 @@ def build_dual_ar(folder: Path, device: str | torch.device = "cpu") -> DualARTra
 def _rebuild_buffers(model: DualARTransformer, device: torch.device) -> None:
     cfg = model.config
     model.freqs_cis = precompute_freqs_cis(cfg.max_seq_len, cfg.head_dim, cfg.rope_base).to(device)
-    model.fast_freqs_cis = precompute_freqs_cis(cfg.num_codebooks, cfg.fast_head_dim, cfg.rope_base).to(
-        device
-    )
+    model.fast_freqs_cis = precompute_freqs_cis(
+        cfg.num_codebooks, cfg.fast_head_dim, cfg.rope_base
+    ).to(device)
     model.causal_mask = torch.tril(
         torch.ones(cfg.max_seq_len, cfg.max_seq_len, dtype=torch.bool, device=device)
     )

@@ -23,10 +23,19 @@ import torch
 
 log = logging.getLogger(__name__)
 
-TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away into the quiet forest."
+TEXT = (
+    "The quick brown fox jumps over the lazy dog, and then it runs far away into the quiet forest."
+)
 REFERENCE_TEXT = "This is the reference recording of the speaker."
 ROW_TIMEOUT_S = 600
-BANDWIDTH_GBS = {"H200": 4800.0, "H100": 3350.0, "A100": 2039.0, "4090": 1008.0, "3060": 360.0, "4060": 272.0}
+BANDWIDTH_GBS = {
+    "H200": 4800.0,
+    "H100": 3350.0,
+    "A100": 2039.0,
+    "4090": 1008.0,
+    "3060": 360.0,
+    "4060": 272.0,
+}
 
 
 @dataclass(frozen=True)
@@ -36,14 +45,23 @@ class Row:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-_COMPILED = {"compile_decode": "reduce-overhead", "compile_codec": "default", "compile_prefill": True, "num_streams": 2}
+_COMPILED = {
+    "compile_decode": "reduce-overhead",
+    "compile_codec": "default",
+    "compile_prefill": True,
+    "num_streams": 2,
+}
 GPU_ROWS = [
     Row("upstream-eager", "upstream", {"compile": False}),
     Row("upstream-compile", "upstream", {"compile": True}),
     Row("ours-bf16-compiled", "engine", {"precision": "bf16", **_COMPILED}),
     Row("ours-int8", "engine", {"precision": "bf16", "quantization": "int8", **_COMPILED}),
     Row("ours-int4", "engine", {"precision": "bf16", "quantization": "int4", **_COMPILED}),
-    Row("ours-nf4 (experimental)", "engine", {"precision": "bf16", "quantization": "nf4", **_COMPILED, "fullgraph": False}),
+    Row(
+        "ours-nf4 (experimental)",
+        "engine",
+        {"precision": "bf16", "quantization": "nf4", **_COMPILED, "fullgraph": False},
+    ),
 ]
 CPU_ROWS = [
     Row("upstream-eager", "upstream", {"compile": False}),
@@ -62,8 +80,10 @@ def reference_signal(seconds: float = 10.0, rate: int = 44_100) -> np.ndarray:
     return (0.2 * envelope * voice + noise).astype(np.float32)
 
 
-def bytes_per_frame(model: torch.nn.Module, slow_head: torch.Tensor, fast_head: torch.Tensor, codebooks: int) -> int:
-    """Weight bytes one frame reads: slow layers + head once, fast layers per codebook, fast heads."""
+def bytes_per_frame(
+    model: torch.nn.Module, slow_head: torch.Tensor, fast_head: torch.Tensor, codebooks: int
+) -> int:
+    """Weight bytes one frame reads: slow layers and head once, fast layers and head per step."""
     from engine.quantize import linear_weight_bytes
 
     fast_steps_with_head = codebooks - 1
@@ -82,8 +102,12 @@ def _runner(row: Row, checkpoint: str):
 
         base = UpstreamBaseline.from_checkpoint(checkpoint, compile=row.options["compile"])
         model = base.model
-        head = model.output.weight if not model.config.tie_word_embeddings else model.embeddings.weight
-        per_frame = bytes_per_frame(model, head, model.fast_output.weight, model.config.num_codebooks + 1)
+        head = (
+            model.output.weight if not model.config.tie_word_embeddings else model.embeddings.weight
+        )
+        per_frame = bytes_per_frame(
+            model, head, model.fast_output.weight, model.config.num_codebooks + 1
+        )
 
         def run(ref: np.ndarray, frames: int, seed: int) -> dict[str, Any]:
             base.synthesize(TEXT, ref, REFERENCE_TEXT, fixed_frames=frames, seed=seed)
@@ -98,14 +122,21 @@ def _runner(row: Row, checkpoint: str):
     per_frame = bytes_per_frame(dec.model, dec.slow_head, dec.fast_head, dec.num_codebooks)
 
     def run(ref: np.ndarray, frames: int, seed: int) -> dict[str, Any]:
-        for _ in engine.synthesize_stream(TEXT, ref, REFERENCE_TEXT, fixed_frames=frames, seed=seed):
+        for _ in engine.synthesize_stream(
+            TEXT, ref, REFERENCE_TEXT, fixed_frames=frames, seed=seed
+        ):
             pass
-        return engine.last_report.as_dict() | {"active_profile": engine.active_profile.knobs(), "fallbacks": engine.fallbacks}
+        return engine.last_report.as_dict() | {
+            "active_profile": engine.active_profile.knobs(),
+            "fallbacks": engine.fallbacks,
+        }
 
     return run, per_frame, engine.dtype
 
 
-def _measure_row(row: Row, checkpoint: str, frames: int, repeats: int, reference: np.ndarray) -> dict[str, Any]:
+def _measure_row(
+    row: Row, checkpoint: str, frames: int, repeats: int, reference: np.ndarray
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     run, per_frame, dtype = _runner(row, checkpoint)
     load_s = time.perf_counter() - t0
@@ -141,14 +172,19 @@ def _measure_row(row: Row, checkpoint: str, frames: int, repeats: int, reference
         "j_per_audio_s": mean("j_per_audio_s"),
         "bytes_per_frame": per_frame,
         "achieved_gbs": per_frame * fps / 1e9,
-        "stages_s": {k: statistics.median(r[k] for r in reports) for k in ("encode_s", "prefill_s", "decode_s", "codec_s")},
+        "stages_s": {
+            k: statistics.median(r[k] for r in reports)
+            for k in ("encode_s", "prefill_s", "decode_s", "codec_s")
+        },
         "active_profile": reports[-1].get("active_profile"),
         "fallbacks": reports[-1].get("fallbacks", []),
         "timings_s": totals,
     }
 
 
-def _child(row: Row, checkpoint: str, frames: int, repeats: int, reference: np.ndarray, queue: mp.Queue) -> None:
+def _child(
+    row: Row, checkpoint: str, frames: int, repeats: int, reference: np.ndarray, queue: mp.Queue
+) -> None:
     logging.basicConfig(level=logging.WARNING)
     try:
         queue.put(_measure_row(row, checkpoint, frames, repeats, reference))
@@ -156,7 +192,9 @@ def _child(row: Row, checkpoint: str, frames: int, repeats: int, reference: np.n
         queue.put({"row": row.name, "error": traceback.format_exc(limit=8)})
 
 
-def run_row(row: Row, checkpoint: str, frames: int, repeats: int, reference: np.ndarray) -> dict[str, Any]:
+def run_row(
+    row: Row, checkpoint: str, frames: int, repeats: int, reference: np.ndarray
+) -> dict[str, Any]:
     """Measure one row in a spawned process; a crash or timeout becomes an ``error`` entry."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -186,13 +224,15 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
 
 def to_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     head = (
-        "| row | frames/s | ms/frame | TTFA ms | RTF | peak alloc MB | peak reserved MB | GPU % | J/audio s "
+        "| row | frames/s | ms/frame | TTFA ms | RTF | peak alloc MB | peak reserved MB | GPU % "
+        "| J/audio s "
         "| speed-up | BW fraction | warm-up s |\n|" + "---|" * 12
     )
     lines = [
         f"# fishbench bench: {meta['device']}",
         "",
-        f"checkpoint `{meta['checkpoint']}` ({'synthetic' if meta['synthetic'] else 'real'} weights), "
+        f"checkpoint `{meta['checkpoint']}` "
+        f"({'synthetic' if meta['synthetic'] else 'real'} weights), "
         f"{meta['frames']} fixed frames, {meta['repeats']} repeats after one untimed warm-up, "
         f"reference {meta['reference_s']:.1f} s (cached for our rows), torch {meta['torch']}.",
         "",
@@ -200,17 +240,31 @@ def to_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['row']} | FAILED: {r['error'].strip().splitlines()[-1]} |" + " |" * 10)
+            lines.append(
+                f"| {r['row']} | FAILED: {r['error'].strip().splitlines()[-1]} |" + " |" * 10
+            )
             continue
-        lines.append(
-            f"| {r['row']} | {r['frames_per_s']:.1f} | {r['ms_per_frame']:.2f} | {r['ttfa_p50_s'] * 1000:.0f} "
-            f"| {r['rtf']:.3f} | {_fmt(r['peak_allocated_mb'], '.0f')} | {_fmt(r['peak_reserved_mb'], '.0f')} "
-            f"| {_fmt(r['gpu_util_pct'], '.0f')} | {_fmt(r['j_per_audio_s'])} | {_fmt(r.get('speedup'))}x "
-            f"| {_fmt(r.get('bandwidth_fraction'), '.1%')} | {r['warmup_s']:.1f} |"
-        )
-    lines += ["", "Speed-up: frames/s over `upstream-eager` in this run. BW fraction: weight bytes read per frame x",
-              "frames/s over the GPU's memory-bandwidth ceiling (n/a on CPU). TTFA for upstream is its whole",
-              "generation: it sends audio only after the segment is done."]
+        cells = [
+            r["row"],
+            f"{r['frames_per_s']:.1f}",
+            f"{r['ms_per_frame']:.2f}",
+            f"{r['ttfa_p50_s'] * 1000:.0f}",
+            f"{r['rtf']:.3f}",
+            _fmt(r["peak_allocated_mb"], ".0f"),
+            _fmt(r["peak_reserved_mb"], ".0f"),
+            _fmt(r["gpu_util_pct"], ".0f"),
+            _fmt(r["j_per_audio_s"]),
+            f"{_fmt(r.get('speedup'))}x",
+            _fmt(r.get("bandwidth_fraction"), ".1%"),
+            f"{r['warmup_s']:.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Speed-up: frames/s over `upstream-eager` in this run.",
+        "BW fraction: weight bytes read per frame x frames/s over the GPU's bandwidth ceiling.",
+        "TTFA for upstream is its whole generation: it sends audio only after the segment is done.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -257,7 +311,9 @@ def run_bench(
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"{device.replace(' ', '_').replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem = (
+        out_dir / f"{device.replace(' ', '_').replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     Path(f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=2))
     markdown = to_markdown(meta, results)
     Path(f"{stem}.md").write_text(markdown)

@@ -42,7 +42,10 @@ def _synth(args: argparse.Namespace) -> int:
     )
     write_wav(args.output, audio, engine.sample_rate)
     report = engine.last_report
-    print(f"wrote {args.output}: {report.audio_s:.2f} s of audio, {report.frames} frames in {report.total_s:.2f} s")
+    print(
+        f"wrote {args.output}: {report.audio_s:.2f} s of audio, "
+        f"{report.frames} frames in {report.total_s:.2f} s"
+    )
     return 0
 
 
@@ -50,7 +53,12 @@ def _fidelity(args: argparse.Namespace) -> int:
     from engine.fidelity import measure_fidelity, passes_gates
 
     figures = measure_fidelity(
-        args.checkpoint, _load_profile(args.profile), args.text, args.reference, args.reference_text, args.frames
+        args.checkpoint,
+        _load_profile(args.profile),
+        args.text,
+        args.reference,
+        args.reference_text,
+        args.frames,
     )
     failures = passes_gates(figures)
     for failure in failures:
@@ -77,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("make-checkpoint", help="write a synthetic checkpoint in the released format")
+    p = sub.add_parser(
+        "make-checkpoint", help="write a synthetic checkpoint in the released format"
+    )
     p.add_argument("--preset", choices=["tiny", "s1-mini"], default="tiny")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("out_dir", type=Path)
@@ -97,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(func=_synth)
 
-    p = sub.add_parser("fidelity", help="teacher-forced agreement and codec SNR of a profile vs fp32")
+    p = sub.add_parser(
+        "fidelity", help="teacher-forced agreement and codec SNR of a profile vs fp32"
+    )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--profile")
     p.add_argument("--text", default=DEFAULT_TEXT)
@@ -124,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
     )
     try:
         return args.func(args)

@@ -21,7 +21,9 @@ def piper_reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str
     """A real speech recording (Piper, 22.05 kHz WAV) and its transcript."""
     from harness.speech import write_speech
 
-    return write_speech(tmp_path_factory.mktemp("speech") / "reference.wav", REFERENCE_TEXT), REFERENCE_TEXT
+    return write_speech(
+        tmp_path_factory.mktemp("speech") / "reference.wav", REFERENCE_TEXT
+    ), REFERENCE_TEXT
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,19 @@ def test_make_checkpoint_and_synth_write_a_44k_wav(tmp_path: Path) -> None:
     assert made.returncode == 0, made.stderr
     assert json.loads((tmp_path / "ck" / "SYNTHETIC.json").read_text())["seed"] == 2
     out = tmp_path / "out.wav"
-    result = _fishbench("synth", "--checkpoint", str(tmp_path / "ck"), "--text", "Hello.", "--fixed-frames", "5",
-                        "--seed", "1", "-o", str(out))
+    result = _fishbench(
+        "synth",
+        "--checkpoint",
+        str(tmp_path / "ck"),
+        "--text",
+        "Hello.",
+        "--fixed-frames",
+        "5",
+        "--seed",
+        "1",
+        "-o",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     info = sf.info(out)
     assert (info.samplerate, info.frames) == (44_100, 5 * 2048)
@@ -31,19 +42,50 @@ def test_make_checkpoint_and_synth_write_a_44k_wav(tmp_path: Path) -> None:
 def test_synth_bad_input_exits_nonzero_with_one_line(tmp_path: Path, tiny_checkpoint: Path) -> None:
     bogus = tmp_path / "bogus.wav"
     bogus.write_text("not audio")
-    result = _fishbench("synth", "--checkpoint", str(tiny_checkpoint), "--text", "Hi.", "--reference", str(bogus),
-                        "-o", str(tmp_path / "x.wav"))
+    result = _fishbench(
+        "synth",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--text",
+        "Hi.",
+        "--reference",
+        str(bogus),
+        "-o",
+        str(tmp_path / "x.wav"),
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "fishbench synth: error: bogus.wav: not a readable audio file (InvalidDataError)"
     )
-    missing = _fishbench("synth", "--checkpoint", str(tmp_path / "none"), "--text", "Hi.", "-o", str(tmp_path / "y.wav"))
+    missing = _fishbench(
+        "synth",
+        "--checkpoint",
+        str(tmp_path / "none"),
+        "--text",
+        "Hi.",
+        "-o",
+        str(tmp_path / "y.wav"),
+    )
     assert missing.returncode == 2 and "does not exist" in missing.stderr.splitlines()[-1]
 
 
-def test_bench_runs_on_cpu_and_writes_json_and_markdown(tmp_path: Path, tiny_checkpoint: Path) -> None:
-    result = _fishbench("bench", "--checkpoint", str(tiny_checkpoint), "--frames", "8", "--repeats", "2",
-                        "--rows", "upstream-eager", "ours-fp32", "--out-dir", str(tmp_path))
+def test_bench_runs_on_cpu_and_writes_json_and_markdown(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    result = _fishbench(
+        "bench",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--frames",
+        "8",
+        "--repeats",
+        "2",
+        "--rows",
+        "upstream-eager",
+        "ours-fp32",
+        "--out-dir",
+        str(tmp_path),
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(next(tmp_path.glob("cpu-*.json")).read_text())
     rows = {r["row"]: r for r in report["rows"]}

@@ -26,7 +26,9 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_tiny_checkpoint_has_the_released_files_and_a_synthetic_marker(tiny_checkpoint: Path) -> None:
+def test_tiny_checkpoint_has_the_released_files_and_a_synthetic_marker(
+    tiny_checkpoint: Path,
+) -> None:
     for name in REQUIRED_FILES:
         assert (tiny_checkpoint / name).is_file(), name
     folder = CheckpointFolder.open(tiny_checkpoint)
@@ -55,8 +57,18 @@ def test_s1_mini_config_is_the_released_one() -> None:
     from engine.synthetic import PRESETS
 
     cfg = PRESETS["s1-mini"].model
-    assert (cfg["dim"], cfg["n_layer"], cfg["n_fast_layer"], cfg["vocab_size"], cfg["num_codebooks"]) == (
-        1024, 28, 4, 155_776, 10,
+    assert (
+        cfg["dim"],
+        cfg["n_layer"],
+        cfg["n_fast_layer"],
+        cfg["vocab_size"],
+        cfg["num_codebooks"],
+    ) == (
+        1024,
+        28,
+        4,
+        155_776,
+        10,
     )
 
 
@@ -68,13 +80,17 @@ def test_truncated_model_is_refused_naming_the_file(tmp_path: Path, tiny_checkpo
         OptimizedFishSpeech.from_checkpoint(bad)
 
 
-def test_codec_from_a_different_config_is_refused_naming_keys(tmp_path: Path, tiny_checkpoint: Path) -> None:
+def test_codec_from_a_different_config_is_refused_naming_keys(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
     bad = _copy(tiny_checkpoint, tmp_path / "othercodec")
     cfg = load_codec_config("tiny")
     cfg.decoder_dim = 128
     other = instantiate(cfg)
     torch.save(other.state_dict(), bad / "codec.pth")
-    with pytest.raises(CheckpointError, match=r"codec\.pth does not match the model: .*shape mismatch: decoder\."):
+    with pytest.raises(
+        CheckpointError, match=r"codec\.pth does not match the model: .*shape mismatch: decoder\."
+    ):
         OptimizedFishSpeech.from_checkpoint(bad)
 
 
@@ -99,7 +115,7 @@ def test_wrong_model_type_is_refused(tmp_path: Path, tiny_checkpoint: Path) -> N
     cfg = json.loads((bad / "config.json").read_text())
     (bad / "config.json").write_text(json.dumps({**cfg, "model_type": "naive"}))
     with pytest.raises(CheckpointError, match="model_type 'naive'"):
-        CheckpointFolder.open(bad).config
+        _ = CheckpointFolder.open(bad).config
 
 
 def test_missing_folder_is_refused(tmp_path: Path) -> None:

@@ -29,7 +29,11 @@ def test_compiled_step_and_prefill_never_recompile_across_requests(engine) -> No
         engine.semantic_cache.clear()
         assert np.array_equal(engine.synthesize("Hello there.", fixed_frames=6, seed=0), eager)
         assert counters["stats"]["unique_graphs"] == 2
-        engine.synthesize("A much longer sentence than the first one, with many more words.", fixed_frames=12, seed=1)
+        engine.synthesize(
+            "A much longer sentence than the first one, with many more words.",
+            fixed_frames=12,
+            seed=1,
+        )
         engine.synthesize("Short.", max_new_tokens=9, seed=2)
         assert counters["stats"]["unique_graphs"] == 2
     finally:

@@ -31,14 +31,24 @@ def test_cpu_int8_stays_within_the_gates(tiny_checkpoint: Path) -> None:
 
 
 def test_gates_reject_a_broken_candidate() -> None:
-    broken = {"slow_top1": 0.01, "slow_kl": 3.0, "fast_top1": 0.9, "fast_kl": 0.001, "codec_snr_db": 40.0}
+    broken = {
+        "slow_top1": 0.01,
+        "slow_kl": 3.0,
+        "fast_top1": 0.9,
+        "fast_kl": 0.001,
+        "codec_snr_db": 40.0,
+    }
     failures = passes_gates(broken)
     assert len(failures) == 2 and failures[0].startswith("slow_kl=3.0")
 
 
 @pytest.mark.parametrize("chunk, left", [(4, 32), (5, 3)])
-def test_streamed_chunks_match_one_shot_decoding(tiny_checkpoint: Path, chunk: int, left: int) -> None:
-    engine = OptimizedFishSpeech.from_checkpoint(tiny_checkpoint, EngineProfile(chunk_size=chunk, codec_left_context=left))
+def test_streamed_chunks_match_one_shot_decoding(
+    tiny_checkpoint: Path, chunk: int, left: int
+) -> None:
+    engine = OptimizedFishSpeech.from_checkpoint(
+        tiny_checkpoint, EngineProfile(chunk_size=chunk, codec_left_context=left)
+    )
     one_shot = engine.synthesize(TEXT, fixed_frames=17, seed=4)
     chunks = list(engine.synthesize_stream(TEXT, fixed_frames=17, seed=4))
     assert [len(c) for c in chunks[:-1]] == [chunk * 2048] * (len(chunks) - 1)
@@ -49,8 +59,12 @@ def test_streamed_chunks_match_one_shot_decoding(tiny_checkpoint: Path, chunk: i
     assert engine.last_report.ttfa_s < engine.last_report.total_s
 
 
-def test_first_chunk_arrives_while_later_frames_are_still_being_generated(tiny_checkpoint: Path) -> None:
-    engine = OptimizedFishSpeech.from_checkpoint(tiny_checkpoint, EngineProfile(chunk_size=4, eos_check_interval=4))
+def test_first_chunk_arrives_while_later_frames_are_still_being_generated(
+    tiny_checkpoint: Path,
+) -> None:
+    engine = OptimizedFishSpeech.from_checkpoint(
+        tiny_checkpoint, EngineProfile(chunk_size=4, eos_check_interval=4)
+    )
     steps = 0
     step = engine.decoder._step
 
@@ -88,22 +102,50 @@ def test_unseeded_requests_are_never_served_from_the_cache(engine) -> None:
     assert not engine.last_report.semantic_cache_hit
 
 
-def test_reference_cache_is_keyed_by_audio_bytes_and_persists(tmp_path: Path, tiny_checkpoint: Path, piper_reference) -> None:
+def test_reference_cache_is_keyed_by_audio_bytes_and_persists(
+    tmp_path: Path, tiny_checkpoint: Path, piper_reference
+) -> None:
     path, _ = piper_reference
     cache_dir = tmp_path / "refcache"
-    first = OptimizedFishSpeech.from_checkpoint(tiny_checkpoint, EngineProfile(), reference_cache_dir=cache_dir)
+    first = OptimizedFishSpeech.from_checkpoint(
+        tiny_checkpoint, EngineProfile(), reference_cache_dir=cache_dir
+    )
     codes, hit = first.reference_codes(path.read_bytes())
     assert not hit and first.reference_codes(path)[1]
-    second = OptimizedFishSpeech.from_checkpoint(tiny_checkpoint, EngineProfile(), reference_cache_dir=cache_dir)
+    second = OptimizedFishSpeech.from_checkpoint(
+        tiny_checkpoint, EngineProfile(), reference_cache_dir=cache_dir
+    )
     again, hit = second.reference_codes(path.read_bytes())
     assert hit and np.array_equal(codes.numpy(), again.numpy())
     assert second.reference_cache.stats()["hits"] == 1
 
 
-def test_fidelity_cli_prints_json_last(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_fidelity_cli_prints_json_last(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from harness.cli import main
 
     profile = EngineProfile(quantization="int8").save(tmp_path / "int8.yaml")
-    assert main(["fidelity", "--checkpoint", str(tiny_checkpoint), "--profile", str(profile), "--frames", "8"]) == 0
+    assert (
+        main(
+            [
+                "fidelity",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--profile",
+                str(profile),
+                "--frames",
+                "8",
+            ]
+        )
+        == 0
+    )
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(last) >= {"slow_top1", "slow_kl", "fast_top1", "fast_kl", "codec_snr_db", "passes_gates"}
+    assert set(last) >= {
+        "slow_top1",
+        "slow_kl",
+        "fast_top1",
+        "fast_kl",
+        "codec_snr_db",
+        "passes_gates",
+    }

@@ -17,8 +17,13 @@ RTX_4060 = Hardware("cuda", "NVIDIA GeForce RTX 4060", (8, 9), True)
 
 def test_yaml_round_trip_keeps_every_knob_and_provenance(tmp_path: Path) -> None:
     profile = EngineProfile(
-        precision="bf16", quantization="int8", compile_decode="reduce-overhead", chunk_size=24,
-        provenance=Provenance(gpu_name="H100", checkpoint_hash="abc", metrics={"latency_p50_s": 0.5}),
+        precision="bf16",
+        quantization="int8",
+        compile_decode="reduce-overhead",
+        chunk_size=24,
+        provenance=Provenance(
+            gpu_name="H100", checkpoint_hash="abc", metrics={"latency_p50_s": 0.5}
+        ),
     )
     assert EngineProfile.load(profile.save(tmp_path / "p.yaml")) == profile
 
@@ -36,28 +41,53 @@ def test_unknown_or_invalid_knobs_are_rejected() -> None:
 
 def test_env_overrides_match_env_example() -> None:
     env = {
-        "MIXED_PRECISION": "fp16", "QUANTIZATION": "4bit", "ENABLE_TORCH_COMPILE": "true",
-        "MAX_SEQ_LEN": "1024", "CHUNK_SIZE": "8", "NUM_STREAMS": "2", "CACHE_LIMIT": "5",
+        "MIXED_PRECISION": "fp16",
+        "QUANTIZATION": "4bit",
+        "ENABLE_TORCH_COMPILE": "true",
+        "MAX_SEQ_LEN": "1024",
+        "CHUNK_SIZE": "8",
+        "NUM_STREAMS": "2",
+        "CACHE_LIMIT": "5",
     }
     profile = EngineProfile.from_env(env=env)
     assert profile.precision == "fp16"
     assert profile.quantization == "nf4"
     assert profile.compile_decode == "reduce-overhead" and profile.compile_prefill
-    assert (profile.max_seq_len, profile.chunk_size, profile.num_streams, profile.cache_limit) == (1024, 8, 2, 5)
+    assert (profile.max_seq_len, profile.chunk_size, profile.num_streams, profile.cache_limit) == (
+        1024,
+        8,
+        2,
+        5,
+    )
 
 
 def test_env_example_lists_every_profile_override() -> None:
     example = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
-    for var in ("MODEL_DIR", "MIXED_PRECISION", "QUANTIZATION", "ENABLE_TORCH_COMPILE", "MAX_SEQ_LEN",
-                "CHUNK_SIZE", "NUM_STREAMS", "CACHE_LIMIT"):
+    for var in (
+        "MODEL_DIR",
+        "MIXED_PRECISION",
+        "QUANTIZATION",
+        "ENABLE_TORCH_COMPILE",
+        "MAX_SEQ_LEN",
+        "CHUNK_SIZE",
+        "NUM_STREAMS",
+        "CACHE_LIMIT",
+    ):
         assert f"{var}=" in example, var
 
 
 def test_cpu_falls_back_with_one_line_per_change(caplog: pytest.LogCaptureFixture) -> None:
-    requested = EngineProfile(precision="bf16", quantization="int4", num_streams=3, compile_decode="reduce-overhead")
+    requested = EngineProfile(
+        precision="bf16", quantization="int4", num_streams=3, compile_decode="reduce-overhead"
+    )
     with caplog.at_level(logging.WARNING):
         active, notes = resolve_profile(requested, CPU)
-    assert (active.device, active.precision, active.quantization, active.num_streams) == ("cpu", "fp32", "int8", 1)
+    assert (active.device, active.precision, active.quantization, active.num_streams) == (
+        "cpu",
+        "fp32",
+        "int8",
+        1,
+    )
     assert active.compile_decode == "default"
     assert len(notes) == 4 and len(caplog.records) == 4
     assert any("CUDA streams need a CUDA device" in n for n in notes)

@@ -1,4 +1,4 @@
-"""End-to-end synthesis on the tiny checkpoint: exact lengths, determinism, voice cloning, bad input."""
+"""Synthesis on the tiny checkpoint: exact lengths, determinism, voice cloning, bad input."""
 
 from __future__ import annotations
 
@@ -55,8 +55,12 @@ def test_voice_cloning_with_a_real_recording(engine, piper_reference) -> None:
 
 
 @pytest.mark.parametrize("suffix, writer", [("flac", "FLAC"), ("ogg", "OGG")])
-def test_reference_formats_are_decoded_to_44k_mono(tmp_path: Path, suffix: str, writer: str) -> None:
-    stereo = np.stack([np.sin(np.linspace(0, 600, 16_000)), np.zeros(16_000)], axis=1).astype(np.float32)
+def test_reference_formats_are_decoded_to_44k_mono(
+    tmp_path: Path, suffix: str, writer: str
+) -> None:
+    stereo = np.stack([np.sin(np.linspace(0, 600, 16_000)), np.zeros(16_000)], axis=1).astype(
+        np.float32
+    )
     path = tmp_path / f"ref.{suffix}"
     sf.write(path, stereo * 0.5, 16_000, format=writer)
     audio = decode_audio(path.read_bytes())
@@ -71,7 +75,9 @@ def test_mp3_reference_is_decoded(tmp_path: Path) -> None:
     with av.open(str(path), "w") as out:
         stream = out.add_stream("mp3", rate=22_050, layout="mono")
         frame = av.AudioFrame.from_ndarray(
-            (np.sin(np.linspace(0, 900, 22_050)) * 0.3).astype(np.float32)[None], format="flt", layout="mono"
+            (np.sin(np.linspace(0, 900, 22_050)) * 0.3).astype(np.float32)[None],
+            format="flt",
+            layout="mono",
         )
         frame.sample_rate = 22_050
         for packet in [*stream.encode(frame), *stream.encode(None)]:
@@ -108,7 +114,9 @@ def test_empty_text_and_bad_sampling_are_refused(engine) -> None:
         engine.synthesize(TEXT, fixed_frames=2, temperature=5.0)
 
 
-def test_baseline_and_engine_agree_on_output_length(tiny_checkpoint: Path, engine, piper_reference) -> None:
+def test_baseline_and_engine_agree_on_output_length(
+    tiny_checkpoint: Path, engine, piper_reference
+) -> None:
     path, transcript = piper_reference
     baseline = UpstreamBaseline.from_checkpoint(tiny_checkpoint)
     upstream_audio = baseline.synthesize(TEXT, path, transcript, fixed_frames=9, seed=0)
