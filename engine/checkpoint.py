@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+from importlib import resources
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -38,9 +40,7 @@ class CheckpointError(ValueError):
 
 def upstream_codec_config_path() -> Path:
     """The Hydra config upstream builds the released codec from."""
-    import fish_speech
-
-    return Path(fish_speech.__file__).parent / "configs" / "modded_dac_vq.yaml"
+    return Path(str(resources.files("fish_speech") / "configs" / "modded_dac_vq.yaml"))
 
 
 CODEC_CONFIGS = {
@@ -143,25 +143,27 @@ def read_state_dict(path: Path, strip_prefixes: tuple[str, ...]) -> dict[str, to
     return dict(data)
 
 
+def _summary(label: str, keys: list[str]) -> str:
+    shown = ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+    return f"{len(keys)} {label}: {shown}"
+
+
 def load_strict(module: torch.nn.Module, weights: Mapping[str, torch.Tensor], path: Path) -> None:
-    """Assign ``weights`` into ``module``, refusing any missing, unexpected or mis-shaped key."""
-    expected = module.state_dict(keep_vars=True)
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    mismatched = sorted(
-        f"{key} {tuple(weights[key].shape)} != {tuple(expected[key].shape)}"
-        for key in set(expected) & set(weights)
-        if tuple(weights[key].shape) != tuple(expected[key].shape)
-    )
-    problems = []
-    for label, keys in (
-        ("missing", missing),
-        ("unexpected", unexpected),
-        ("shape mismatch", mismatched),
-    ):
-        if keys:
-            shown = ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
-            problems.append(f"{len(keys)} {label}: {shown}")
+    """Assign ``weights`` into ``module``, refusing any missing, unexpected or mis-shaped key.
+
+    ``load_state_dict`` runs the modules' own load hooks first, so layouts upstream converts on
+    load (split ``wq/wk/wv``, legacy weight-norm ``weight_g/weight_v``) are accepted.
+    """
+    try:
+        result = module.load_state_dict(dict(weights), strict=False, assign=True)
+    except RuntimeError as exc:
+        mismatched = re.findall(r"size mismatch for (\S+?):", str(exc))
+        detail = _summary("shape mismatch", mismatched) if mismatched else str(exc).splitlines()[0]
+        raise CheckpointError(f"{path} does not match the model: {detail}") from exc
+    problems = [
+        _summary(label, sorted(keys))
+        for label, keys in (("missing", result.missing_keys), ("unexpected", result.unexpected_keys))
+        if keys
+    ]
     if problems:
         raise CheckpointError(f"{path} does not match the model: " + "; ".join(problems))
-    module.load_state_dict(weights, strict=True, assign=True)

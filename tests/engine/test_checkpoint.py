@@ -121,3 +121,22 @@ def test_wrong_model_type_is_refused(tmp_path: Path, tiny_checkpoint: Path) -> N
 def test_missing_folder_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         CheckpointFolder.open(tmp_path / "nowhere")
+
+
+def test_layouts_upstream_converts_on_load_are_accepted(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    legacy = _copy(tiny_checkpoint, tmp_path / "legacy")
+    weights = torch.load(legacy / "model.pth", weights_only=True)
+    prefix = "layers.0.attention."
+    cfg = json.loads((legacy / "config.json").read_text())
+    q_rows, kv_rows = cfg["n_head"] * cfg["head_dim"], cfg["n_local_heads"] * cfg["head_dim"]
+    fused = weights.pop(prefix + "wqkv.weight")
+    wq, wk, wv = fused.split([q_rows, kv_rows, kv_rows])
+    weights.update({prefix + "wq.weight": wq, prefix + "wk.weight": wk, prefix + "wv.weight": wv})
+    torch.save(weights, legacy / "model.pth")
+    loaded = OptimizedFishSpeech.from_checkpoint(legacy).decoder.model
+    assert torch.equal(loaded.layers[0].attention.wqkv.weight, fused.float())
+
+
+def test_released_codec_config_is_the_one_upstream_ships() -> None:
+    cfg = load_codec_config("modded_dac_vq")
+    assert cfg.quantizer.semantic_codebook_size == 4096 and cfg.quantizer.n_codebooks == 9
