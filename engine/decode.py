@@ -141,7 +141,11 @@ class SemanticDecoder(nn.Module):
         fixed_frames: int | None = None,
         timings: DecodeTimings | None = None,
     ) -> Iterator[Tensor]:
-        """Yield generated codes [C, n] in blocks of at most ``eos_check_interval`` frames."""
+        """Yield generated codes [C, n] in blocks of at most ``eos_check_interval`` frames.
+
+        ``timings.decode_s`` counts only time spent in here, not while the consumer holds a block
+        (a streaming caller decodes audio then), so frames/s means the same in both modes.
+        """
         timings = timings if timings is not None else DecodeTimings()
         prompt_len = prompt.shape[1]
         budget = fixed_frames if fixed_frames is not None else max_new_tokens
@@ -165,6 +169,7 @@ class SemanticDecoder(nn.Module):
         ].clone()  # contiguous, same shape and strides every request: no recompiles
         input_pos = torch.tensor([prompt_len], device=device)
         interval = self.profile.eos_check_interval
+        timings.decode_s = 0.0
         t1 = time.perf_counter()
         while True:
             if produced - emitted == interval or produced == budget:
@@ -173,10 +178,14 @@ class SemanticDecoder(nn.Module):
                 if ends.numel():
                     cut = int(ends[0, 0])
                     if cut:
+                        timings.decode_s += time.perf_counter() - t1
                         yield block[1:, :cut]
+                        t1 = time.perf_counter()
                     produced = emitted + cut
                     break
+                timings.decode_s += time.perf_counter() - t1
                 yield block[1:]
+                t1 = time.perf_counter()
                 emitted = produced
                 if produced == budget:
                     break
@@ -186,5 +195,5 @@ class SemanticDecoder(nn.Module):
             produced += 1
             input_pos += 1
         sync()
-        timings.decode_s = time.perf_counter() - t1
+        timings.decode_s += time.perf_counter() - t1
         timings.frames = produced

@@ -207,11 +207,16 @@ def resolve_profile(requested: EngineProfile, hw: Hardware) -> tuple[EngineProfi
         change("precision", "fp32", "the CPU engine runs fp32")
         data["tf32"] = False
         change("num_streams", 1, "CUDA streams need a CUDA device")
-        for key in ("compile_decode", "compile_codec"):
-            if data[key] in ("reduce-overhead", "max-autotune"):
-                change(key, "default", f"{data[key]} relies on CUDA graphs / Triton autotuning")
         if data["quantization"] in ("int4", "nf4"):
             change("quantization", "int8", "int4/nf4 kernels need CUDA; CPU uses dynamic int8")
+        int8 = data["quantization"] == "int8"
+        for key in ("compile_decode", "compile_codec"):
+            if int8:
+                change(key, "none", "torch.compile cannot trace CPU dynamic-int8 linear layers")
+            elif data[key] in ("reduce-overhead", "max-autotune"):
+                change(key, "default", f"{data[key]} relies on CUDA graphs / Triton autotuning")
+        if int8:
+            change("compile_prefill", False, "torch.compile cannot trace CPU dynamic-int8 linear layers")
     else:
         if data["precision"] == "auto":
             data["precision"] = "bf16" if major >= 8 else "fp16"

@@ -88,9 +88,11 @@ def test_cpu_falls_back_with_one_line_per_change(caplog: pytest.LogCaptureFixtur
         "int8",
         1,
     )
-    assert active.compile_decode == "default"
+    assert active.compile_decode == "none"
     assert len(notes) == 4 and len(caplog.records) == 4
     assert any("CUDA streams need a CUDA device" in n for n in notes)
+    graphs_off = resolve_profile(EngineProfile(compile_decode="max-autotune"), CPU)[0]
+    assert graphs_off.compile_decode == "default"
 
 
 def test_auto_precision_follows_compute_capability() -> None:
@@ -110,3 +112,10 @@ def test_bf16_and_nf4_fall_back_where_the_gpu_lacks_them() -> None:
 def test_engine_reports_the_profile_that_actually_runs(engine) -> None:
     assert engine.active_profile.device == "cpu"
     assert engine.active_profile.precision == "fp32"
+
+
+def test_cpu_dynamic_int8_runs_uncompiled() -> None:
+    requested = EngineProfile(quantization="int8", compile_decode="default", compile_prefill=True)
+    active, notes = resolve_profile(requested, CPU)
+    assert (active.compile_decode, active.compile_prefill) == ("none", False)
+    assert all("dynamic-int8" in n for n in notes)

@@ -1,0 +1,207 @@
+"""The sweep's Hydra structured configs, registered in one ConfigStore.
+
+Every group (engine, hardware, scenario, quality, grid) is a dataclass; the YAML files under
+``conf/`` only override it. Validation lives in ``__post_init__``, which OmegaConf runs when
+``OmegaConf.to_object`` turns the composed config into these classes, so a bad override fails
+before any trial starts. The engine group is generated from ``EngineProfile`` so its knobs and
+defaults have one source of truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_origin
+
+from hydra.core.config_store import ConfigStore
+
+from engine.profile import EngineProfile
+
+KNOBS: tuple[str, ...] = tuple(name for name in EngineProfile.model_fields if name != "provenance")
+
+
+def _omegaconf_type(annotation: Any) -> type:
+    """OmegaConf has no ``Literal``; the profile's validator checks the allowed values instead."""
+    return str if get_origin(annotation) is Literal else annotation
+
+
+def _validate_engine(self: Any) -> None:
+    EngineProfile.model_validate(dataclasses.asdict(self))
+
+
+EngineConf = dataclasses.make_dataclass(
+    "EngineConf",
+    [
+        (name, _omegaconf_type(info.annotation), field(default=info.default))
+        for name, info in EngineProfile.model_fields.items()
+        if name in KNOBS
+    ],
+    namespace={
+        "__post_init__": _validate_engine,
+        "__doc__": "Engine knobs every candidate starts from (the fields of EngineProfile).",
+    },
+)
+
+
+@dataclass
+class HardwareConf:
+    """A target machine: the VRAM budget gates candidates, the bandwidth gives the roofline."""
+
+    name: str = "cpu"
+    device: str = "cpu"
+    vram_budget_mb: float | None = None
+    bandwidth_gb_s: float | None = None
+    match: list[str] = field(default_factory=list)  # GPU-name substrings for auto-detection
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"hardware.device must be cpu or cuda, not {self.device!r}")
+        for key in ("vram_budget_mb", "bandwidth_gb_s"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ValueError(f"hardware.{key} must be positive, got {value}")
+
+
+@dataclass
+class ScenarioConf:
+    """Fixed inputs every trial (baseline included) synthesizes, and how often."""
+
+    name: str = "default"
+    text: str = (
+        "The weather was calm that evening, so we walked along the river and talked about music."
+    )
+    reference_audio: str | None = "reports/assets/reference.wav"
+    reference_text: str = "A gentle breeze drifted over the quiet harbor as the boats came home."
+    generate_reference: bool = True  # speak reference_text with Piper when the file is missing
+    fixed_frames: int = 64
+    warmup_runs: int = 1
+    repeats: int = 5
+    fidelity_frames: int = 32
+    seed: int = 0
+    temperature: float = 0.8
+    top_p: float = 0.8
+    repetition_penalty: float = 1.1
+
+    def __post_init__(self) -> None:
+        if not self.text.strip():
+            raise ValueError("scenario.text is empty")
+        for key in ("fixed_frames", "repeats", "fidelity_frames"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"scenario.{key} must be at least 1")
+        if self.warmup_runs < 0:
+            raise ValueError("scenario.warmup_runs must be >= 0")
+
+
+@dataclass
+class AsrConf:
+    """The Whisper backend that transcribes generated speech for WER."""
+
+    backend: str = "faster-whisper"
+    # faster-whisper: a CTranslate2 model folder (None: the bundled tiny.en);
+    # openai-whisper: a .pt file, or a model name found under download_root.
+    model: str | None = None
+    download_root: str | None = None  # openai-whisper: folder holding its model files
+    device: str = "cpu"
+    compute_type: str = "int8"
+    language: str = "en"
+    timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("faster-whisper", "openai-whisper"):
+            raise ValueError(
+                f"quality.asr.backend {self.backend!r} is not faster-whisper or openai-whisper"
+            )
+        if self.backend == "openai-whisper" and not self.model:
+            raise ValueError(
+                "quality.asr.model must name a local model file for the openai-whisper backend"
+            )
+
+
+@dataclass
+class QualityConf:
+    """How the winner is chosen: an objective under gates."""
+
+    objective: str = "latency_p50_s"
+    objective_goal: str = "min"
+    tie_tolerance: float = 0.02  # relative: objectives this close count as a tie, lower memory wins
+    must_beat_baseline: bool = True
+    max_wer_delta: float = 0.05
+    fidelity_gates: dict[str, float] = field(
+        default_factory=dict
+    )  # overrides of engine.fidelity.FIDELITY_GATES
+    asr: AsrConf = field(default_factory=AsrConf)
+
+    def __post_init__(self) -> None:
+        if self.objective_goal not in ("min", "max"):
+            raise ValueError(
+                f"quality.objective_goal must be min or max, not {self.objective_goal!r}"
+            )
+        if self.tie_tolerance < 0 or self.max_wer_delta < 0:
+            raise ValueError("quality.tie_tolerance and quality.max_wer_delta must be >= 0")
+
+
+@dataclass
+class GridConf:
+    """Candidates over the engine group: the product of ``axes``, then each of ``points``."""
+
+    name: str = "quick-cpu"
+    axes: dict[str, list[Any]] = field(default_factory=dict)
+    points: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        keys = set(self.axes).union(*(point.keys() for point in self.points))
+        unknown = sorted(keys - set(KNOBS))
+        if unknown:
+            raise ValueError(
+                f"grid {self.name!r} sweeps unknown engine knobs: {', '.join(unknown)}"
+            )
+        empty = [key for key, values in self.axes.items() if not values]
+        if empty:
+            raise ValueError(f"grid {self.name!r} has empty axes: {', '.join(empty)}")
+
+
+@dataclass
+class BaselineConf:
+    """Upstream fish-speech as a user runs it today (``compile`` is its ``--compile``)."""
+
+    compile: bool = False
+
+
+@dataclass
+class TrackingConf:
+    """Where MLflow writes: a sqlite store and a local artifact folder by default."""
+
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_root: str = "mlartifacts"
+    experiment: str = "fishbench-sweep"
+
+
+@dataclass
+class SweepConf:
+    """One sweep: a baseline and candidates on one checkpoint, scenario and machine."""
+
+    engine: EngineConf = field(default_factory=EngineConf)
+    hardware: HardwareConf = field(default_factory=HardwareConf)
+    scenario: ScenarioConf = field(default_factory=ScenarioConf)
+    quality: QualityConf = field(default_factory=QualityConf)
+    grid: GridConf = field(default_factory=GridConf)
+    baseline: BaselineConf = field(default_factory=BaselineConf)
+    tracking: TrackingConf = field(default_factory=TrackingConf)
+    checkpoint: str = "checkpoints/openaudio-s1-mini"
+    synthetic_checkpoint: str = (
+        "checkpoints/tiny-synthetic"  # made and used when ``checkpoint`` has no weights
+    )
+    reports_dir: str = "reports"
+    trial_timeout_s: float = 900.0
+    sweep_id: str | None = None  # default: a timestamp
+    resume: str | None = None  # "last" or a sweep id: skip trials already finished there
+    retry_failed: bool = False  # on resume, run FAILED trials again
+
+    def __post_init__(self) -> None:
+        if self.trial_timeout_s <= 0:
+            raise ValueError("trial_timeout_s must be positive")
+
+
+def register_configs() -> None:
+    """Register the schema the primary config ``conf/sweep.yaml`` extends."""
+    ConfigStore.instance().store(name="sweep_schema", node=SweepConf)

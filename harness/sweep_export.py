@@ -1,0 +1,69 @@
+"""Export the winner as the active engine profile, with where it came from.
+
+Written twice: ``reports/profiles/<hardware>-<timestamp>.yaml`` (history) and
+``reports/profile.yaml`` (what the service loads). When the baseline wins, the exported profile
+is the engine's safe default (eager, unquantized), the engine configuration closest to upstream,
+carrying the baseline's figures.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from engine.profile import EngineProfile, Hardware, Provenance, resolve_profile
+from harness.trial_record import TrialRecord
+
+log = logging.getLogger(__name__)
+
+PROVENANCE_METRICS = (
+    "latency_p50_s",
+    "latency_p95_s",
+    "ttfa_p50_s",
+    "frames_per_s",
+    "rtf",
+    "peak_reserved_mb",
+    "host_rss_mb",
+    "compile_s",
+)
+
+
+def winning_profile(winner: TrialRecord, hw: Hardware) -> EngineProfile:
+    if winner.is_baseline:
+        return resolve_profile(EngineProfile(device=hw.device), hw)[0]
+    return EngineProfile.model_validate(winner.active_knobs or winner.knobs)
+
+
+def export_profile(
+    winner: TrialRecord,
+    hw: Hardware,
+    hardware_name: str,
+    checkpoint_hash: str,
+    speedup: float | None,
+    reports_dir: Path,
+    stamp: str,
+) -> tuple[Path, Path]:
+    """Write the timestamped and the active profile; returns both paths."""
+    figures = {key: winner.metric(key) for key in PROVENANCE_METRICS}
+    figures.update({f"fidelity_{key}": value for key, value in (winner.fidelity or {}).items()})
+    figures.update(speedup_vs_baseline=speedup, wer=winner.wer)
+    provenance = Provenance(
+        gpu_name=hw.name,
+        compute_capability=hw.capability_str,
+        torch_version=torch.__version__,
+        checkpoint_hash=checkpoint_hash,
+        mlflow_run_id=winner.run_id,
+        hardware=hardware_name,
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        metrics={key: value for key, value in figures.items() if value is not None},
+    )
+    profile = winning_profile(winner, hw).model_copy(update={"provenance": provenance})
+    dated = profile.save(reports_dir / "profiles" / f"{hardware_name}-{stamp}.yaml")
+    active = reports_dir / "profile.yaml"
+    shutil.copyfile(dated, active)
+    log.info("exported %s profile to %s and %s", winner.name, dated, active)
+    return dated, active

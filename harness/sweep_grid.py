@@ -1,0 +1,128 @@
+"""Expand a grid into trials: the baseline first, then one candidate per distinct profile.
+
+A candidate whose swept knobs this machine cannot honour (``resolve_profile`` would change them,
+e.g. int4 or reduce-overhead on CPU) is marked SKIPPED with the engine's own reason, so it shows
+up in MLflow and the report instead of being silently run as something else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from engine.profile import EngineProfile, Hardware, resolve_profile
+from harness.sweep_config import SweepConf
+from harness.trial_record import BASELINE, CANDIDATE, FAILED, SKIPPED, TrialRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """A trial to run (or record without running, when ``status`` is already decided)."""
+
+    name: str
+    kind: str
+    knobs: dict[str, Any]
+    config_hash: str
+    status: str | None = None  # SKIPPED or FAILED before running
+    reason: str | None = None
+
+    def record(self) -> TrialRecord:
+        return TrialRecord(
+            self.name, self.kind, self.config_hash, dict(self.knobs), reason=self.reason
+        )
+
+
+def config_hash(kind: str, knobs: dict[str, Any], inputs: dict[str, Any]) -> str:
+    """Identity of a trial: what runs, and on what (scenario, weights, hardware preset)."""
+    payload = {"kind": kind, "knobs": knobs, "inputs": inputs}
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def grid_overrides(
+    axes: dict[str, list[Any]], points: list[dict[str, Any]]
+) -> Iterator[dict[str, Any]]:
+    """The cartesian product of ``axes``, then each explicit point."""
+    if axes:
+        keys = list(axes)
+        for values in itertools.product(*(axes[key] for key in keys)):
+            yield dict(zip(keys, values, strict=True))
+    yield from (dict(point) for point in points)
+
+
+def trial_name(overrides: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in overrides.items()) or "engine-default"
+
+
+def _skip_reason(requested: EngineProfile, swept: dict[str, Any], hw: Hardware) -> str | None:
+    active, notes = resolve_profile(requested, hw)
+    changed = [
+        key for key, value in swept.items() if value != "auto" and getattr(active, key) != value
+    ]
+    reasons = [note for note in notes if note.split(":", 1)[0] in changed]
+    return "; ".join(reasons) if changed else None
+
+
+def baseline_spec(conf: SweepConf, hw: Hardware, inputs: dict[str, Any]) -> TrialSpec:
+    knobs = {
+        "device": hw.device,
+        "precision": "bf16" if hw.device == "cuda" else "fp32",
+        "compile": conf.baseline.compile,
+    }
+    return TrialSpec("baseline", BASELINE, knobs, config_hash(BASELINE, knobs, inputs))
+
+
+def candidate_spec(
+    base: dict[str, Any],
+    overrides: dict[str, Any],
+    hw: Hardware,
+    inputs: dict[str, Any],
+) -> TrialSpec:
+    knobs = {**base, **overrides}
+    name = trial_name(overrides)
+    try:
+        requested = EngineProfile.model_validate(knobs)
+    except ValidationError as exc:
+        digest = config_hash(CANDIDATE, knobs, inputs)
+        return TrialSpec(name, CANDIDATE, knobs, digest, FAILED, f"invalid profile: {exc}")
+    knobs = requested.knobs()
+    digest = config_hash(CANDIDATE, knobs, inputs)
+    reason = _skip_reason(requested, overrides, hw)
+    return TrialSpec(name, CANDIDATE, knobs, digest, SKIPPED if reason else None, reason)
+
+
+def build_trials(conf: SweepConf, hw: Hardware, checkpoint_hash: str) -> list[TrialSpec]:
+    """Baseline, then the grid's candidates in order, each distinct configuration once."""
+    if conf.engine.device not in ("auto", conf.hardware.device):
+        raise ValueError(
+            f"engine.device={conf.engine.device} contradicts "
+            f"hardware={conf.hardware.name} ({conf.hardware.device})"
+        )
+    inputs = {
+        "scenario": dataclasses.asdict(conf.scenario),
+        "checkpoint": checkpoint_hash,
+        "hardware": conf.hardware.name,
+    }
+    base = {**dataclasses.asdict(conf.engine), "device": conf.hardware.device}
+    specs = [baseline_spec(conf, hw, inputs)]
+    seen = {specs[0].config_hash: specs[0].name}
+    for overrides in grid_overrides(conf.grid.axes, conf.grid.points):
+        spec = candidate_spec(base, overrides, hw, inputs)
+        if spec.config_hash in seen:
+            log.info(
+                "%s is the same configuration as %s: run once", spec.name, seen[spec.config_hash]
+            )
+            continue
+        seen[spec.config_hash] = spec.name
+        specs.append(spec)
+    return specs

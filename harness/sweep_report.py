@@ -1,0 +1,180 @@
+"""The sweep's human-readable outputs: the final console table and ``report.md`` with its plots.
+
+Both render the same rows, so the terminal and the report never disagree. Every speed figure is
+shown next to its ratio to the baseline (SPEC: speed is always reported relative to upstream).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.table import Table
+
+from harness.selection import Selection
+from harness.sweep_plots import memory_axis, plot_latency_vs_memory, plot_stages
+from harness.trial_record import FAILED, SKIPPED, TrialRecord
+
+COLUMNS = (
+    "trial",
+    "status",
+    "p50 s",
+    "p95 s",
+    "TTFA s",
+    "frames/s",
+    "RTF",
+    "memory MB",
+    "compile s",
+    "speed-up",
+    "WER",
+    "gates",
+)
+ERROR_LINES = 15
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What the report says about where and on what the sweep ran."""
+
+    sweep_id: str
+    checkpoint: str
+    checkpoint_hash: str
+    synthetic: bool
+    hardware: str
+    device_name: str
+    torch_version: str
+    grid: str
+    scenario: str
+    wer_note: str | None
+    profile_path: Path | None
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}g}"
+
+
+def speedup(trial: TrialRecord, baseline: TrialRecord | None) -> float | None:
+    """Baseline p50 latency over the trial's: > 1 means faster than upstream."""
+    if baseline is None or not baseline.ok or not trial.ok:
+        return None
+    base, mine = baseline.metric("latency_p50_s"), trial.metric("latency_p50_s")
+    return base / mine if base and mine else None
+
+
+def table_rows(records: Sequence[TrialRecord], selection: Selection) -> list[list[str]]:
+    baseline = next((r for r in records if r.is_baseline), None)
+    rows = []
+    for r in records:
+        ratio = speedup(r, baseline)
+        if r.is_baseline:
+            gates = "reference"
+        elif not r.ok:
+            gates = "n/a"
+        else:
+            gates = "fail" if selection.failures.get(r.name) else "pass"
+        if selection.winner is r:
+            gates += " ★ champion"
+        rows.append(
+            [
+                r.name,
+                r.status,
+                _fmt(r.metric("latency_p50_s")),
+                _fmt(r.metric("latency_p95_s")),
+                _fmt(r.metric("ttfa_p50_s")),
+                _fmt(r.metric("frames_per_s")),
+                _fmt(r.metric("rtf")),
+                "n/a" if r.memory_mb is None else f"{r.memory_mb:.0f}",
+                _fmt(r.metric("compile_s")),
+                "n/a" if ratio is None else f"{ratio:.2f}x",
+                _fmt(r.wer),
+                gates,
+            ]
+        )
+    return rows
+
+
+def console_table(records: Sequence[TrialRecord], selection: Selection, title: str) -> Table:
+    table = Table(title=title, caption=selection.summary)
+    for column in COLUMNS:
+        table.add_column(
+            column, justify="left" if column in ("trial", "status", "gates") else "right"
+        )
+    for row in table_rows(records, selection):
+        table.add_row(*row)
+    return table
+
+
+def _markdown_table(rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    return lines + [
+        "| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows
+    ]
+
+
+def _details(records: Sequence[TrialRecord], selection: Selection) -> list[str]:
+    lines = []
+    failed = [r for r in records if r.status == FAILED]
+    if failed:
+        lines += ["", "## Failed trials", ""]
+        for r in failed:
+            tail = "\n".join((r.reason or "").strip().splitlines()[-ERROR_LINES:])
+            lines += [f"### {r.name}", "", f"`{r.headline}`", "", "```text", tail, "```", ""]
+    skipped = [r for r in records if r.status == SKIPPED]
+    if skipped:
+        lines += ["", "## Skipped on this hardware", ""]
+        lines += [f"- **{r.name}**: {r.reason}" for r in skipped]
+    gated = {name: reasons for name, reasons in selection.failures.items() if reasons}
+    ran = {r.name for r in records if r.ok}
+    if gated.keys() & ran:
+        lines += ["", "## Candidates that did not pass the gates", ""]
+        lines += [
+            f"- **{name}**: " + "; ".join(reasons) for name, reasons in gated.items() if name in ran
+        ]
+    return lines
+
+
+def write_report(
+    folder: Path, records: Sequence[TrialRecord], selection: Selection, context: SweepContext
+) -> Path:
+    """``report.md`` with the trial table, failures with reasons and the two PNG plots."""
+    winner = selection.winner.name if selection.winner else None
+    plot_latency_vs_memory(records, folder / "latency_vs_memory.png", winner)
+    plot_stages(records, folder / "stages.png")
+    _, memory_label = memory_axis(records)
+    lines = [
+        f"# Sweep {context.sweep_id}",
+        "",
+        f"- checkpoint: `{context.checkpoint}` (hash `{context.checkpoint_hash}`, "
+        + ("synthetic random weights" if context.synthetic else "real weights")
+        + ")",
+        f"- hardware preset: `{context.hardware}` on {context.device_name}, "
+        f"torch {context.torch_version}",
+        f"- grid: `{context.grid}`; scenario: {context.scenario}",
+        "- latency: `synthesize` end to end after warm-up (compile and warm-up are the compile "
+        "column); TTFA: `synthesize_stream` to the first chunk (the baseline's first audio is its "
+        "whole result). The engine keeps reference codes cached between requests; upstream "
+        "re-encodes the reference every time, as it does by default",
+        f"- memory column: {memory_label}",
+        f"- WER: {context.wer_note or 'offline Whisper on each sample vs the scenario text'}",
+        "",
+        "## Result",
+        "",
+        selection.summary + ".",
+    ]
+    if context.profile_path is not None:
+        lines += ["", f"Exported profile: `{context.profile_path}`."]
+    lines += ["", "## Trials", "", *_markdown_table(table_rows(records, selection))]
+    lines += _details(records, selection)
+    lines += [
+        "",
+        "## Plots",
+        "",
+        "![latency vs memory](latency_vs_memory.png)",
+        "",
+        "![stages](stages.png)",
+        "",
+    ]
+    path = folder / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,86 @@
+"""A sweep's folder, ``reports/sweeps/<sweep id>/``: its state, and one folder per trial.
+
+Each trial folder holds the resolved trial config, the child's log, the sample WAV and
+``record.json``; a record there means the trial finished, which is what resume relies on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.trial_record import FAILED, TrialRecord
+
+RECORD = "record.json"
+STATE = "sweep.json"
+
+
+def new_sweep_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+@dataclass(frozen=True)
+class SweepFolder:
+    root: Path
+
+    @property
+    def sweep_id(self) -> str:
+        return self.root.name
+
+    @classmethod
+    def open(cls, reports_dir: str | Path, sweep_id: str | None, resume: str | None) -> SweepFolder:
+        """The folder to write: a resumed one (``resume`` = "last" or an id) or a new one."""
+        sweeps = Path(reports_dir) / "sweeps"
+        if resume:
+            if resume == "last":
+                existing = (
+                    sorted(p for p in sweeps.glob("*") if (p / STATE).is_file())
+                    if sweeps.is_dir()
+                    else []
+                )
+                if not existing:
+                    raise ValueError(f"resume=last: no sweep under {sweeps} to resume")
+                return cls(existing[-1])
+            if not (sweeps / resume / STATE).is_file():
+                raise ValueError(f"resume={resume}: {sweeps / resume} is not a sweep folder")
+            return cls(sweeps / resume)
+        root = sweeps / (sweep_id or new_sweep_id())
+        if (root / STATE).exists():
+            raise ValueError(
+                f"{root} already holds a sweep; pass resume={root.name} to continue it"
+            )
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(root)
+
+    def trial_dir(self, config_hash: str) -> Path:
+        return self.root / "trials" / config_hash
+
+    def finished(self, retry_failed: bool = False) -> dict[str, TrialRecord]:
+        """Records of trials that already finished here, by config hash."""
+        records = {}
+        for path in self.root.glob(f"trials/*/{RECORD}"):
+            record = TrialRecord.load(path)
+            if not (retry_failed and record.status == FAILED):
+                records[record.config_hash] = record
+        return records
+
+    def save_record(self, record: TrialRecord) -> Path:
+        return record.save(self.trial_dir(record.config_hash) / RECORD)
+
+    def save_trial_config(self, config_hash: str, config: dict[str, Any]) -> Path:
+        path = self.trial_dir(config_hash) / "config.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    def load_state(self) -> dict[str, Any]:
+        path = self.root / STATE
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        (self.root / STATE).write_text(json.dumps(state, indent=2, default=str))

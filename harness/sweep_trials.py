@@ -1,0 +1,113 @@
+"""Turn one trial spec into a finished record: run it in a child, add WER, write its artifacts.
+
+The trial folder ends up with ``config.yaml`` (the resolved trial config), ``trial.log``,
+``sample.wav``, ``timings.json`` (raw per-repeat reports), ``profile.yaml`` (candidates) and
+``error.txt`` (failures): the files MLflow stores as the child run's artifacts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.profile import EngineProfile
+from harness.sweep_config import SweepConf
+from harness.sweep_grid import TrialSpec
+from harness.sweep_store import SweepFolder
+from harness.trial import run_trial
+from harness.trial_process import run_in_child
+from harness.trial_record import CANDIDATE, FAILED, OK, TrialRecord
+from harness.wer import measure_wer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a sweep shares."""
+
+    conf: SweepConf
+    folder: SweepFolder
+    checkpoint: str
+    reference_audio: str | None
+    wer_applicable: bool
+
+
+def trial_job(spec: TrialSpec, ctx: TrialContext) -> dict[str, Any]:
+    """The plain dict the child process receives (also saved as the trial's config.yaml)."""
+    return {
+        "name": spec.name,
+        "kind": spec.kind,
+        "knobs": spec.knobs,
+        "checkpoint": ctx.checkpoint,
+        "reference_audio": ctx.reference_audio,
+        "scenario": dataclasses.asdict(ctx.conf.scenario),
+        "hardware": ctx.conf.hardware.name,
+        "bandwidth_gb_s": ctx.conf.hardware.bandwidth_gb_s,
+        "out_dir": str(ctx.folder.trial_dir(spec.config_hash)),
+    }
+
+
+def _fill(record: TrialRecord, result: dict[str, Any]) -> None:
+    record.status = OK
+    record.metrics = result["metrics"]
+    record.runs = result["runs"]
+    record.active_knobs = result["active_knobs"]
+    record.fallbacks = result["fallbacks"]
+    record.fidelity = result["fidelity"]
+    if result["fidelity_note"]:
+        record.notes["fidelity"] = result["fidelity_note"]
+
+
+def _add_wer(record: TrialRecord, ctx: TrialContext, out_dir: Path) -> None:
+    if not ctx.wer_applicable:  # the sweep-wide ``wer`` tag says why
+        return
+    try:
+        scored = measure_wer(
+            out_dir / "sample.wav",
+            ctx.conf.scenario.text,
+            ctx.conf.quality.asr,
+            out_dir / "asr.log",
+        )
+    except RuntimeError as exc:  # the whole error is in asr.log
+        record.notes["wer"] = str(exc).splitlines()[0]
+        return
+    record.wer, record.transcript = scored["wer"], scored["text"]
+
+
+def _write_artifacts(record: TrialRecord, out_dir: Path) -> None:
+    if record.runs:
+        (out_dir / "timings.json").write_text(json.dumps(record.runs, indent=2))
+    if record.kind == CANDIDATE and record.status != FAILED:
+        EngineProfile.model_validate(record.active_knobs or record.knobs).save(
+            out_dir / "profile.yaml"
+        )
+    if record.status == FAILED and record.reason:
+        (out_dir / "error.txt").write_text(record.reason)
+
+
+def execute_trial(spec: TrialSpec, ctx: TrialContext) -> TrialRecord:
+    """Run ``spec`` (or record why it does not run); never raises for the trial's own failures."""
+    out_dir = ctx.folder.trial_dir(spec.config_hash)
+    job = trial_job(spec, ctx)
+    ctx.folder.save_trial_config(spec.config_hash, job)
+    record = spec.record()
+    record.started_at = time.time()
+    if spec.status is not None:
+        record.status = spec.status
+    else:
+        outcome = run_in_child(run_trial, job, ctx.conf.trial_timeout_s, out_dir / "trial.log")
+        if outcome.result is None:
+            record.reason = outcome.error
+            log.warning("trial %s FAILED: %s", spec.name, record.headline)
+        else:
+            _fill(record, outcome.result)
+            _add_wer(record, ctx, out_dir)
+    record.ended_at = time.time()
+    _write_artifacts(record, out_dir)
+    return record

@@ -1,0 +1,193 @@
+"""One trial, run inside its own spawned process: load, warm up, time the repeats, check fidelity.
+
+Each repeat times ``synthesize`` (end-to-end latency, per-stage times, frames/s, memory) and then
+``synthesize_stream`` (time to first audio, and the streamed total). Two calls, because while
+streaming the codec decodes chunks in between decoder steps, so the decoder's clock would include
+codec time. The baseline is upstream's ``generate()`` + one codec decode, whose first audio is its
+last (upstream streaming sends whole segments). Everything before the timed repeats (compile,
+graph capture, first calls on the scenario's inputs) is reported as ``compile_s``, never inside
+latency.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.audio_io import write_wav
+from harness.bench import bytes_per_frame
+from harness.trial_metrics import roofline, summarize_runs
+from harness.trial_record import BASELINE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Subject:
+    """What a trial times: a loaded pipeline behind one synthesize call."""
+
+    synthesize: Callable[[], np.ndarray]
+    stream: Callable[[], np.ndarray] | None  # None: first audio only comes with the whole result
+    last_report: Callable[[], dict[str, Any]]
+    load_s: float
+    compile_s: float
+    bytes_per_frame: int
+    active_knobs: dict[str, Any]
+    fallbacks: list[str]
+
+
+def _request(job: dict[str, Any]) -> dict[str, Any]:
+    s = job["scenario"]
+    return {
+        "text": s["text"],
+        "reference_audio": job["reference_audio"],
+        "reference_text": s["reference_text"] if job["reference_audio"] else None,
+        "fixed_frames": s["fixed_frames"],
+        "max_new_tokens": s["fixed_frames"],
+        "temperature": s["temperature"],
+        "top_p": s["top_p"],
+        "repetition_penalty": s["repetition_penalty"],
+        "seed": s["seed"],
+    }
+
+
+def load_candidate(job: dict[str, Any]) -> Subject:
+    from engine.engine import OptimizedFishSpeech
+    from engine.profile import EngineProfile
+
+    t0 = time.perf_counter()
+    engine = OptimizedFishSpeech.from_checkpoint(
+        job["checkpoint"], EngineProfile.model_validate(job["knobs"])
+    )
+    load_s = time.perf_counter() - t0
+    compile_s = engine.warmup()
+    request = _request(job)
+
+    # A seeded repeat would otherwise be served from the semantic cache instead of generated.
+    def synthesize() -> np.ndarray:
+        engine.semantic_cache.clear()
+        return engine.synthesize(**request)
+
+    def stream() -> np.ndarray:
+        engine.semantic_cache.clear()
+        return np.concatenate(list(engine.synthesize_stream(**request)))
+
+    dec = engine.decoder
+    return Subject(
+        synthesize,
+        stream,
+        lambda: engine.last_report.as_dict(),
+        load_s,
+        compile_s,
+        bytes_per_frame(dec.model, dec.slow_head, dec.fast_head, dec.num_codebooks),
+        engine.active_profile.knobs(),
+        engine.fallbacks,
+    )
+
+
+def load_baseline(job: dict[str, Any]) -> Subject:
+    from engine.baseline import UpstreamBaseline
+
+    knobs = job["knobs"]
+    t0 = time.perf_counter()
+    baseline = UpstreamBaseline.from_checkpoint(
+        job["checkpoint"], device=knobs["device"], compile=knobs["compile"]
+    )
+    load_s = time.perf_counter() - t0
+    request = _request(job)
+    model = baseline.model
+    return Subject(
+        lambda: baseline.synthesize(**request),
+        None,
+        lambda: baseline.last_report.as_dict(),
+        load_s,
+        0.0,
+        bytes_per_frame(
+            model, model.output.weight, model.fast_output.weight, model.config.num_codebooks
+        ),
+        dict(knobs),
+        [],
+    )
+
+
+def _fidelity(job: dict[str, Any]) -> tuple[dict[str, float] | None, str | None]:
+    """Fidelity against fp32; a failure here gates the candidate out but keeps its speed figures."""
+    from engine.fidelity import measure_fidelity
+    from engine.profile import EngineProfile
+
+    s = job["scenario"]
+    try:
+        figures = measure_fidelity(
+            job["checkpoint"],
+            EngineProfile.model_validate(job["knobs"]),
+            s["text"],
+            job["reference_audio"],
+            s["reference_text"] if job["reference_audio"] else None,
+            frames=s["fidelity_frames"],
+            seed=s["seed"],
+        )
+    except Exception as exc:
+        log.exception("fidelity measurement failed")
+        return None, f"{type(exc).__name__}: {exc}"
+    return figures, None
+
+
+PEAKS = ("peak_allocated_mb", "peak_reserved_mb", "nvml_process_mb", "host_rss_mb")
+
+
+def _repeat(subject: Subject) -> tuple[dict[str, Any], np.ndarray]:
+    """One timed repeat: the one-shot report, with streaming's first-audio time and memory peaks."""
+    audio = subject.synthesize()
+    run = subject.last_report()
+    if subject.stream is None:
+        return {**run, "stream_total_s": run["total_s"]}, audio
+    subject.stream()
+    streamed = subject.last_report()
+    run.update(ttfa_s=streamed["ttfa_s"], stream_total_s=streamed["total_s"])
+    for key in PEAKS:
+        values = [v for v in (run[key], streamed[key]) if v is not None]
+        run[key] = max(values) if values else None
+    return run, audio
+
+
+def run_trial(job: dict[str, Any]) -> dict[str, Any]:
+    """Measure one baseline or candidate job; a plain dict (the parent builds the record)."""
+    scenario = job["scenario"]
+    subject = load_baseline(job) if job["kind"] == BASELINE else load_candidate(job)
+    t0 = time.perf_counter()
+    for _ in range(scenario["warmup_runs"]):
+        _repeat(subject)
+    compile_s = subject.compile_s + time.perf_counter() - t0
+    runs, audio = [], np.zeros(0, np.float32)
+    for _ in range(scenario["repeats"]):
+        run, audio = _repeat(subject)
+        runs.append(run)
+    write_wav(Path(job["out_dir"]) / "sample.wav", audio)
+    metrics = summarize_runs(runs)
+    metrics.update(load_s=subject.load_s, compile_s=compile_s)
+    metrics.update(
+        roofline(metrics["frames_per_s"], subject.bytes_per_frame, job["bandwidth_gb_s"])
+    )
+    result = {
+        "metrics": metrics,
+        "runs": runs,
+        "active_knobs": subject.active_knobs,
+        "fallbacks": subject.fallbacks,
+    }
+    if job["kind"] == BASELINE:
+        return {
+            **result,
+            "fidelity": None,
+            "fidelity_note": "the upstream baseline is the speed reference",
+        }
+    del subject
+    gc.collect()
+    figures, error = _fidelity(job)
+    return {**result, "fidelity": figures, "fidelity_note": error}

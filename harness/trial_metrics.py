@@ -1,0 +1,76 @@
+"""Turn a trial's per-repeat synthesis reports into the figures a sweep compares.
+
+Percentiles for latency (tail behaviour matters to a listener), medians for rates, maxima for
+memory (the budget must hold at the worst moment). Figures the machine cannot measure (VRAM and
+NVML on CPU) stay absent rather than becoming zeros.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+STAGES = ("encode_s", "prefill_s", "decode_s", "codec_s")
+
+
+def _values(runs: Sequence[dict[str, Any]], key: str) -> list[float]:
+    return [float(run[key]) for run in runs if run.get(key) is not None]
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+_REDUCERS = {"max": np.max, "mean": np.mean, "median": np.median}
+
+
+def _reduce(values: list[float], how: str) -> float | None:
+    return float(_REDUCERS[how](values)) if values else None
+
+
+def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    """Latency p50/p95, time to first audio, stage medians, rates and peak memory of the repeats."""
+    total, ttfa = _values(runs, "total_s"), _values(runs, "ttfa_s")
+    summary: dict[str, float | None] = {
+        "latency_p50_s": _percentile(total, 50),
+        "latency_p95_s": _percentile(total, 95),
+        "ttfa_p50_s": _percentile(ttfa, 50),
+        "ttfa_p95_s": _percentile(ttfa, 95),
+        "stream_total_p50_s": _percentile(_values(runs, "stream_total_s"), 50),
+    }
+    summary.update({f"stage_{stage}": _reduce(_values(runs, stage), "median") for stage in STAGES})
+    for key, how in (
+        ("frames_per_s", "median"),
+        ("rtf", "median"),
+        ("audio_s", "median"),
+        ("j_per_audio_s", "median"),
+        ("gpu_util_pct", "mean"),
+        ("peak_allocated_mb", "max"),
+        ("peak_reserved_mb", "max"),
+        ("nvml_process_mb", "max"),
+        ("host_rss_mb", "max"),
+    ):
+        summary[key] = _reduce(_values(runs, key), how)
+    return summary
+
+
+def roofline(
+    frames_per_s: float | None, bytes_per_frame: int, bandwidth_gb_s: float | None
+) -> dict[str, float]:
+    """Achieved weight-read bandwidth and its share of the bandwidth ceiling (gpt-fast style).
+
+    Counts weight bytes only (KV-cache reads are small at these lengths), so it is a lower bound
+    on the traffic and the percentage says how far launch and host overhead keep us from the roof.
+    """
+    if not frames_per_s or bytes_per_frame <= 0:
+        return {}
+    figures = {
+        "weight_gb_per_frame": bytes_per_frame / 1e9,
+        "achieved_gb_s": frames_per_s * bytes_per_frame / 1e9,
+    }
+    if bandwidth_gb_s:
+        figures["roofline_frames_per_s"] = bandwidth_gb_s * 1e9 / bytes_per_frame
+        figures["roofline_pct"] = 100.0 * figures["achieved_gb_s"] / bandwidth_gb_s
+    return figures

@@ -1,0 +1,70 @@
+"""What a sweep knows about one trial, saved as JSON in its folder (resume reads it back)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+OK, FAILED, SKIPPED = "OK", "FAILED", "SKIPPED"
+BASELINE, CANDIDATE = "baseline", "candidate"
+
+
+@dataclass
+class TrialRecord:
+    """One trial's identity, outcome and figures. ``reason`` holds the error text or skip reason."""
+
+    name: str
+    kind: str
+    config_hash: str
+    knobs: dict[str, Any]
+    status: str = FAILED
+    reason: str | None = None
+    active_knobs: dict[str, Any] | None = None
+    fallbacks: list[str] = field(default_factory=list)
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    fidelity: dict[str, float] | None = None
+    wer: float | None = None
+    transcript: str | None = None
+    notes: dict[str, str] = field(
+        default_factory=dict
+    )  # why a figure is absent: fidelity, wer, vram
+    runs: list[dict[str, Any]] = field(default_factory=list)  # raw per-repeat reports
+    run_id: str | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.kind == BASELINE
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def metric(self, key: str) -> float | None:
+        return self.metrics.get(key)
+
+    @property
+    def headline(self) -> str:
+        """The one-line reason (the first line of ``reason``)."""
+        lines = (self.reason or "").strip().splitlines()
+        return lines[0] if lines else "no reason recorded"
+
+    @property
+    def memory_mb(self) -> float | None:
+        """Peak reserved VRAM; host RSS where there is no VRAM (CPU)."""
+        vram = self.metric("peak_reserved_mb")
+        return vram if vram is not None else self.metric("host_rss_mb")
+
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2, default=str))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> TrialRecord:
+        return cls(**json.loads(path.read_text()))
