@@ -11,10 +11,10 @@ import hashlib
 import json
 import logging
 import re
-from importlib import resources
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +162,10 @@ def load_strict(module: torch.nn.Module, weights: Mapping[str, torch.Tensor], pa
         raise CheckpointError(f"{path} does not match the model: {detail}") from exc
     problems = [
         _summary(label, sorted(keys))
-        for label, keys in (("missing", result.missing_keys), ("unexpected", result.unexpected_keys))
+        for label, keys in (
+            ("missing", result.missing_keys),
+            ("unexpected", result.unexpected_keys),
+        )
         if keys
     ]
     if problems:

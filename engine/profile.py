@@ -216,7 +216,11 @@ def resolve_profile(requested: EngineProfile, hw: Hardware) -> tuple[EngineProfi
             elif data[key] in ("reduce-overhead", "max-autotune"):
                 change(key, "default", f"{data[key]} relies on CUDA graphs / Triton autotuning")
         if int8:
-            change("compile_prefill", False, "torch.compile cannot trace CPU dynamic-int8 linear layers")
+            change(
+                "compile_prefill",
+                False,
+                "torch.compile cannot trace CPU dynamic-int8 linear layers",
+            )
     else:
         if data["precision"] == "auto":
             data["precision"] = "bf16" if major >= 8 else "fp16"

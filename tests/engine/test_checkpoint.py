@@ -123,7 +123,9 @@ def test_missing_folder_is_refused(tmp_path: Path) -> None:
         CheckpointFolder.open(tmp_path / "nowhere")
 
 
-def test_layouts_upstream_converts_on_load_are_accepted(tmp_path: Path, tiny_checkpoint: Path) -> None:
+def test_layouts_upstream_converts_on_load_are_accepted(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
     legacy = _copy(tiny_checkpoint, tmp_path / "legacy")
     weights = torch.load(legacy / "model.pth", weights_only=True)
     prefix = "layers.0.attention."
