@@ -14,6 +14,9 @@ SAMPLE_RATE = 44_100
 MAX_REFERENCE_SECONDS = 90.0
 MIN_REFERENCE_SECONDS = 0.25
 
+ReferenceAudio = bytes | str | Path | np.ndarray
+"""A reference recording: encoded bytes, a file path, or 44.1 kHz float samples."""
+
 
 class AudioInputError(ValueError):
     """Reference audio that cannot be used, with a reason a user can act on."""
@@ -86,7 +89,7 @@ def read_audio_file(path: str | Path, *, max_seconds: float = MAX_REFERENCE_SECO
         raise AudioInputError(f"{path.name}: {exc}") from exc
 
 
-def load_reference(reference: bytes | str | Path | np.ndarray) -> np.ndarray:
+def load_reference(reference: ReferenceAudio) -> np.ndarray:
     """Reference audio given as bytes, a file path or 44.1 kHz float samples -> float32 samples."""
     if isinstance(reference, np.ndarray):
         return np.ascontiguousarray(reference, dtype=np.float32)

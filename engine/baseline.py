@@ -19,9 +19,8 @@ from fish_speech.content_sequence import ContentSequence, TextPart, VQPart
 from fish_speech.models.text2semantic import inference as upstream
 from fish_speech.tokenizer import IM_END_TOKEN
 
-from engine.audio_io import SAMPLE_RATE, load_reference
+from engine.audio_io import SAMPLE_RATE, ReferenceAudio, load_reference
 from engine.checkpoint import CheckpointFolder
-from engine.engine import ReferenceAudio
 from engine.telemetry import Measure, SynthesisReport
 from engine.upstream import load_codec
 

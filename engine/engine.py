@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from fish_speech.content_sequence import ContentSequence, TextPart, VQPart
 
-from engine.audio_io import SAMPLE_RATE, load_reference
+from engine.audio_io import SAMPLE_RATE, ReferenceAudio, load_reference
 from engine.caches import LRUCache, ReferenceCodeCache
 from engine.checkpoint import CheckpointFolder
 from engine.codec import CodecRunner
@@ -27,7 +27,6 @@ from engine.upstream import load_codec, load_dual_ar
 
 log = logging.getLogger(__name__)
 
-ReferenceAudio = bytes | str | Path | np.ndarray
 MAX_TEXT_CHARS = 2000
 
 

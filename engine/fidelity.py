@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from engine import dual_ar
-from engine.engine import OptimizedFishSpeech, ReferenceAudio
+from engine.audio_io import ReferenceAudio
+from engine.engine import OptimizedFishSpeech
 from engine.profile import EngineProfile
 from engine.sampling import SamplingParams
 

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
 import statistics
+import tempfile
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
+
+from harness.sweep_compose import CONF_DIR, detect_hardware_preset
+from harness.trial_process import run_in_child
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +31,6 @@ TEXT = (
 )
 REFERENCE_TEXT = "This is the reference recording of the speaker."
 ROW_TIMEOUT_S = 600
-BANDWIDTH_GBS = {
-    "H200": 4800.0,
-    "H100": 3350.0,
-    "A100": 2039.0,
-    "4090": 1008.0,
-    "3060": 360.0,
-    "4060": 272.0,
-}
 
 
 @dataclass(frozen=True)
@@ -182,32 +177,24 @@ def _measure_row(
     }
 
 
-def _child(
-    row: Row, checkpoint: str, frames: int, repeats: int, reference: np.ndarray, queue: mp.Queue
-) -> None:
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        queue.put(_measure_row(row, checkpoint, frames, repeats, reference))
-    except BaseException:
-        queue.put({"row": row.name, "error": traceback.format_exc(limit=8)})
+def _measure_job(job: dict[str, Any]) -> dict[str, Any]:
+    return _measure_row(
+        job["row"], job["checkpoint"], job["frames"], job["repeats"], job["reference"]
+    )
 
 
 def run_row(
     row: Row, checkpoint: str, frames: int, repeats: int, reference: np.ndarray
 ) -> dict[str, Any]:
     """Measure one row in a spawned process; a crash or timeout becomes an ``error`` entry."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(row, checkpoint, frames, repeats, reference, queue))
-    proc.start()
-    try:
-        result = queue.get(timeout=ROW_TIMEOUT_S)
-    except Exception:
-        result = {"row": row.name, "error": f"timed out after {ROW_TIMEOUT_S} s"}
-    proc.join(timeout=30)
-    if proc.is_alive():
-        proc.kill()
-    return result
+    job = {"row": row, "checkpoint": checkpoint, "frames": frames, "repeats": repeats}
+    with tempfile.TemporaryDirectory() as tmp:
+        outcome = run_in_child(
+            _measure_job, {**job, "reference": reference}, ROW_TIMEOUT_S, Path(tmp) / "row.log"
+        )
+    return (
+        outcome.result if outcome.result is not None else {"row": row.name, "error": outcome.error}
+    )
 
 
 def _device_name() -> str:
@@ -215,7 +202,11 @@ def _device_name() -> str:
 
 
 def _ceiling_gbs(device: str) -> float | None:
-    return next((bw for key, bw in BANDWIDTH_GBS.items() if key in device), None)
+    """Memory bandwidth of the ``conf/hardware`` preset that matches this GPU (None on CPU)."""
+    if device == "cpu":
+        return None
+    preset = OmegaConf.load(CONF_DIR / "hardware" / f"{detect_hardware_preset(device)}.yaml")
+    return preset.get("bandwidth_gb_s")
 
 
 def _fmt(value: Any, spec: str = ".2f") -> str:
@@ -241,7 +232,7 @@ def to_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     for r in rows:
         if "error" in r:
             lines.append(
-                f"| {r['row']} | FAILED: {r['error'].strip().splitlines()[-1]} |" + " |" * 10
+                f"| {r['row']} | FAILED: {r['error'].strip().splitlines()[0]} |" + " |" * 10
             )
             continue
         cells = [
@@ -290,7 +281,7 @@ def run_bench(
         log.info("bench row %s ...", row.name)
         result = run_row(row, str(folder.path), frames, repeats, ref)
         if "error" in result:
-            log.error("row %s failed: %s", row.name, result["error"].strip().splitlines()[-1])
+            log.error("row %s failed: %s", row.name, result["error"].strip().splitlines()[0])
         results.append(result)
     baseline = next((r for r in results if r["row"] == "upstream-eager" and "error" not in r), None)
     ceiling = _ceiling_gbs(device)

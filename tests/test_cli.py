@@ -93,3 +93,25 @@ def test_bench_runs_on_cpu_and_writes_json_and_markdown(
     assert rows["upstream-eager"]["speedup"] == 1.0
     assert rows["ours-fp32"]["frames_per_s"] > 0 and rows["ours-fp32"]["peak_reserved_mb"] is None
     assert "| ours-fp32 |" in next(tmp_path.glob("cpu-*.md")).read_text()
+
+
+def test_a_failing_bench_row_is_reported_with_its_reason(tiny_checkpoint: Path) -> None:
+    from harness.bench import Row, reference_signal, run_row
+
+    result = run_row(
+        Row("broken", "engine", {"precision": "int3"}),
+        str(tiny_checkpoint),
+        2,
+        1,
+        reference_signal(1.0),
+    )
+    assert result["row"] == "broken"
+    assert result["error"].splitlines()[0].startswith("ValidationError:")
+
+
+def test_bandwidth_ceiling_comes_from_the_hardware_presets() -> None:
+    from harness.bench import _ceiling_gbs
+
+    assert _ceiling_gbs("NVIDIA H100 80GB HBM3") == 3350
+    assert _ceiling_gbs("NVIDIA GeForce RTX 4060") == 272
+    assert _ceiling_gbs("cpu") is None and _ceiling_gbs("Some Other GPU") is None
