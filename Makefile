@@ -6,7 +6,7 @@ CHECKPOINT ?= checkpoints/openaudio-s1-mini
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-browser test lint format sweep bench fidelity serve ui ui-streamlit mlflow-ui clean
+.PHONY: help setup setup-browser test lint format sweep bench fidelity fidelity-spread serve ui ui-streamlit mlflow-ui clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ bench: setup ## upstream vs our profiles on a checkpoint (CHECKPOINT=..., ARGS=.
 
 fidelity: setup ## teacher-forced fidelity of PROFILE against fp32
 	$(RUN) fishbench fidelity --checkpoint $(CHECKPOINT) --profile $(or $(PROFILE),reports/profile.yaml)
+
+fidelity-spread: setup ## bf16, int8, int4, nf4 and fp32 int8 against fp32, into reports/fidelity/
+	$(RUN) fishbench fidelity --checkpoint $(CHECKPOINT) --spread --frames 64 -o reports/fidelity
 
 serve: setup ## the REST service on :8000 with reports/profile.yaml
 	$(RUN) uvicorn serving.app:app --host $(or $(HOST),0.0.0.0) --port $(or $(PORT),8000)

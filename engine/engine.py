@@ -52,11 +52,7 @@ class OptimizedFishSpeech:
             torch.backends.cudnn.benchmark = True
         model = load_dual_ar(checkpoint, self.device, self.dtype, profile.max_seq_len)
         codec = load_codec(checkpoint, self.device, self.dtype)
-        applied = apply_quantization(
-            model, profile.quantization, self.device, profile.int4_group_size
-        )
-        if applied != profile.quantization:
-            profile = profile.model_copy(update={"quantization": applied})
+        apply_quantization(model, profile.quantization, self.device, profile.int4_group_size)
         self.codec = CodecRunner(codec, profile)
         self.decoder = SemanticDecoder(
             model, profile, self.codec.semantic_size, self.codec.residual_size

@@ -20,17 +20,24 @@ from engine.engine import OptimizedFishSpeech
 from engine.profile import EngineProfile
 from engine.sampling import SamplingParams
 
-# Gates the harness applies to every candidate. Random weights give nearly tied logits, so top-1
-# agreement flips on differences far below audibility; KL is the primary gate. Measured on the
-# tiny checkpoint (CPU, 32 frames): fp32 vs fp32 KL = 0 and top-1 = 1 exactly; dynamic int8 slow
-# KL 3.8e-5, fast KL 4.6e-5, top-1 0.97 / 0.93. The KL gates sit two orders of magnitude above
-# that spread (bf16/int4 on GPU are expected to land between), so a broken kernel (KL ~0.1 and
-# up, top-1 near chance) fails while sane quantization passes.
+# Gates the harness applies to every candidate, chosen from the spread measured on the full-size
+# synthetic s1-mini checkpoint (CPU kernels, 64 teacher-forced frames, reports/fidelity/
+# cpu-20261122-053500.md), KL first. Mean KL(fp32 || candidate) slow / fast, in nats:
+#   bf16 2.3e-4 / 4.4e-4; bf16 int8 weight-only 1.7e-3 / 3.4e-3; fp32 dynamic int8 0.025 / 0.052;
+#   int4 (group 64) 0.16 / 0.25; nf4 0.16 / 0.26.
+# Random weights give nearly flat logits (entropy 7.8 of at most 8.3 nats), so a candidate that
+# output uniform logits would only score KL 0.48 / 0.50 (the report's first line): the 4-bit
+# schemes lose a third to a half of that. KL <= 0.01 sits
+# 3x above the worst weight-only int8 and 2.5x below dynamic int8. Top-1 is secondary: ties flip
+# the argmax even at bf16 rounding (0.94), int8 weight-only measured 0.83 / 0.87, dynamic int8
+# 0.50 / 0.52, so 0.70 separates them the same way. Codec SNR: bf16 decoding measured 42.5 dB on
+# the full-size codec and 23.1 dB on the narrow tiny one; 20 dB passes both and rejects a codec
+# whose error carries a tenth of the signal's power.
 FIDELITY_GATES: dict[str, float] = {
     "slow_kl_max": 0.01,
     "fast_kl_max": 0.01,
-    "slow_top1_min": 0.80,
-    "fast_top1_min": 0.80,
+    "slow_top1_min": 0.70,
+    "fast_top1_min": 0.70,
     "codec_snr_db_min": 20.0,
 }
 SNR_CAP_DB = 300.0
@@ -78,12 +85,94 @@ def _agreement(ref: torch.Tensor, cand: torch.Tensor) -> tuple[float, float]:
     return top1, kl.sum(-1).mean().item()
 
 
+def flatness(logits: torch.Tensor) -> dict[str, float]:
+    """Mean entropy of ``logits`` and the KL a uniform output would score against them (nats).
+
+    The second figure is the scale the KL gates are read against: on random weights it is small.
+    """
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1).mean().item()
+    max_entropy = math.log(logits.shape[-1])
+    return {"entropy": entropy, "max_entropy": max_entropy, "uniform_kl": max_entropy - entropy}
+
+
 def snr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
     noise = float(np.sum((reference.astype(np.float64) - candidate) ** 2))
     signal = float(np.sum(reference.astype(np.float64) ** 2))
     if noise == 0.0:
         return SNR_CAP_DB
     return min(SNR_CAP_DB, 10.0 * math.log10(signal / noise)) if signal > 0 else -SNR_CAP_DB
+
+
+@dataclass(frozen=True)
+class FidelityReference:
+    """What fp32 produced once, so several profiles can be compared against the same run."""
+
+    text: str
+    seed: int
+    frames: int
+    prompt_len: int
+    sequence: torch.Tensor  # [1 + C, prompt + frames]: prompt then the generated frames
+    codes: torch.Tensor  # [C, frames]
+    logits: TeacherForced
+    audio: np.ndarray
+
+    @classmethod
+    def build(
+        cls,
+        checkpoint: str,
+        device: str = "auto",
+        text: str = "The quick brown fox jumps over the lazy dog.",
+        reference_audio: ReferenceAudio | None = None,
+        reference_text: str | None = None,
+        frames: int = 32,
+        seed: int = 0,
+    ) -> FidelityReference:
+        """Generate ``frames`` with the fp32 engine and keep its logits and decoded audio."""
+        engine = OptimizedFishSpeech.from_checkpoint(checkpoint, reference_profile(device))
+        ref_codes = (
+            engine.reference_codes(reference_audio)[0] if reference_audio is not None else None
+        )
+        prompt = engine.build_prompt(text, ref_codes, reference_text)
+        blocks = engine.decoder.generate(
+            prompt, SamplingParams(seed=seed), frames, fixed_frames=frames
+        )
+        codes = torch.cat(list(blocks), dim=1).cpu()
+        tokens = codes[:1] + engine.decoder.semantic_begin
+        sequence = torch.cat([prompt, torch.cat([tokens, codes])], dim=1)
+        logits = teacher_forced_logits(engine, sequence, prompt.shape[1])
+        audio = engine.codec.decode(codes)
+        return cls(text, seed, frames, prompt.shape[1], sequence, codes, logits, audio)
+
+
+def compare_profile(
+    checkpoint: str, profile: EngineProfile, reference: FidelityReference
+) -> dict[str, float]:
+    """Fidelity figures of ``profile`` against the fp32 ``reference`` (see FIDELITY_GATES)."""
+    candidate = OptimizedFishSpeech.from_checkpoint(checkpoint, profile)
+    if reference.sequence.shape[1] > candidate.decoder.max_seq_len:
+        raise ValueError(
+            f"the fidelity sequence ({reference.sequence.shape[1]} tokens) exceeds the profile's "
+            f"max_seq_len {candidate.decoder.max_seq_len}; measure fewer frames"
+        )
+    logits = teacher_forced_logits(candidate, reference.sequence, reference.prompt_len)
+    audio = candidate.codec.decode(reference.codes)
+    slow_top1, slow_kl = _agreement(reference.logits.slow_logits, logits.slow_logits)
+    fast_top1, fast_kl = _agreement(reference.logits.fast_logits, logits.fast_logits)
+    text, frames, seed = reference.text, reference.frames, reference.seed
+    streamed = np.concatenate(
+        list(candidate.synthesize_stream(text, fixed_frames=frames, seed=seed))
+    )
+    one_shot = candidate.synthesize(text, fixed_frames=frames, seed=seed)
+    return {
+        "slow_top1": slow_top1,
+        "slow_kl": slow_kl,
+        "fast_top1": fast_top1,
+        "fast_kl": fast_kl,
+        "codec_snr_db": snr_db(reference.audio, audio),
+        "stream_max_abs_diff": float(np.max(np.abs(streamed - one_shot))),
+        "frames": frames,
+    }
 
 
 def measure_fidelity(
@@ -96,39 +185,10 @@ def measure_fidelity(
     seed: int = 0,
 ) -> dict[str, float]:
     """Fidelity figures of ``profile`` against fp32 on ``checkpoint`` (see FIDELITY_GATES)."""
-    reference = OptimizedFishSpeech.from_checkpoint(checkpoint, reference_profile(profile.device))
-    ref_codes = (
-        reference.reference_codes(reference_audio)[0] if reference_audio is not None else None
+    reference = FidelityReference.build(
+        checkpoint, profile.device, text, reference_audio, reference_text, frames, seed
     )
-    prompt = reference.build_prompt(text, ref_codes, reference_text)
-    blocks = reference.decoder.generate(
-        prompt, SamplingParams(seed=seed), frames, fixed_frames=frames
-    )
-    codes = torch.cat(list(blocks), dim=1).cpu()
-    tokens = codes[:1] + reference.decoder.semantic_begin
-    sequence = torch.cat([prompt, torch.cat([tokens, codes])], dim=1)
-    ref_logits = teacher_forced_logits(reference, sequence, prompt.shape[1])
-    ref_audio = reference.codec.decode(codes)
-    del reference
-
-    candidate = OptimizedFishSpeech.from_checkpoint(checkpoint, profile)
-    cand_logits = teacher_forced_logits(candidate, sequence, prompt.shape[1])
-    cand_audio = candidate.codec.decode(codes)
-    slow_top1, slow_kl = _agreement(ref_logits.slow_logits, cand_logits.slow_logits)
-    fast_top1, fast_kl = _agreement(ref_logits.fast_logits, cand_logits.fast_logits)
-    streamed = np.concatenate(
-        list(candidate.synthesize_stream(text, fixed_frames=frames, seed=seed))
-    )
-    one_shot = candidate.synthesize(text, fixed_frames=frames, seed=seed)
-    return {
-        "slow_top1": slow_top1,
-        "slow_kl": slow_kl,
-        "fast_top1": fast_top1,
-        "fast_kl": fast_kl,
-        "codec_snr_db": snr_db(ref_audio, cand_audio),
-        "stream_max_abs_diff": float(np.max(np.abs(streamed - one_shot))),
-        "frames": frames,
-    }
+    return compare_profile(checkpoint, profile, reference)
 
 
 def passes_gates(figures: dict[str, float], gates: dict[str, float] = FIDELITY_GATES) -> list[str]:
@@ -145,5 +205,6 @@ def passes_gates(figures: dict[str, float], gates: dict[str, float] = FIDELITY_G
         value = figures.get(key)
         ok = value is not None and (value <= limit if op == "<=" else value >= limit)
         if not ok:
-            failures.append(f"{key}={value} not {op} {limit}")
+            shown = "missing" if value is None else format(value, ".3g")
+            failures.append(f"{key}={shown} not {op} {limit}")
     return failures

@@ -152,36 +152,33 @@ class Hardware:
     device: str
     name: str
     compute_capability: tuple[int, int] | None
-    bitsandbytes_cuda: bool
+    bitsandbytes_4bit: bool
 
     @classmethod
     def detect(cls, requested: str = "auto", probe_bitsandbytes: bool = False) -> Hardware:
-        """This machine; bitsandbytes' CUDA kernels are only probed when nf4 is asked for."""
+        """This machine; bitsandbytes' 4-bit kernels are only probed when nf4 is asked for."""
         cuda = torch.cuda.is_available() and requested != "cpu"
+        device = "cuda" if cuda else "cpu"
+        nf4 = probe_bitsandbytes and _bitsandbytes_4bit_works(device)
         if not cuda:
-            return cls("cpu", "cpu", None, False)
-        return cls(
-            "cuda",
-            torch.cuda.get_device_name(),
-            torch.cuda.get_device_capability(),
-            probe_bitsandbytes and _bitsandbytes_has_cuda(),
-        )
+            return cls("cpu", "cpu", None, nf4)
+        return cls("cuda", torch.cuda.get_device_name(), torch.cuda.get_device_capability(), nf4)
 
     @property
     def capability_str(self) -> str | None:
         return None if self.compute_capability is None else "{}.{}".format(*self.compute_capability)
 
 
-def _bitsandbytes_has_cuda() -> bool:
+def _bitsandbytes_4bit_works(device: str) -> bool:
     try:
         import bitsandbytes as bnb
 
-        weight = torch.randn(64, 64, device="cuda", dtype=torch.float16)
+        weight = torch.randn(64, 64, device=device, dtype=torch.float16)
         packed, state = bnb.functional.quantize_4bit(weight, quant_type="nf4")
         bnb.functional.dequantize_4bit(packed, state)
         return True
     except Exception as exc:  # missing wheel, missing kernels, unsupported GPU
-        log.info("bitsandbytes 4-bit kernels unavailable: %s", exc)
+        log.info("bitsandbytes 4-bit kernels unavailable on %s: %s", device, exc)
         return False
 
 
@@ -200,27 +197,24 @@ def resolve_profile(requested: EngineProfile, hw: Hardware) -> tuple[EngineProfi
     data["device"] = hw.device
     cuda = hw.device == "cuda"
     major = hw.compute_capability[0] if hw.compute_capability else 0
+    if data["quantization"] == "nf4" and not hw.bitsandbytes_4bit:
+        change("quantization", "int8", "bitsandbytes 4-bit kernels are not available")
 
     if not cuda:
         if data["precision"] == "auto":
             data["precision"] = "fp32"
-        change("precision", "fp32", "the CPU engine runs fp32")
+        change("precision", "bf16" if data["precision"] == "bf16" else "fp32", "fp16 is GPU-only")
         data["tf32"] = False
         change("num_streams", 1, "CUDA streams need a CUDA device")
-        if data["quantization"] in ("int4", "nf4"):
-            change("quantization", "int8", "int4/nf4 kernels need CUDA; CPU uses dynamic int8")
-        int8 = data["quantization"] == "int8"
+        dynamic_int8 = data["quantization"] == "int8" and data["precision"] == "fp32"
+        why_eager = "torch.compile cannot trace CPU dynamic-int8 linear layers"
         for key in ("compile_decode", "compile_codec"):
-            if int8:
-                change(key, "none", "torch.compile cannot trace CPU dynamic-int8 linear layers")
+            if dynamic_int8:
+                change(key, "none", why_eager)
             elif data[key] in ("reduce-overhead", "max-autotune"):
                 change(key, "default", f"{data[key]} relies on CUDA graphs / Triton autotuning")
-        if int8:
-            change(
-                "compile_prefill",
-                False,
-                "torch.compile cannot trace CPU dynamic-int8 linear layers",
-            )
+        if dynamic_int8:
+            change("compile_prefill", False, why_eager)
     else:
         if data["precision"] == "auto":
             data["precision"] = "bf16" if major >= 8 else "fp16"
@@ -238,8 +232,6 @@ def resolve_profile(requested: EngineProfile, hw: Hardware) -> tuple[EngineProfi
             )
         if data["quantization"] == "int4" and data["precision"] != "bf16":
             change("quantization", "int8", "int4 (tinygemm) kernels need bf16 weights")
-        if data["quantization"] == "nf4" and not hw.bitsandbytes_cuda:
-            change("quantization", "int8", "bitsandbytes 4-bit kernels are not available")
 
     for note in notes:
         log.warning("profile fallback: %s", note)

@@ -1,7 +1,10 @@
 """Weight quantization of the DualAR transformer layers (the output heads and codec stay float).
 
 GPU: int8 and int4 weight-only via torchao, nf4 via bitsandbytes (a memory option, experimental).
-CPU: dynamic int8 via ``torch.ao.quantization.quantize_dynamic``, which only runs on CPU.
+CPU: fp32 int8 is dynamic (``quantize_dynamic``, which only runs on CPU); bf16 int8 is torchao's
+weight-only int8 as on the GPU; int4 is :class:`Int4Linear` (tinygemm's scheme on aten's CPU
+kernel, since torchao 0.18 has no CPU int4 layout); nf4 is bitsandbytes' CPU path. The same
+quantization arithmetic on both devices is what lets CPU fidelity runs stand in for the GPU's.
 """
 
 from __future__ import annotations
@@ -17,6 +20,72 @@ log = logging.getLogger(__name__)
 
 def _layer_stacks(model: DualARTransformer) -> list[nn.ModuleList]:
     return [model.layers, model.fast_layers]
+
+
+class Int4Linear(nn.Module):
+    """Weight-only int4 linear layer on CPU: asymmetric, group-wise, bf16-compatible.
+
+    The quantization is torchao's tinygemm scheme (4-bit codes, per-group scale and a float zero
+    point at the mid code), so its error matches the GPU int4 path; the matmul is aten's CPU
+    int4 kernel, which unpacks the codes group by group instead of materializing the weight.
+    """
+
+    inner_k_tiles = 2
+
+    def __init__(self, linear: nn.Linear, group_size: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.group_size = group_size
+        codes, scales_and_zeros = quantize_int4_groups(linear.weight.detach(), group_size)
+        self.register_buffer(
+            "weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, self.inner_k_tiles)
+        )
+        self.register_buffer("scales_and_zeros", scales_and_zeros.to(linear.weight.dtype))
+        self.bias = (
+            None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            flat, self.weight, self.group_size, self.scales_and_zeros
+        ).reshape(*x.shape[:-1], self.out_features)
+        return out if self.bias is None else out + self.bias
+
+
+def quantize_int4_groups(
+    weight: torch.Tensor, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """4-bit codes [out, in] (int32, 0..15) and packed scales/zeros [groups, out, 2] (float32).
+
+    Dequantization is ``(code - 8) * scale + zero``: the tinygemm convention.
+    """
+    groups = weight.float().reshape(-1, group_size)
+    low, high = groups.amin(1, keepdim=True), groups.amax(1, keepdim=True)
+    scales = ((high - low) / 15).clamp(min=1e-6)
+    zeros = low + scales * 8
+    codes = groups.sub(low).div(scales).round().clamp(0, 15).to(torch.int32)
+    out = weight.shape[0]
+    scales_and_zeros = torch.cat([scales.reshape(out, -1, 1), zeros.reshape(out, -1, 1)], dim=2)
+    return codes.reshape(weight.shape), scales_and_zeros.transpose(0, 1).contiguous()
+
+
+def quantize_cpu_int4(model: DualARTransformer, group_size: int) -> None:
+    """Swap every transformer linear layer whose width the group size divides for Int4Linear."""
+    kept = 0
+    for stack in _layer_stacks(model):
+        for parent in stack.modules():
+            for name, child in list(parent.named_children()):
+                if type(child) is not nn.Linear:
+                    continue
+                if child.in_features % group_size:
+                    kept += 1
+                    continue
+                setattr(parent, name, Int4Linear(child, group_size))
+    if kept:
+        log.warning(
+            "int4: %d linear layers stay float (width not a multiple of %d)", kept, group_size
+        )
 
 
 def quantize_cpu_int8(model: DualARTransformer) -> None:
@@ -67,26 +136,26 @@ def quantize_nf4(model: DualARTransformer, dtype: torch.dtype) -> None:
 
 def apply_quantization(
     model: DualARTransformer, kind: str, device: torch.device, group_size: int
-) -> str:
-    """Quantize in place; returns the scheme that was applied ("none" when nothing was)."""
+) -> None:
+    """Quantize in place with the scheme a *resolved* profile names for ``device``."""
     if kind == "none":
-        return "none"
-    if device.type == "cpu":
-        quantize_cpu_int8(model)
-        return "int8"
+        return
     dtype = model.norm.weight.dtype
     if kind == "nf4":
         quantize_nf4(model, dtype)
-        return "nf4"
-    quantize_torchao(model, kind, group_size)
-    return kind
+    elif device.type == "cpu" and kind == "int4":
+        quantize_cpu_int4(model, group_size)
+    elif device.type == "cpu" and dtype == torch.float32:
+        quantize_cpu_int8(model)
+    else:
+        quantize_torchao(model, kind, group_size)
 
 
 def linear_weight_bytes(model: nn.Module) -> int:
     """Bytes of weights read per forward of ``model``'s layers, whatever their storage."""
     total = 0
     for module in model.modules():
-        for name in ("weight", "bias"):
+        for name in ("weight", "bias", "scales_and_zeros"):
             tensor = getattr(module, name, None)
             if callable(tensor):
                 tensor = tensor()

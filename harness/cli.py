@@ -50,11 +50,13 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _fidelity(args: argparse.Namespace) -> int:
+    if args.spread or args.output or len(args.profile or []) > 1:
+        return _fidelity_report(args)
     from engine.fidelity import measure_fidelity, passes_gates
 
     figures = measure_fidelity(
         args.checkpoint,
-        _load_profile(args.profile),
+        _load_profile(args.profile[0] if args.profile else None),
         args.text,
         args.reference,
         args.reference_text,
@@ -64,6 +66,27 @@ def _fidelity(args: argparse.Namespace) -> int:
     for failure in failures:
         logging.getLogger("fishbench").warning("gate failed: %s", failure)
     print(json.dumps({**figures, "passes_gates": not failures}))
+    return 0
+
+
+def _fidelity_report(args: argparse.Namespace) -> int:
+    from harness.fidelity_report import SPREAD, run_fidelity, to_markdown, write_report
+
+    if args.reference:
+        raise ValueError("--reference applies to a single --profile")
+    profiles = dict(SPREAD) if args.spread else {}
+    profiles |= {Path(path).stem: _load_profile(path) for path in args.profile or []}
+    meta, rows = run_fidelity(
+        args.checkpoint,
+        profiles,
+        args.frames,
+        args.text,
+        on_row=lambda row: print(json.dumps(row), flush=True),
+    )
+    if args.output:
+        path = write_report(meta, rows, args.output)
+        logging.getLogger("fishbench").info("wrote %s", path)
+    print(to_markdown(meta, rows), file=sys.stderr)
     return 0
 
 
@@ -111,7 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
         "fidelity", help="teacher-forced agreement and codec SNR of a profile vs fp32"
     )
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--profile")
+    p.add_argument(
+        "--profile", action="append", help="profile YAML (repeat to compare several at once)"
+    )
+    p.add_argument(
+        "--spread", action="store_true", help="add bf16, int8, int4, nf4 and fp32 int8 profiles"
+    )
+    p.add_argument(
+        "-o", "--output", type=Path, help="write JSON + Markdown here (e.g. reports/fidelity)"
+    )
     p.add_argument("--text", default=DEFAULT_TEXT)
     p.add_argument("--reference")
     p.add_argument("--reference-text")

@@ -1,7 +1,7 @@
 """Expand a grid into trials: the baseline first, then one candidate per distinct profile.
 
 A candidate whose swept knobs this machine cannot honour (``resolve_profile`` would change them,
-e.g. int4 or reduce-overhead on CPU) is marked SKIPPED with the engine's own reason, so it shows
+e.g. fp16 or reduce-overhead on CPU) is marked SKIPPED with the engine's own reason, so it shows
 up in MLflow and the report instead of being silently run as something else.
 """
 

@@ -115,3 +115,34 @@ def test_bandwidth_ceiling_comes_from_the_hardware_presets() -> None:
     assert _ceiling_gbs("NVIDIA H100 80GB HBM3") == 3350
     assert _ceiling_gbs("NVIDIA GeForce RTX 4060") == 272
     assert _ceiling_gbs("cpu") is None and _ceiling_gbs("Some Other GPU") is None
+
+
+def test_fidelity_spread_prints_a_json_line_per_profile_and_writes_the_report(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    result = _fishbench(
+        "fidelity",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--spread",
+        "--frames",
+        "8",
+        "-o",
+        str(tmp_path / "fidelity"),
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [r["profile"] for r in rows] == [
+        "bf16",
+        "bf16-int8",
+        "bf16-int4",
+        "bf16-nf4",
+        "fp32-int8",
+    ]
+    assert [r["runs_as"] for r in rows][2:4] == ["cpu bf16 int4", "cpu bf16 nf4"]
+    kl = {r["profile"]: r["slow_kl"] for r in rows}
+    assert 0 < kl["bf16"] < kl["bf16-int8"] < min(kl["bf16-int4"], kl["bf16-nf4"])
+    assert rows[0]["passes_gates"] and rows[-1]["passes_gates"]
+    (report,) = (tmp_path / "fidelity").glob("cpu-*.md")
+    assert report.read_text().count("| cpu ") == 5
+    assert json.loads(report.with_suffix(".json").read_text())["rows"] == rows

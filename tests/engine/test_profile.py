@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from engine.profile import EngineProfile, Hardware, Provenance, resolve_profile
 
 CPU = Hardware("cpu", "cpu", None, False)
+CPU_BNB = Hardware("cpu", "cpu", None, True)
 RTX_2080 = Hardware("cuda", "NVIDIA GeForce RTX 2080", (7, 5), False)
 RTX_4060 = Hardware("cuda", "NVIDIA GeForce RTX 4060", (8, 9), True)
 
@@ -77,22 +78,35 @@ def test_env_example_lists_every_profile_override() -> None:
 
 
 def test_cpu_falls_back_with_one_line_per_change(caplog: pytest.LogCaptureFixture) -> None:
-    requested = EngineProfile(
-        precision="bf16", quantization="int4", num_streams=3, compile_decode="reduce-overhead"
-    )
+    requested = EngineProfile(precision="fp16", num_streams=3, compile_decode="reduce-overhead")
     with caplog.at_level(logging.WARNING):
         active, notes = resolve_profile(requested, CPU)
-    assert (active.device, active.precision, active.quantization, active.num_streams) == (
-        "cpu",
-        "fp32",
-        "int8",
-        1,
-    )
-    assert active.compile_decode == "none"
-    assert len(notes) == 4 and len(caplog.records) == 4
+    assert (active.device, active.precision, active.num_streams) == ("cpu", "fp32", 1)
+    assert active.compile_decode == "default"
+    assert len(notes) == 3 and len(caplog.records) == 3
     assert any("CUDA streams need a CUDA device" in n for n in notes)
     graphs_off = resolve_profile(EngineProfile(compile_decode="max-autotune"), CPU)[0]
     assert graphs_off.compile_decode == "default"
+
+
+def test_cpu_runs_bf16_int4_and_nf4_on_its_own_kernels() -> None:
+    requested = EngineProfile(precision="bf16", quantization="int4", compile_decode="default")
+    active, notes = resolve_profile(requested, CPU)
+    assert notes == []
+    assert (active.precision, active.quantization, active.compile_decode) == (
+        "bf16",
+        "int4",
+        "default",
+    )
+    assert resolve_profile(EngineProfile(quantization="nf4"), CPU_BNB)[0].quantization == "nf4"
+
+
+def test_nf4_without_bitsandbytes_kernels_falls_back_to_int8() -> None:
+    active, notes = resolve_profile(
+        EngineProfile(quantization="nf4", compile_decode="default"), CPU
+    )
+    assert active.quantization == "int8" and active.compile_decode == "none"
+    assert notes[0] == "quantization: nf4 -> int8 (bitsandbytes 4-bit kernels are not available)"
 
 
 def test_auto_precision_follows_compute_capability() -> None:
@@ -119,3 +133,5 @@ def test_cpu_dynamic_int8_runs_uncompiled() -> None:
     active, notes = resolve_profile(requested, CPU)
     assert (active.compile_decode, active.compile_prefill) == ("none", False)
     assert all("dynamic-int8" in n for n in notes)
+    weight_only = resolve_profile(requested.model_copy(update={"precision": "bf16"}), CPU)[0]
+    assert weight_only.compile_decode == "default" and weight_only.compile_prefill

@@ -43,8 +43,9 @@ def test_free_generation_stops_at_the_token_budget(engine) -> None:
 def test_voice_cloning_with_a_real_recording(engine, piper_reference) -> None:
     path, transcript = piper_reference
     codes, hit = engine.reference_codes(path)
-    duration = sf.info(path).duration
-    assert codes.shape == (10, math.ceil(duration * 44_100 / 2048))
+    info = sf.info(path)
+    samples_44k = info.frames * 44_100 // info.samplerate  # integers: Piper's length varies per run
+    assert codes.shape == (10, math.ceil(samples_44k / 2048))
     assert codes[0].max() < 1024 and codes[1:].max() < 1024
     assert not hit
     audio = engine.synthesize(TEXT, path, transcript, fixed_frames=6, seed=0)

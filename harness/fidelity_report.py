@@ -1,0 +1,129 @@
+"""Fidelity of several profiles against one fp32 run, written as JSON + Markdown.
+
+The spread of these figures across precisions and quantization schemes on one checkpoint is what
+the gates in ``engine.fidelity.FIDELITY_GATES`` are chosen from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.checkpoint import CheckpointFolder
+from engine.fidelity import FidelityReference, compare_profile, flatness, passes_gates
+from engine.profile import EngineProfile, Hardware, resolve_profile
+
+log = logging.getLogger(__name__)
+
+# The issue's schemes (bf16, int8, int4, nf4) plus fp32 int8, which is dynamic int8 on CPU.
+# Eager: compilation changes kernels, not the quantization arithmetic these figures measure.
+SPREAD: dict[str, EngineProfile] = {
+    "bf16": EngineProfile(precision="bf16"),
+    "bf16-int8": EngineProfile(precision="bf16", quantization="int8"),
+    "bf16-int4": EngineProfile(precision="bf16", quantization="int4"),
+    "bf16-nf4": EngineProfile(precision="bf16", quantization="nf4"),
+    "fp32-int8": EngineProfile(precision="fp32", quantization="int8"),
+}
+
+
+def _runs_as(profile: EngineProfile) -> str:
+    hardware = Hardware.detect(profile.device, probe_bitsandbytes=profile.quantization == "nf4")
+    active, _ = resolve_profile(profile, hardware)
+    return f"{active.device} {active.precision} {active.quantization}"
+
+
+def run_fidelity(
+    checkpoint: str,
+    profiles: dict[str, EngineProfile],
+    frames: int = 32,
+    text: str = "The quick brown fox jumps over the lazy dog.",
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Compare every profile with one fp32 reference; a failing profile is recorded, not fatal."""
+    folder = CheckpointFolder.open(checkpoint)
+    started = time.perf_counter()
+    reference = FidelityReference.build(str(folder.path), text=text, frames=frames)
+    rows = []
+    for name, profile in profiles.items():
+        log.info("fidelity of %s ...", name)
+        row: dict[str, Any] = {"profile": name, "runs_as": _runs_as(profile)}
+        try:
+            figures = compare_profile(str(folder.path), profile, reference)
+            failures = passes_gates(figures)
+            row |= {**figures, "passes_gates": not failures, "gate_failures": failures}
+        except Exception as exc:  # one broken scheme must not lose the others' figures
+            log.exception("fidelity of %s failed", name)
+            row["error"] = f"{type(exc).__name__}: {exc}"
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    meta = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "checkpoint": str(folder.path),
+        "synthetic": folder.is_synthetic,
+        "frames": frames,
+        "text": text,
+        "reference_flatness": {
+            "slow": flatness(reference.logits.slow_logits),
+            "fast": flatness(reference.logits.fast_logits),
+        },
+        "torch": torch.__version__,
+        "seconds": round(time.perf_counter() - started, 1),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    return meta, rows
+
+
+def to_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"# fishbench fidelity: {meta['device']}",
+        "",
+        f"checkpoint `{meta['checkpoint']}` ({'synthetic' if meta['synthetic'] else 'real'} "
+        f"weights), {meta['frames']} teacher-forced frames against fp32, torch {meta['torch']}, "
+        f"{meta['seconds']:.0f} s.",
+        "",
+        "fp32 reference entropy, slow / fast head: "
+        + " / ".join(
+            f"{f['entropy']:.2f} of at most {f['max_entropy']:.2f} nats (uniform output: "
+            f"KL {f['uniform_kl']:.2f})"
+            for f in meta["reference_flatness"].values()
+        )
+        + ".",
+        "",
+        "| profile | runs as | slow KL | slow top-1 | fast KL | fast top-1 | codec SNR dB "
+        "| stream max diff | gates |",
+        "|" + "---|" * 9,
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['profile']} | {r['runs_as']} | FAILED: {r['error']} |" + " |" * 6)
+            continue
+        gates = "pass" if r["passes_gates"] else "FAIL: " + "; ".join(r["gate_failures"])
+        lines.append(
+            f"| {r['profile']} | {r['runs_as']} | {r['slow_kl']:.2e} | {r['slow_top1']:.3f} "
+            f"| {r['fast_kl']:.2e} | {r['fast_top1']:.3f} | {r['codec_snr_db']:.1f} "
+            f"| {r['stream_max_abs_diff']:.1e} | {gates} |"
+        )
+    lines += [
+        "",
+        "KL: mean KL(fp32 || profile) per position, in nats. Codec SNR: the profile's codec "
+        "against fp32 decoding of the same codes. Stream max diff: streamed vs one-shot audio "
+        "of the profile itself.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(meta: dict[str, Any], rows: list[dict[str, Any]], out_dir: Path) -> Path:
+    """``<device>-<time>.json`` and ``.md`` under ``out_dir``; returns the Markdown path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = meta["device"].replace(" ", "_").replace("/", "_")
+    stem = out_dir / f"{device}-{time.strftime('%Y%m%d-%H%M%S')}"
+    Path(f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    Path(f"{stem}.md").write_text(to_markdown(meta, rows))
+    return Path(f"{stem}.md")
