@@ -146,10 +146,9 @@ class FidelityReference:
 
 
 def compare_profile(
-    checkpoint: str, profile: EngineProfile, reference: FidelityReference
+    candidate: OptimizedFishSpeech, reference: FidelityReference
 ) -> dict[str, float]:
-    """Fidelity figures of ``profile`` against the fp32 ``reference`` (see FIDELITY_GATES)."""
-    candidate = OptimizedFishSpeech.from_checkpoint(checkpoint, profile)
+    """Fidelity figures of ``candidate`` against the fp32 ``reference`` (see FIDELITY_GATES)."""
     if reference.sequence.shape[1] > candidate.decoder.max_seq_len:
         raise ValueError(
             f"the fidelity sequence ({reference.sequence.shape[1]} tokens) exceeds the profile's "
@@ -188,7 +187,7 @@ def measure_fidelity(
     reference = FidelityReference.build(
         checkpoint, profile.device, text, reference_audio, reference_text, frames, seed
     )
-    return compare_profile(checkpoint, profile, reference)
+    return compare_profile(OptimizedFishSpeech.from_checkpoint(checkpoint, profile), reference)
 
 
 def passes_gates(figures: dict[str, float], gates: dict[str, float] = FIDELITY_GATES) -> list[str]:

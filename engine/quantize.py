@@ -10,6 +10,7 @@ quantization arithmetic on both devices is what lets CPU fidelity runs stand in 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 from fish_speech.models.text2semantic.llama import DualARTransformer
@@ -20,6 +21,27 @@ log = logging.getLogger(__name__)
 
 def _layer_stacks(model: DualARTransformer) -> list[nn.ModuleList]:
     return [model.layers, model.fast_layers]
+
+
+def _swap_linears(
+    model: DualARTransformer, replace: Callable[[nn.Linear], nn.Module | None]
+) -> int:
+    """Put ``replace(layer)`` in place of every plain linear layer of the transformer stacks.
+
+    Returns how many layers ``replace`` declined (returned None for) and so stay float.
+    """
+    kept = 0
+    for stack in _layer_stacks(model):
+        for parent in stack.modules():
+            for name, child in list(parent.named_children()):
+                if type(child) is not nn.Linear:
+                    continue
+                swapped = replace(child)
+                if swapped is None:
+                    kept += 1
+                else:
+                    setattr(parent, name, swapped)
+    return kept
 
 
 class Int4Linear(nn.Module):
@@ -72,16 +94,10 @@ def quantize_int4_groups(
 
 def quantize_cpu_int4(model: DualARTransformer, group_size: int) -> None:
     """Swap every transformer linear layer whose width the group size divides for Int4Linear."""
-    kept = 0
-    for stack in _layer_stacks(model):
-        for parent in stack.modules():
-            for name, child in list(parent.named_children()):
-                if type(child) is not nn.Linear:
-                    continue
-                if child.in_features % group_size:
-                    kept += 1
-                    continue
-                setattr(parent, name, Int4Linear(child, group_size))
+    kept = _swap_linears(
+        model,
+        lambda layer: None if layer.in_features % group_size else Int4Linear(layer, group_size),
+    )
     if kept:
         log.warning(
             "int4: %d linear layers stay float (width not a multiple of %d)", kept, group_size
@@ -113,25 +129,21 @@ def quantize_torchao(model: DualARTransformer, kind: str, group_size: int) -> No
 def quantize_nf4(model: DualARTransformer, dtype: torch.dtype) -> None:
     import bitsandbytes as bnb
 
-    for stack in _layer_stacks(model):
-        for parent in stack.modules():
-            for name, child in list(parent.named_children()):
-                if not isinstance(child, nn.Linear):
-                    continue
-                q = bnb.nn.Linear4bit(
-                    child.in_features,
-                    child.out_features,
-                    bias=child.bias is not None,
-                    compute_dtype=dtype,
-                    quant_type="nf4",
-                    device="cpu",
-                )
-                q.weight = bnb.nn.Params4bit(
-                    child.weight.data.cpu(), requires_grad=False, quant_type="nf4"
-                )
-                if child.bias is not None:
-                    q.bias = nn.Parameter(child.bias.data, requires_grad=False)
-                setattr(parent, name, q.to(child.weight.device))
+    def to_nf4(layer: nn.Linear) -> nn.Module:
+        q = bnb.nn.Linear4bit(
+            layer.in_features,
+            layer.out_features,
+            bias=layer.bias is not None,
+            compute_dtype=dtype,
+            quant_type="nf4",
+            device="cpu",
+        )
+        q.weight = bnb.nn.Params4bit(layer.weight.data.cpu(), requires_grad=False, quant_type="nf4")
+        if layer.bias is not None:
+            q.bias = nn.Parameter(layer.bias.data, requires_grad=False)
+        return q.to(layer.weight.device)  # the move to the device is what quantizes
+
+    _swap_linears(model, to_nf4)
 
 
 def apply_quantization(

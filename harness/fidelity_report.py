@@ -16,8 +16,9 @@ from typing import Any
 import torch
 
 from engine.checkpoint import CheckpointFolder
+from engine.engine import OptimizedFishSpeech
 from engine.fidelity import FidelityReference, compare_profile, flatness, passes_gates
-from engine.profile import EngineProfile, Hardware, resolve_profile
+from engine.profile import EngineProfile
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,8 @@ SPREAD: dict[str, EngineProfile] = {
 }
 
 
-def _runs_as(profile: EngineProfile) -> str:
-    hardware = Hardware.detect(profile.device, probe_bitsandbytes=profile.quantization == "nf4")
-    active, _ = resolve_profile(profile, hardware)
+def _runs_as(engine: OptimizedFishSpeech) -> str:
+    active = engine.active_profile
     return f"{active.device} {active.precision} {active.quantization}"
 
 
@@ -52,14 +52,17 @@ def run_fidelity(
     rows = []
     for name, profile in profiles.items():
         log.info("fidelity of %s ...", name)
-        row: dict[str, Any] = {"profile": name, "runs_as": _runs_as(profile)}
+        row: dict[str, Any] = {"profile": name, "runs_as": "n/a"}
         try:
-            figures = compare_profile(str(folder.path), profile, reference)
+            candidate = OptimizedFishSpeech.from_checkpoint(folder.path, profile)
+            row["runs_as"] = _runs_as(candidate)
+            figures = compare_profile(candidate, reference)
             failures = passes_gates(figures)
             row |= {**figures, "passes_gates": not failures, "gate_failures": failures}
         except Exception as exc:  # one broken scheme must not lose the others' figures
             log.exception("fidelity of %s failed", name)
             row["error"] = f"{type(exc).__name__}: {exc}"
+        candidate = None  # free this profile's weights before loading the next
         rows.append(row)
         if on_row is not None:
             on_row(row)
