@@ -19,8 +19,11 @@ from fish_speech.content_sequence import ContentSequence, TextPart, VQPart
 from fish_speech.models.text2semantic import inference as upstream
 from fish_speech.tokenizer import IM_END_TOKEN
 
+from engine import perf_model
 from engine.audio_io import SAMPLE_RATE, ReferenceAudio, load_reference
 from engine.checkpoint import CheckpointFolder
+from engine.compile_cache import configure_compilation
+from engine.profile import EngineProfile
 from engine.telemetry import Measure, SynthesisReport
 from engine.upstream import load_codec
 
@@ -29,6 +32,21 @@ log = logging.getLogger(__name__)
 # Upstream draws a tqdm bar per request; silence it so sweeps and servers log cleanly (the bar's
 # cost per frame is microseconds, far below the frame time being compared).
 upstream.tqdm = functools.partial(upstream.tqdm, disable=True)
+
+_decode_n_tokens = upstream.decode_n_tokens
+_decode_started: list[float] = []
+
+
+def _timed_decode_n_tokens(model, *args, **kwargs):
+    """Upstream's frame loop, entered once prefill is done: marks that moment, so upstream's
+    decode time excludes prefill exactly as ours does."""
+    if next(model.parameters()).is_cuda:
+        torch.cuda.synchronize()
+    _decode_started.append(time.perf_counter())
+    return _decode_n_tokens(model, *args, **kwargs)
+
+
+upstream.decode_n_tokens = _timed_decode_n_tokens
 
 
 class UpstreamBaseline:
@@ -41,6 +59,15 @@ class UpstreamBaseline:
         self.device = device
         self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         self.compiled = compile
+        if compile:
+            # Upstream's --compile (reduce-overhead) under the same settings and cache as our rows.
+            stand_in = EngineProfile(
+                device=device.type,
+                precision="bf16" if device.type == "cuda" else "fp32",
+                compile_decode="reduce-overhead",
+            )
+            name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+            configure_compilation(stand_in, checkpoint.file("config.json"), f"upstream {name}")
         self.model, self.decode_one_token = upstream.init_model(
             str(checkpoint.path), device, self.dtype, compile=compile
         )
@@ -57,6 +84,12 @@ class UpstreamBaseline:
         self._allowed = self._allow_semantic_or_end
         self._restrict_first_codebook()
         self.last_report = SynthesisReport()
+
+    def frame_bytes(self) -> perf_model.FrameBytes:
+        """Bytes one upstream frame reads (perf model): it always attends the whole cache."""
+        return perf_model.upstream(
+            self.model.config, "bf16" if self.device.type == "cuda" else "fp32"
+        )
 
     @classmethod
     def from_checkpoint(
@@ -118,6 +151,7 @@ class UpstreamBaseline:
             report.encode_s = time.perf_counter() - t0
             self._allowed = self._allow_semantic if fixed_frames else self._allow_semantic_or_end
             t1 = time.perf_counter()
+            _decode_started.clear()
             y = upstream.generate(
                 model=self.model,
                 prompt=encoded.to(self.device),
@@ -132,7 +166,12 @@ class UpstreamBaseline:
             codes = y[1:, encoded.shape[1] :]
             if y[0, -1] == self.model.tokenizer.get_token_id(IM_END_TOKEN):
                 codes = codes[:, :-1]
-            report.decode_s = time.perf_counter() - t1
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            t_end = time.perf_counter()
+            decode_start = _decode_started[0] if _decode_started else t1
+            report.prefill_s = decode_start - t1
+            report.decode_s = t_end - decode_start
             report.frames = codes.shape[1]
             t2 = time.perf_counter()
             lengths = torch.tensor([codes.shape[1]], device=self.device)

@@ -1,4 +1,4 @@
-"""Bounded LRU caches with hit/miss counters: reference codes and semantic tokens."""
+"""Bounded LRU caches with hit/miss counters: reference codes, semantic tokens, prompt KV state."""
 
 from __future__ import annotations
 
@@ -93,3 +93,44 @@ class ReferenceCodeCache(LRUCache[torch.Tensor]):
             tmp = self.directory / f"{key}.pt.tmp"
             torch.save(value, tmp)
             tmp.replace(self.directory / f"{key}.pt")
+
+
+class PrefixKVCache(LRUCache[list[tuple[torch.Tensor, torch.Tensor]]]):
+    """Slow-transformer K/V of a voice prompt prefix (reference text + codes), bounded in bytes.
+
+    A saved voice's prompt prefix is the same on every request, so its K/V state is computed once
+    and copied back into the cache per request: prefill then runs over the new text only.
+    """
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(limit=1 if limit_bytes > 0 else 0)
+        self.limit_bytes = limit_bytes
+        self.bytes = 0
+
+    @staticmethod
+    def key_for(prefix: torch.Tensor) -> str:
+        return hashlib.sha256(prefix.cpu().numpy().tobytes()).hexdigest()
+
+    @staticmethod
+    def size_of(state: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+        return sum(t.numel() * t.element_size() for pair in state for t in pair)
+
+    def put(self, key: str, value: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        size = self.size_of(value)
+        if size > self.limit_bytes:
+            return
+        with self._lock:
+            if key in self._items:
+                self.bytes -= self.size_of(self._items.pop(key))
+            self._items[key] = value
+            self.bytes += size
+            while self.bytes > self.limit_bytes:
+                _, old = self._items.popitem(last=False)
+                self.bytes -= self.size_of(old)
+
+    def clear(self) -> None:
+        super().clear()
+        self.bytes = 0
+
+    def stats(self) -> dict[str, float]:
+        return super().stats() | {"bytes": self.bytes, "limit_bytes": self.limit_bytes}

@@ -2,7 +2,9 @@
 
 The per-frame step touches only preallocated state (KV caches, the repetition window, sampling
 settings held as device tensors), so it can be compiled fullgraph and captured as a CUDA graph.
-End of speech is read back on the host only every ``eos_check_interval`` frames.
+Each request attends over the smallest KV length bucket (256 x 2^k) that holds its prompt and
+frames; the step is compiled once per bucket, lazily, and reused. End of speech is read back on
+the host only at block boundaries: after ``first_block`` frames, then every ``eos_check_interval``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from fish_speech.tokenizer import IM_END_TOKEN
 from torch import Tensor, nn
 
 from engine import dual_ar
-from engine.profile import EngineProfile
+from engine.caches import PrefixKVCache
+from engine.profile import EngineProfile, kv_bucket
 from engine.sampling import REPETITION_WINDOW, SamplingParams, sample
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,8 @@ class DecodeTimings:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     frames: int = 0
+    kv_bucket: int = 0
+    prefix_hit: bool = False
 
 
 class SemanticDecoder(nn.Module):
@@ -67,7 +72,13 @@ class SemanticDecoder(nn.Module):
             model.fast_output.weight.detach()[:residual_size].clone().to(dtype),
             persistent=False,
         )
-        self.register_buffer("settings", torch.tensor([0.8, 0.8, 1.1], device=device))
+        defaults = SamplingParams()
+        self.register_buffer(
+            "settings",
+            torch.tensor(
+                [defaults.temperature, defaults.top_p, defaults.repetition_penalty], device=device
+            ),
+        )
         self.register_buffer("eos_bias", torch.zeros((), device=device))
         self.register_buffer(
             "window",
@@ -77,18 +88,22 @@ class SemanticDecoder(nn.Module):
             "fast_pos", torch.arange(self.num_codebooks, device=device), persistent=False
         )
         with torch.device(device):
-            model.setup_caches(1, profile.max_seq_len, dtype=dtype)
+            model.setup_caches(1, min(profile.max_seq_len, cfg.max_seq_len), dtype=dtype)
         self.max_seq_len = model.max_seq_len
-        self._step: Callable[[Tensor, Tensor], Tensor] = self.decode_step
-        self._prefill: Callable[[Tensor, Tensor], Tensor] = self.prefill
-        self.compile_seconds = 0.0
+        self.prefix_cache = PrefixKVCache(profile.prefix_cache_mb * 2**20)
+        self._step: Callable[[Tensor, Tensor, int], Tensor] = self.decode_step
+        self._prefill: Callable[[Tensor, Tensor, int], Tensor] = self.prefill
 
     def compile(self) -> None:
-        """Compile the frame step (and prefill) with the profile's modes."""
+        """Compile the frame step (one graph per KV bucket, static) and prefill (dynamic)."""
         p = self.profile
         if p.compile_decode != "none":
             mode = None if p.compile_decode == "default" else p.compile_decode
-            self._step = torch.compile(self.decode_step, mode=mode, fullgraph=p.fullgraph)
+            # Buckets are few (at most 6) and each must be its own static graph: never dynamic.
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 16)
+            self._step = torch.compile(
+                self.decode_step, mode=mode, fullgraph=p.fullgraph, dynamic=False
+            )
         if p.compile_prefill:
             self._prefill = torch.compile(self.prefill, dynamic=True, fullgraph=p.fullgraph)
 
@@ -115,12 +130,12 @@ class SemanticDecoder(nn.Module):
         self.window.copy_(torch.cat([self.window[:, 1:], frame_codes[:, None]], dim=1))
         return torch.cat([token, frame_codes])[:, None]
 
-    def prefill(self, prompt: Tensor, input_pos: Tensor) -> Tensor:
-        hidden = dual_ar.slow_hidden(self.model, prompt[None], input_pos)
+    def prefill(self, prompt: Tensor, input_pos: Tensor, kv_len: int) -> Tensor:
+        hidden = dual_ar.slow_hidden(self.model, prompt[None], input_pos, kv_len)
         return self._sample_frame(hidden)
 
-    def decode_step(self, frame: Tensor, input_pos: Tensor) -> Tensor:
-        hidden = dual_ar.slow_hidden(self.model, frame[None], input_pos)
+    def decode_step(self, frame: Tensor, input_pos: Tensor, kv_len: int) -> Tensor:
+        hidden = dual_ar.slow_hidden(self.model, frame[None], input_pos, kv_len)
         return self._sample_frame(hidden)
 
     def _reset(self, params: SamplingParams, allow_end: bool) -> None:
@@ -132,6 +147,59 @@ class SemanticDecoder(nn.Module):
         if params.seed is not None:
             torch.manual_seed(params.seed)
 
+    def frame_budget(self, prompt_len: int, max_new_tokens: int, fixed_frames: int | None) -> int:
+        """Frames this request may generate: clamped to the cache with a warning, never refused
+        unless the prompt alone does not fit (or an exact ``fixed_frames`` count cannot)."""
+        room = self.max_seq_len - prompt_len
+        if room < 1:
+            raise ValueError(
+                f"the prompt ({prompt_len} tokens) does not fit max_seq_len {self.max_seq_len}; "
+                "shorten the text or the reference, or raise MAX_SEQ_LEN"
+            )
+        if fixed_frames is not None:
+            if fixed_frames > room:
+                raise ValueError(
+                    f"prompt ({prompt_len} tokens) + {fixed_frames} fixed frames exceeds "
+                    f"max_seq_len {self.max_seq_len}"
+                )
+            return fixed_frames
+        if max_new_tokens > room:
+            log.warning(
+                "max_new_tokens %d -> %d: the prompt (%d tokens) leaves only that much of "
+                "max_seq_len %d",
+                max_new_tokens,
+                room,
+                prompt_len,
+                self.max_seq_len,
+            )
+            return room
+        return max_new_tokens
+
+    def _slow_caches(self) -> list:
+        return [layer.attention.kv_cache for layer in self.model.layers]
+
+    def _restore_prefix(self, prompt: Tensor, prefix_len: int, timings: DecodeTimings) -> int:
+        """Copy a saved voice prefix's K/V into the cache; how many prompt tokens it covers."""
+        if prefix_len <= 0 or self.prefix_cache.limit_bytes <= 0 or prefix_len >= prompt.shape[1]:
+            return 0
+        state = self.prefix_cache.get(PrefixKVCache.key_for(prompt[:, :prefix_len]))
+        if state is None:
+            return 0
+        for cache, (k, v) in zip(self._slow_caches(), state, strict=True):
+            cache.k_cache[:, :, :prefix_len].copy_(k)
+            cache.v_cache[:, :, :prefix_len].copy_(v)
+        timings.prefix_hit = True
+        return prefix_len
+
+    def _save_prefix(self, prompt: Tensor, prefix_len: int) -> None:
+        if prefix_len <= 0 or self.prefix_cache.limit_bytes <= 0 or prefix_len >= prompt.shape[1]:
+            return
+        state = [
+            (c.k_cache[:, :, :prefix_len].clone(), c.v_cache[:, :, :prefix_len].clone())
+            for c in self._slow_caches()
+        ]
+        self.prefix_cache.put(PrefixKVCache.key_for(prompt[:, :prefix_len]), state)
+
     @torch.inference_mode()
     def generate(
         self,
@@ -140,39 +208,46 @@ class SemanticDecoder(nn.Module):
         max_new_tokens: int,
         fixed_frames: int | None = None,
         timings: DecodeTimings | None = None,
+        *,
+        prefix_len: int = 0,
+        first_block: int | None = None,
     ) -> Iterator[Tensor]:
-        """Yield generated codes [C, n] in blocks of at most ``eos_check_interval`` frames.
+        """Yield generated codes [C, n]: ``first_block`` frames first, then blocks of at most
+        ``eos_check_interval`` frames.
 
-        ``timings.decode_s`` counts only time spent in here, not while the consumer holds a block
-        (a streaming caller decodes audio then), so frames/s means the same in both modes.
+        ``prefix_len`` leading prompt tokens (a voice's reference) may be restored from, or saved
+        to, the prefix K/V cache. ``timings.decode_s`` counts only time spent in here, not while
+        the consumer holds a block (a streaming caller decodes audio then).
         """
         timings = timings if timings is not None else DecodeTimings()
         prompt_len = prompt.shape[1]
-        budget = fixed_frames if fixed_frames is not None else max_new_tokens
-        if prompt_len + budget > self.max_seq_len:
-            raise ValueError(
-                f"prompt ({prompt_len} tokens) + {budget} frames exceeds "
-                f"max_seq_len {self.max_seq_len}; "
-                "shorten the text or reference, or raise MAX_SEQ_LEN"
-            )
+        budget = self.frame_budget(prompt_len, max_new_tokens, fixed_frames)
+        bucket = kv_bucket(prompt_len + budget, self.max_seq_len)
+        timings.kv_bucket = bucket
         self._reset(params, allow_end=fixed_frames is None)
         device = self.slow_head.device
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         frames = torch.empty(1 + self.num_codebooks, budget, dtype=torch.long, device=device)
+        prompt = prompt.to(device)
         t0 = time.perf_counter()
-        frames[:, :1] = self._prefill(prompt.to(device), torch.arange(prompt_len, device=device))
+        start = self._restore_prefix(prompt, prefix_len, timings)
+        positions = torch.arange(start, prompt_len, device=device)
+        frames[:, :1] = self._prefill(prompt[:, start:], positions, bucket)
+        if not timings.prefix_hit:
+            self._save_prefix(prompt, prefix_len)
         sync()
         timings.prefill_s = time.perf_counter() - t0
         produced, emitted = 1, 0
-        current = frames[
-            :, :1
-        ].clone()  # contiguous, same shape and strides every request: no recompiles
+        # Contiguous, same shape and strides every request: no recompiles.
+        current = frames[:, :1].clone()
         input_pos = torch.tensor([prompt_len], device=device)
         interval = self.profile.eos_check_interval
+        first = min(first_block or interval, budget)
         timings.decode_s = 0.0
         t1 = time.perf_counter()
         while True:
-            if produced - emitted == interval or produced == budget:
+            due = produced - emitted == interval or (emitted == 0 and produced == first)
+            if due or produced == budget:
                 block = frames[:, emitted:produced]
                 ends = (block[0] == self.im_end).nonzero()
                 if ends.numel():
@@ -190,7 +265,7 @@ class SemanticDecoder(nn.Module):
                 if produced == budget:
                     break
             # Copy the step's output out at once: a CUDA-graph replay reuses its output memory.
-            current.copy_(self._step(current, input_pos))
+            current.copy_(self._step(current, input_pos, bucket))
             frames[:, produced : produced + 1].copy_(current)
             produced += 1
             input_pos += 1

@@ -1,9 +1,12 @@
 """Forward passes over the upstream DualARTransformer's own modules, shaped for decoding.
 
-Upstream's ``forward_generate`` computes logits over all 155,776 tokens every frame and expands
-the grouped KV cache with ``repeat_interleave`` in every layer. These functions run the same
-modules and weights but return hidden states (the caller applies a sliced head) and use SDPA's
-native grouped-query attention.
+Upstream's ``forward_generate`` computes logits over all 155,776 tokens every frame, expands the
+grouped KV cache with ``repeat_interleave`` in every layer and attends over the whole static cache.
+These functions run the same modules and weights but return hidden states (the caller applies a
+sliced head), attend over the first ``kv_len`` cache positions only (a length bucket), and group
+the query heads per KV head instead of expanding K/V, so SDPA sees equal head counts and a fused
+kernel (flash on CPU, memory-efficient or cuDNN on CUDA) runs instead of the math fallback, which
+upcasts to fp32 and materialises the expanded K/V.
 """
 
 from __future__ import annotations
@@ -14,6 +17,14 @@ import torch
 import torch.nn.functional as F
 from fish_speech.models.text2semantic.llama import Attention, DualARTransformer, apply_rotary_emb
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# SDPA without its math path: a fused kernel or an error, never a silent fp32 K/V copy.
+FUSED_SDPA = [
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.CUDNN_ATTENTION,
+]
 
 
 def embed(model: DualARTransformer, inp: Tensor) -> Tensor:
@@ -29,10 +40,33 @@ def embed(model: DualARTransformer, inp: Tensor) -> Tensor:
     return x
 
 
+def grouped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    """Attention of ``q`` [B, H, T, D] over ``k``/``v`` [B, Hkv, L, D] without expanding K/V.
+
+    The H query heads are viewed as Hkv groups of H/Hkv rows (head h reads KV head h // group, as
+    upstream's ``repeat_interleave`` does), so each KV head is read once, in the model's dtype.
+    ``mask`` [1, 1, T, L] is boolean (True = attend).
+    """
+    b, h, t, d = q.shape
+    groups = h // k.shape[1]
+    q = q.reshape(b, k.shape[1], groups * t, d)
+    if groups > 1 and t > 1:
+        mask = mask.repeat(1, 1, groups, 1)
+    with sdpa_kernel(FUSED_SDPA):
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return y.view(b, h, t, d)
+
+
 def attention(
-    attn: Attention, x: Tensor, freqs_cis: Tensor, mask: Tensor, input_pos: Tensor | None
+    attn: Attention,
+    x: Tensor,
+    freqs_cis: Tensor,
+    mask: Tensor,
+    input_pos: Tensor | None,
+    kv_len: int | None = None,
 ) -> Tensor:
-    """Upstream ``Attention`` with its KV cache when ``input_pos`` is given, causal otherwise."""
+    """Upstream ``Attention`` over its cache's first ``kv_len`` positions when ``input_pos`` is
+    given (the new K/V are written at ``input_pos`` first), over ``x`` alone (causal) otherwise."""
     bsz, seqlen, _ = x.shape
     q_size = attn.n_head * attn.head_dim
     kv_size = attn.n_local_heads * attn.head_dim
@@ -47,28 +81,39 @@ def attention(
     v = v.transpose(1, 2)
     if input_pos is not None:
         k, v = attn.kv_cache.update(input_pos, k, v)
-    y = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, enable_gqa=attn.n_head != attn.n_local_heads
-    )
+        k, v = k[:, :, :kv_len], v[:, :, :kv_len]
+    y = grouped_attention(q, k, v, mask)
     return attn.wo(y.transpose(1, 2).reshape(bsz, seqlen, q_size))
 
 
 def run_layers(
-    layers, x: Tensor, freqs_cis: Tensor, mask: Tensor, input_pos: Tensor | None
+    layers,
+    x: Tensor,
+    freqs_cis: Tensor,
+    mask: Tensor,
+    input_pos: Tensor | None,
+    kv_len: int | None = None,
 ) -> Tensor:
     for layer in layers:
-        x = x + attention(layer.attention, layer.attention_norm(x), freqs_cis, mask, input_pos)
+        h = attention(layer.attention, layer.attention_norm(x), freqs_cis, mask, input_pos, kv_len)
+        x = x + h
         x = x + layer.feed_forward(layer.ffn_norm(x))
     return x
 
 
 def slow_hidden(
-    model: DualARTransformer, inp: Tensor, input_pos: Tensor, *, last_only: bool = True
+    model: DualARTransformer,
+    inp: Tensor,
+    input_pos: Tensor,
+    kv_len: int,
+    *,
+    last_only: bool = True,
 ) -> Tensor:
-    """Slow transformer over ``inp`` at ``input_pos`` using the KV cache; pre-norm hidden states."""
+    """Slow transformer over ``inp`` at ``input_pos``, attending over the cache's first
+    ``kv_len`` positions (which must cover ``input_pos``); pre-norm hidden states."""
     x = embed(model, inp)
-    mask = model.causal_mask[None, None, input_pos, : model.max_seq_len]
-    x = run_layers(model.layers, x, model.freqs_cis[input_pos], mask, input_pos)
+    mask = model.causal_mask[None, None, input_pos, :kv_len]
+    x = run_layers(model.layers, x, model.freqs_cis[input_pos], mask, input_pos, kv_len)
     return x[:, -1:] if last_only else x
 
 
@@ -82,9 +127,10 @@ def slow_hidden_uncached(model: DualARTransformer, inp: Tensor) -> Tensor:
 
 def fast_step(model: DualARTransformer, x: Tensor, pos: Tensor) -> Tensor:
     """One fast-transformer position with its KV cache; returns the normed hidden state."""
-    mask = model.causal_mask[None, None, pos, : model.config.num_codebooks]
+    n = model.config.num_codebooks
+    mask = model.causal_mask[None, None, pos, :n]
     x = run_layers(
-        model.fast_layers, x.view(x.shape[0], 1, -1), model.fast_freqs_cis[pos], mask, pos
+        model.fast_layers, x.view(x.shape[0], 1, -1), model.fast_freqs_cis[pos], mask, pos, n
     )
     return model.fast_norm(x)
 

@@ -14,11 +14,14 @@ import numpy as np
 import torch
 from fish_speech.content_sequence import ContentSequence, TextPart, VQPart
 
+from engine import perf_model
 from engine.audio_io import SAMPLE_RATE, ReferenceAudio, load_reference
 from engine.caches import LRUCache, ReferenceCodeCache
 from engine.checkpoint import CheckpointFolder
 from engine.codec import CodecRunner
+from engine.compile_cache import configure_compilation
 from engine.decode import DecodeTimings, SemanticDecoder
+from engine.perf_model import FrameBytes
 from engine.profile import EngineProfile, Hardware, resolve_profile, torch_dtype
 from engine.quantize import apply_quantization
 from engine.sampling import SamplingParams
@@ -63,7 +66,11 @@ class OptimizedFishSpeech:
         self.semantic_cache: LRUCache[torch.Tensor] = LRUCache(profile.cache_limit)
         self.last_report = SynthesisReport()
         self.compile_seconds: float | None = None
+        self.compile_cache: Path | None = None
         if profile.compiled:
+            self.compile_cache = configure_compilation(
+                profile, checkpoint.file("config.json"), hardware.name
+            )
             self.decoder.compile()
 
     @classmethod
@@ -79,7 +86,7 @@ class OptimizedFishSpeech:
         hardware = Hardware.detect(
             requested.device, probe_bitsandbytes=requested.quantization == "nf4"
         )
-        active, notes = resolve_profile(requested, hardware)
+        active, notes = resolve_profile(requested, hardware, checkpoint.config.get("max_seq_len"))
         _warn_on_foreign_provenance(requested, checkpoint, hardware)
         return cls(checkpoint, active, hardware, notes, reference_cache_dir)
 
@@ -87,6 +94,17 @@ class OptimizedFishSpeech:
     def active_profile(self) -> EngineProfile:
         """The profile that actually runs, after hardware fallbacks."""
         return self._profile
+
+    def frame_bytes(self, kv_len: int | None = None) -> FrameBytes:
+        """Bytes one frame reads (perf model) at ``kv_len`` (default: the last request's bucket)."""
+        dec = self.decoder
+        return perf_model.ours(
+            dec.model.config,
+            self._profile,
+            kv_len or self.last_report.kv_bucket or dec.max_seq_len,
+            dec.semantic_size,
+            dec.residual_size,
+        )
 
     @property
     def sample_rate(self) -> int:
@@ -117,13 +135,34 @@ class OptimizedFishSpeech:
         self, text: str, ref_codes: torch.Tensor | None, ref_text: str | None
     ) -> torch.Tensor:
         """The upstream interleaved prompt [1 + C, T]: (reference text + codes), then the text."""
-        text = _check_text(text)
+        return self._encode(self._reference_part(ref_codes, ref_text) + [_check_text(text)])
+
+    def voice_prefix_len(
+        self, prompt: torch.Tensor, ref_codes: torch.Tensor | None, ref_text: str | None
+    ) -> int:
+        """How many leading tokens of ``prompt`` are the reference segment alone (0 if none).
+
+        Those tokens, and so their K/V state, are the same for every request with this voice.
+        """
+        if ref_codes is None:
+            return 0
+        prefix = self._encode(self._reference_part(ref_codes, ref_text))
+        n = prefix.shape[1]
+        return n if n < prompt.shape[1] and torch.equal(prompt[:, :n], prefix) else 0
+
+    @staticmethod
+    def _reference_part(ref_codes: torch.Tensor | None, ref_text: str | None) -> list:
+        if ref_codes is None:
+            return []
+        return [[TextPart(text=ref_text or ""), VQPart(codes=ref_codes)]]
+
+    def _encode(self, parts: list) -> torch.Tensor:
         seq = ContentSequence(modality="interleave")
-        if ref_codes is not None:
-            seq.append(
-                [TextPart(text=ref_text or ""), VQPart(codes=ref_codes)], add_end=True, speaker=0
-            )
-        seq.append([TextPart(text=text)], add_end=False, speaker=0)
+        for part in parts:
+            if isinstance(part, str):
+                seq.append([TextPart(text=part)], add_end=False, speaker=0)
+            else:
+                seq.append(part, add_end=True, speaker=0)
         encoded, _, _ = seq.encode_for_inference(
             self.tokenizer, num_codebooks=self.decoder.num_codebooks
         )
@@ -149,13 +188,15 @@ class OptimizedFishSpeech:
         reference_audio: ReferenceAudio | None,
         reference_text: str | None,
         report: SynthesisReport,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, int]:
+        """The prompt and the length of its voice prefix."""
         t0 = time.perf_counter()
         ref_codes = None
         if reference_audio is not None:
             ref_codes, report.reference_cache_hit = self.reference_codes(reference_audio)
         report.encode_s = time.perf_counter() - t0
-        return self.build_prompt(text, ref_codes, reference_text)
+        prompt = self.build_prompt(text, ref_codes, reference_text)
+        return prompt, self.voice_prefix_len(prompt, ref_codes, reference_text)
 
     def iter_codes(
         self,
@@ -164,6 +205,8 @@ class OptimizedFishSpeech:
         max_new_tokens: int,
         fixed_frames: int | None,
         report: SynthesisReport,
+        prefix_len: int = 0,
+        first_block: int | None = None,
     ) -> Iterator[torch.Tensor]:
         """Generated codes in blocks (device tensors); seeded requests may come from the cache."""
         key = (
@@ -179,7 +222,15 @@ class OptimizedFishSpeech:
             return
         timings = DecodeTimings()
         blocks = []
-        for block in self.decoder.generate(prompt, params, max_new_tokens, fixed_frames, timings):
+        for block in self.decoder.generate(
+            prompt,
+            params,
+            max_new_tokens,
+            fixed_frames,
+            timings,
+            prefix_len=prefix_len,
+            first_block=first_block,
+        ):
             blocks.append(block)
             yield block
         report.prefill_s, report.decode_s, report.frames = (
@@ -187,6 +238,7 @@ class OptimizedFishSpeech:
             timings.decode_s,
             timings.frames,
         )
+        report.prefix_cache_hit, report.kv_bucket = timings.prefix_hit, timings.kv_bucket
         if key and blocks:
             self.semantic_cache.put(key, torch.cat(blocks, dim=1).cpu())
 
@@ -208,8 +260,10 @@ class OptimizedFishSpeech:
         params = SamplingParams(temperature, top_p, repetition_penalty, seed)
         report = SynthesisReport()
         with Measure(self.device, report) as measure:
-            prompt = self._prepare(text, reference_audio, reference_text, report)
-            blocks = list(self.iter_codes(prompt, params, max_new_tokens, fixed_frames, report))
+            prompt, prefix_len = self._prepare(text, reference_audio, reference_text, report)
+            blocks = list(
+                self.iter_codes(prompt, params, max_new_tokens, fixed_frames, report, prefix_len)
+            )
             t0 = time.perf_counter()
             audio = (
                 self.codec.decode(torch.cat(blocks, dim=1)) if blocks else np.zeros(0, np.float32)
@@ -233,42 +287,56 @@ class OptimizedFishSpeech:
         repetition_penalty: float = 1.1,
         seed: int | None = None,
     ) -> Iterator[np.ndarray]:
-        """Yield audio chunks of ``chunk_size`` frames while later frames are still generated.
+        """Yield audio chunks while later frames are still generated: the first chunk of
+        ``first_chunk_size`` frames as soon as those frames exist, then ``chunk_size`` frames each.
 
         With ``num_streams >= 2`` on CUDA each chunk is decoded on a side stream, overlapped with
         generation of the next frames; the main stream's event orders it after its codes.
         """
         params = SamplingParams(temperature, top_p, repetition_penalty, seed)
         report = SynthesisReport()
-        chunk = self._profile.chunk_size
+        first, chunk = self._profile.first_chunk_size, self._profile.chunk_size
         side = (
             torch.cuda.Stream(self.device)
             if self._profile.num_streams >= 2 and self.device.type == "cuda"
             else None
         )
         with Measure(self.device, report) as measure, torch.inference_mode():
-            prompt = self._prepare(text, reference_audio, reference_text, report)
+            prompt, prefix_len = self._prepare(text, reference_audio, reference_text, report)
             codes = torch.empty(self.decoder.num_codebooks, 0, dtype=torch.long, device=self.device)
             emitted, pending, codec_s = 0, deque(), 0.0
-            blocks = self.iter_codes(prompt, params, max_new_tokens, fixed_frames, report)
+            blocks = self.iter_codes(
+                prompt, params, max_new_tokens, fixed_frames, report, prefix_len, first
+            )
             for block in itertools.chain(blocks, [None]):
-                if block is not None:
+                done = block is None
+                if not done:
                     codes = torch.cat([codes, block], dim=1)
                 available = codes.shape[1]
-                while available - emitted >= chunk or (block is None and emitted < available):
-                    end = min(emitted + chunk, available)
+                while True:
+                    size = first if emitted == 0 else chunk
+                    if available - emitted < size and not (done and emitted < available):
+                        break
+                    end = min(emitted + size, available)
                     t0 = time.perf_counter()
                     pending.append(self._launch_decode(codes, emitted, end, side))
                     codec_s += time.perf_counter() - t0
                     emitted = end
-                while pending and (block is None or pending[0][0] is None or pending[0][0].query()):
-                    audio = self._finish_decode(pending.popleft())
-                    if report.ttfa_s is None:
-                        report.ttfa_s = time.perf_counter() - measure.start
+                    for audio in self._ready(pending, wait=False):
+                        report.ttfa_s = report.ttfa_s or time.perf_counter() - measure.start
+                        report.audio_s += len(audio) / SAMPLE_RATE
+                        yield audio
+                for audio in self._ready(pending, wait=done):
+                    report.ttfa_s = report.ttfa_s or time.perf_counter() - measure.start
                     report.audio_s += len(audio) / SAMPLE_RATE
                     yield audio
             report.codec_s = codec_s
         self.last_report = report
+
+    def _ready(self, pending: deque, wait: bool) -> Iterator[np.ndarray]:
+        """Decoded chunks in order: those already finished, or all of them when ``wait``."""
+        while pending and (wait or pending[0][0] is None or pending[0][0].query()):
+            yield self._finish_decode(pending.popleft())
 
     def _launch_decode(
         self, codes: torch.Tensor, start: int, end: int, side: torch.cuda.Stream | None

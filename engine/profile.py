@@ -8,6 +8,7 @@ logging one line for each setting it had to change.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,10 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from engine.audio_io import MAX_REFERENCE_SECONDS, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +28,25 @@ CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune"]
 Quantization = Literal["none", "int8", "int4", "nf4"]
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+SAMPLES_PER_FRAME = 2048  # S1-mini's codec hop: 21.53 frames per second of audio
+KV_BUCKET_MIN = 256
+MAX_NEW_TOKENS = 1024
+PROMPT_TEXT_ALLOWANCE = 512  # tokens of reference transcript + request text a prompt may hold
+MAX_REFERENCE_FRAMES = math.ceil(MAX_REFERENCE_SECONDS * SAMPLE_RATE / SAMPLES_PER_FRAME)
+
+
+def kv_bucket(tokens: int, limit: int) -> int:
+    """The smallest ``256 * 2**k`` holding ``tokens``, capped at ``limit`` (the cache length)."""
+    bucket = KV_BUCKET_MIN
+    while bucket < tokens:
+        bucket *= 2
+    return min(bucket, limit)
+
+
+# The longest accepted reference plus a full frame budget fits: 90 s -> 1,938 frames, + 512 + 1,024.
+DEFAULT_MAX_SEQ_LEN = kv_bucket(MAX_REFERENCE_FRAMES + PROMPT_TEXT_ALLOWANCE + MAX_NEW_TOKENS, 8192)
+KV_BLOCK = 8  # upstream rounds the KV cache up to a multiple of this, but not the causal mask
 
 
 class Provenance(BaseModel):
@@ -54,14 +77,35 @@ class EngineProfile(BaseModel):
     compile_prefill: bool = False
     fullgraph: bool = True
     quantization: Quantization = "none"
-    int4_group_size: int = Field(64, ge=32, le=256)
-    max_seq_len: int = Field(2048, ge=256, le=8192)
+    coordinate_descent_tuning: bool = Field(
+        True, description="inductor's coordinate-descent tuning, set for every compiled row"
+    )
+    int4_group_size: Literal[32, 64, 128, 256] = 64
+    max_seq_len: int = Field(
+        DEFAULT_MAX_SEQ_LEN,
+        ge=256,
+        le=8192,
+        description="static KV cache length (tokens), a multiple of 8, at most the checkpoint's",
+    )
     chunk_size: int = Field(16, ge=1, le=1024, description="frames per streamed/decoded chunk")
+    first_chunk_size: int = Field(
+        4,
+        ge=1,
+        le=1024,
+        description="frames in the first streamed chunk (sent as soon as made); "
+        "resolve_profile lowers it to chunk_size when larger",
+    )
+    prefix_cache_mb: int = Field(
+        256, ge=0, description="MiB of saved voice-prompt KV state (0 = off)"
+    )
     codec_left_context: int = Field(
         32, ge=0, le=1024, description="frames of left context per chunk"
     )
     encode_chunk_seconds: float = Field(
-        30.0, gt=0, description="reference audio encoded in chunks this long"
+        30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="reference audio encoded in chunks this long (at least one frame)",
     )
     num_streams: int = Field(1, ge=1, le=3)
     cache_limit: int = Field(64, ge=0)
@@ -70,6 +114,16 @@ class EngineProfile(BaseModel):
         8, ge=1, le=256, description="frames between end-of-speech checks"
     )
     provenance: Provenance | None = None
+
+    @field_validator("max_seq_len")
+    @classmethod
+    def _max_seq_len_whole_blocks(cls, value: int) -> int:
+        if value % KV_BLOCK:
+            raise ValueError(
+                f"max_seq_len must be a multiple of {KV_BLOCK} "
+                f"(the KV cache is allocated in blocks of {KV_BLOCK}), got {value}"
+            )
+        return value
 
     @field_validator("kv_cache")
     @classmethod
@@ -100,20 +154,84 @@ class EngineProfile(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> EngineProfile:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        """A profile YAML; a file that is not YAML or not a mapping is a one-line ValueError."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"{path}: expected a mapping of knob: value, got a {type(data).__name__}"
+            )
         return cls.model_validate(data)
 
     @classmethod
     def from_env(
         cls, base: EngineProfile | None = None, env: dict[str, str] | None = None
     ) -> EngineProfile:
-        """Apply the ``.env.example`` overrides (MIXED_PRECISION, QUANTIZATION, ...) to ``base``."""
+        """Apply the ``.env.example`` overrides (MIXED_PRECISION, QUANTIZATION, ...) to ``base``.
+
+        A value that cannot be parsed is a ``ValueError`` naming the variable; a value the profile
+        rejects is a ``ValidationError`` whose errors name the variable and the knob.
+        """
         env = dict(os.environ if env is None else env)
         data = (base or cls()).model_dump()
+        sources: dict[str, str] = {}  # knob -> "VAR=value" that set it
         for var, apply in _ENV_OVERRIDES.items():
-            if env.get(var, "").strip():
-                apply(data, env[var].strip())
-        return cls.model_validate(data)
+            raw = env.get(var, "").strip()
+            if not raw:
+                continue
+            before = dict(data)
+            try:
+                apply(data, raw)
+            except ValueError as exc:
+                raise ValueError(f"{var}: {exc}") from None
+            sources |= {key: f"{var}={raw}" for key in data if data[key] != before[key]}
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            if not any(err["loc"] and err["loc"][0] in sources for err in exc.errors()):
+                raise
+            raise _relabel(exc, sources) from None
+
+
+_RELABELLED = "profile_override"  # pydantic error type of an error already phrased as one line
+
+
+def _error_line(err: Any) -> str:
+    """One pydantic error as ``<field>: <message>``, without repeating a field the message names."""
+    if err["type"] == _RELABELLED:
+        return err["msg"]
+    field = ".".join(str(part) for part in err["loc"]) or "profile"
+    error = (err.get("ctx") or {}).get("error")
+    message = str(error) if err["type"] == "value_error" and error is not None else err["msg"]
+    return message if message.startswith(field) else f"{field}: {message}"
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """A ValidationError as one line: ``<field>: <message>``, joined with ``; `` if several."""
+    return "; ".join(_error_line(err) for err in exc.errors())
+
+
+def _relabel(exc: ValidationError, sources: dict[str, str]) -> ValidationError:
+    """``exc`` with each error caused by an env override prefixed with ``VAR=value: ``."""
+    details: list[InitErrorDetails] = []
+    for err in exc.errors():
+        line = _error_line(err)
+        if err["loc"] and err["loc"][0] in sources:
+            line = f"{sources[err['loc'][0]]}: {line}"
+        details.append(
+            InitErrorDetails(
+                type=PydanticCustomError(_RELABELLED, "{line}", {"line": line}),
+                loc=err["loc"],
+                input=err["input"],
+            )
+        )
+    return ValidationError.from_exception_data(exc.title, details)
 
 
 def _set(key: str, convert=str):
@@ -123,25 +241,38 @@ def _set(key: str, convert=str):
     return apply
 
 
+def _integer(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"expected an integer, got {raw!r}") from None
+
+
 def _quantization(data: dict[str, Any], raw: str) -> None:
     data["quantization"] = {"4bit": "nf4"}.get(raw.lower(), raw.lower())
 
 
 def _enable_compile(data: dict[str, Any], raw: str) -> None:
-    on = raw.lower() in {"1", "true", "yes", "on"}
+    if raw.lower() not in _TRUE | _FALSE:
+        raise ValueError(f"expected true or false, got {raw!r}")
+    on = raw.lower() in _TRUE
     data["compile_decode"] = "reduce-overhead" if on else "none"
     data["compile_codec"] = "default" if on else "none"
     data["compile_prefill"] = on
 
 
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
 _ENV_OVERRIDES = {
     "MIXED_PRECISION": _set("precision", str.lower),
     "QUANTIZATION": _quantization,
     "ENABLE_TORCH_COMPILE": _enable_compile,
-    "MAX_SEQ_LEN": _set("max_seq_len", int),
-    "CHUNK_SIZE": _set("chunk_size", int),
-    "NUM_STREAMS": _set("num_streams", int),
-    "CACHE_LIMIT": _set("cache_limit", int),
+    "MAX_SEQ_LEN": _set("max_seq_len", _integer),
+    "CHUNK_SIZE": _set("chunk_size", _integer),
+    "FIRST_CHUNK_SIZE": _set("first_chunk_size", _integer),
+    "NUM_STREAMS": _set("num_streams", _integer),
+    "CACHE_LIMIT": _set("cache_limit", _integer),
 }
 
 
@@ -156,7 +287,14 @@ class Hardware:
 
     @classmethod
     def detect(cls, requested: str = "auto", probe_bitsandbytes: bool = False) -> Hardware:
-        """This machine; bitsandbytes' 4-bit kernels are only probed when nf4 is asked for."""
+        """This machine; bitsandbytes' 4-bit kernels are only probed when nf4 is asked for.
+
+        Stops (``PreflightError``) when an NVIDIA GPU is present that torch cannot use, rather
+        than running silently on the CPU.
+        """
+        from engine.preflight import check_cuda_usable
+
+        check_cuda_usable(requested)
         cuda = torch.cuda.is_available() and requested != "cpu"
         device = "cuda" if cuda else "cpu"
         nf4 = probe_bitsandbytes and _bitsandbytes_4bit_works(device)
@@ -182,8 +320,14 @@ def _bitsandbytes_4bit_works(device: str) -> bool:
         return False
 
 
-def resolve_profile(requested: EngineProfile, hw: Hardware) -> tuple[EngineProfile, list[str]]:
-    """The profile that will actually run on ``hw`` and one note per setting that changed."""
+def resolve_profile(
+    requested: EngineProfile, hw: Hardware, model_max_seq_len: int | None = None
+) -> tuple[EngineProfile, list[str]]:
+    """The profile that will actually run on ``hw`` and one note per setting that changed.
+
+    ``model_max_seq_len`` is the checkpoint's ``config.json`` ``max_seq_len`` (its RoPE table and
+    causal mask are that long): a longer KV cache falls back to it, rounded down to whole blocks.
+    """
     data = requested.model_dump()
     notes: list[str] = []
 
@@ -232,6 +376,21 @@ def resolve_profile(requested: EngineProfile, hw: Hardware) -> tuple[EngineProfi
             )
         if data["quantization"] == "int4" and data["precision"] != "bf16":
             change("quantization", "int8", "int4 (tinygemm) kernels need bf16 weights")
+
+    if model_max_seq_len is not None and data["max_seq_len"] > model_max_seq_len:
+        limit = model_max_seq_len // KV_BLOCK * KV_BLOCK
+        if limit < KV_BUCKET_MIN:
+            raise ValueError(
+                f"the checkpoint's config.json max_seq_len {model_max_seq_len} is below "
+                f"the smallest supported max_seq_len {KV_BUCKET_MIN}"
+            )
+        change("max_seq_len", limit, f"the checkpoint's config.json allows {model_max_seq_len}")
+    if data["first_chunk_size"] > data["chunk_size"]:
+        change(
+            "first_chunk_size",
+            data["chunk_size"],
+            f"it cannot exceed chunk_size {data['chunk_size']}",
+        )
 
     for note in notes:
         log.warning("profile fallback: %s", note)

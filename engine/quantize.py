@@ -1,10 +1,12 @@
 """Weight quantization of the DualAR transformer layers (the output heads and codec stay float).
 
 GPU: int8 and int4 weight-only via torchao, nf4 via bitsandbytes (a memory option, experimental).
-CPU: fp32 int8 is dynamic (``quantize_dynamic``, which only runs on CPU); bf16 int8 is torchao's
-weight-only int8 as on the GPU; int4 is :class:`Int4Linear` (tinygemm's scheme on aten's CPU
-kernel, since torchao 0.18 has no CPU int4 layout); nf4 is bitsandbytes' CPU path. The same
-quantization arithmetic on both devices is what lets CPU fidelity runs stand in for the GPU's.
+CPU: fp32 int8 is dynamic (``quantize_dynamic``, which only runs on CPU); bf16 int8 is
+:class:`Int8Linear` (torchao's symmetric per-channel scheme on aten's ``_weight_int8pack_mm``,
+which inductor lowers natively; torchao's CPU path dequantizes the whole weight each call); int4 is
+:class:`Int4Linear` (tinygemm's scheme on aten's CPU kernel, since torchao 0.18 has no CPU int4
+layout); nf4 is bitsandbytes' CPU path. The same quantization arithmetic on both devices is what
+lets CPU fidelity runs stand in for the GPU's.
 """
 
 from __future__ import annotations
@@ -42,6 +44,32 @@ def _swap_linears(
                 else:
                     setattr(parent, name, swapped)
     return kept
+
+
+class Int8Linear(nn.Module):
+    """Weight-only int8 linear layer on CPU: symmetric, one scale per output channel.
+
+    torchao's ``Int8WeightOnlyConfig`` scheme (scale = max|w| / 127.5, codes in [-128, 127]), so
+    its error matches the GPU int8 path; aten's kernel reads the int8 codes directly.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach().float()
+        scales = (weight.abs().amax(dim=1) / 127.5).clamp(min=1e-8)
+        codes = (weight / scales[:, None]).round().clamp(-128, 127).to(torch.int8)
+        self.register_buffer("weight", codes)
+        self.register_buffer("scales", scales.to(linear.weight.dtype))
+        self.bias = (
+            None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        out = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales)
+        out = out.reshape(*x.shape[:-1], self.out_features)
+        return out if self.bias is None else out + self.bias
 
 
 class Int4Linear(nn.Module):
@@ -105,6 +133,7 @@ def quantize_cpu_int4(model: DualARTransformer, group_size: int) -> None:
 
 
 def quantize_cpu_int8(model: DualARTransformer) -> None:
+    """Dynamic int8 (fp32 engines): activations quantized per call, CPU only."""
     for stack in _layer_stacks(model):
         torch.ao.quantization.quantize_dynamic(stack, {nn.Linear}, dtype=torch.qint8, inplace=True)
 
@@ -159,28 +188,7 @@ def apply_quantization(
         quantize_cpu_int4(model, group_size)
     elif device.type == "cpu" and dtype == torch.float32:
         quantize_cpu_int8(model)
+    elif device.type == "cpu":
+        _swap_linears(model, Int8Linear)
     else:
         quantize_torchao(model, kind, group_size)
-
-
-def linear_weight_bytes(model: nn.Module) -> int:
-    """Bytes of weights read per forward of ``model``'s layers, whatever their storage."""
-    total = 0
-    for module in model.modules():
-        for name in ("weight", "bias", "scales_and_zeros"):
-            tensor = getattr(module, name, None)
-            if callable(tensor):
-                tensor = tensor()
-            if isinstance(tensor, torch.Tensor):
-                try:
-                    total += _storage_bytes(tensor)
-                except Exception:
-                    total += tensor.numel() * tensor.element_size()
-    return total
-
-
-def _storage_bytes(tensor: torch.Tensor) -> int:
-    if hasattr(tensor, "__tensor_flatten__"):
-        names, _ = tensor.__tensor_flatten__()
-        return sum(_storage_bytes(getattr(tensor, n)) for n in names)
-    return tensor.numel() * tensor.element_size()

@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import psutil
 import torch
@@ -29,6 +30,8 @@ class SynthesisReport:
     audio_s: float = 0.0
     reference_cache_hit: bool = False
     semantic_cache_hit: bool = False
+    prefix_cache_hit: bool = False
+    kv_bucket: int = 0
     peak_allocated_mb: float | None = None
     peak_reserved_mb: float | None = None
     nvml_process_mb: float | None = None
@@ -57,6 +60,30 @@ class SynthesisReport:
         return data
 
 
+def pci_bus_id(props: Any) -> str:
+    """NVML's PCI bus id string for a torch device-properties object.
+
+    NVML numbers GPUs in PCI order while torch follows CUDA_VISIBLE_DEVICES / CUDA_DEVICE_ORDER,
+    so indexes can name different GPUs; the PCI address names the same one in both.
+    """
+    return f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
+
+
+def nvml_handle(nvml: Any, device: torch.device) -> Any:
+    """The NVML handle of the GPU torch uses for `device`, found by PCI bus id; falls back to
+    torch's index (which may name another GPU) when the bus id lookup fails."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    try:
+        bus_id = pci_bus_id(torch.cuda.get_device_properties(index))
+        by_bus_id = getattr(nvml, "nvmlDeviceGetHandleByPciBusId_v2", None) or (
+            nvml.nvmlDeviceGetHandleByPciBusId
+        )
+        return by_bus_id(bus_id)
+    except Exception as exc:
+        log.info("NVML lookup by PCI bus id failed (%s); using index %d", exc, index)
+        return nvml.nvmlDeviceGetHandleByIndex(index)
+
+
 class NvmlSampler:
     """Samples GPU busy %, process memory and energy while a block runs (no-op without NVML)."""
 
@@ -74,7 +101,7 @@ class NvmlSampler:
 
                 pynvml.nvmlInit()
                 self.nvml = pynvml
-                self.handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+                self.handle = nvml_handle(pynvml, device)
             except Exception as exc:
                 log.info("NVML unavailable: %s", exc)
 

@@ -97,6 +97,40 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile_ops(args: argparse.Namespace) -> int:
+    from harness.op_profile import profile_ops, to_markdown, write_report
+
+    knobs = {
+        "precision": args.precision,
+        "quantization": args.quantization,
+        "compile_decode": args.compile_decode,
+    }
+    flags = {key: value for key, value in knobs.items() if value is not None}
+    if args.upstream and (args.profile or flags):
+        raise ValueError("--upstream runs upstream as it is; it takes no profile or profile flags")
+    if args.profile and flags:
+        raise ValueError("give --profile or --precision/--quantization/--compile-decode, not both")
+    if flags:  # explicit flags, not env overrides, say what is profiled
+        from engine.profile import EngineProfile
+
+        profile = EngineProfile(**flags)
+    else:
+        profile = None if args.upstream else _load_profile(args.profile)
+    result = profile_ops(
+        args.checkpoint,
+        profile,
+        upstream=args.upstream,
+        frames=args.frames,
+        top=args.top,
+        text=args.text,
+        name=Path(args.profile).stem if args.profile else None,
+    )
+    if args.output:
+        logging.getLogger("fishbench").info("wrote %s", write_report(result, args.output))
+    print(to_markdown(result))
+    return 0
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from harness.sweep import main as sweep_main
 
@@ -158,6 +192,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, default=Path("reports/bench"))
     p.set_defaults(func=_bench)
 
+    p = sub.add_parser(
+        "profile-ops", help="top ops by self time per frame of one warmed-up synthesis"
+    )
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--profile", help="profile YAML (default: built-in defaults + env overrides)")
+    p.add_argument("--precision", help="auto, bf16, fp16 or fp32 (instead of --profile)")
+    p.add_argument("--quantization", help="none, int8, int4 or nf4 (instead of --profile)")
+    p.add_argument("--compile-decode", help="none, default, reduce-overhead or max-autotune")
+    p.add_argument("--upstream", action="store_true", help="profile the upstream baseline")
+    p.add_argument("--text", default=DEFAULT_TEXT)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--top", type=int, default=20, help="rows in the table")
+    p.add_argument("-o", "--output", type=Path, help="also write Markdown + JSON here")
+    p.set_defaults(func=_profile_ops)
+
     p = sub.add_parser("sweep", help="Hydra sweep; overrides the Hydra way (key=value)")
     p.add_argument("overrides", nargs=argparse.REMAINDER)
     p.set_defaults(func=_sweep)
@@ -172,9 +221,35 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"fishbench {args.command}: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        message = _user_error(exc)
+        if message is None:
+            raise
+        print(f"fishbench {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _user_error(exc: Exception) -> str | None:
+    """One line for an error the user can fix (bad input, profile, env override, machine);
+    None for anything else, which keeps its traceback."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        from engine.profile import describe_validation_error
+
+        return describe_validation_error(exc)
+    if isinstance(exc, (ValueError, OSError, *_preflight_errors())):
+        lines = (line.strip() for line in str(exc).splitlines())
+        return " ".join(line for line in lines if line) or type(exc).__name__
+    return None
+
+
+def _preflight_errors() -> tuple[type[Exception], ...]:
+    try:
+        from engine.preflight import PreflightError
+    except ImportError:
+        return ()
+    return (PreflightError,)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ class HardwareConf:
     vram_budget_mb: float | None = None
     bandwidth_gb_s: float | None = None
     match: list[str] = field(default_factory=list)  # GPU-name substrings for auto-detection
+    threads: int | None = None  # torch threads on CPU; None = one per logical CPU
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from engine.audio_io import write_wav
-from harness.bench import bytes_per_frame
 from harness.trial_metrics import roofline, summarize_runs
 from harness.trial_record import BASELINE
 
@@ -38,7 +37,7 @@ class Subject:
     last_report: Callable[[], dict[str, Any]]
     load_s: float
     compile_s: float
-    bytes_per_frame: int
+    frame_bytes: Callable[[], dict[str, int]]  # perf model, for the last request's KV bucket
     active_knobs: dict[str, Any]
     fallbacks: list[str]
 
@@ -79,14 +78,13 @@ def load_candidate(job: dict[str, Any]) -> Subject:
         engine.semantic_cache.clear()
         return np.concatenate(list(engine.synthesize_stream(**request)))
 
-    dec = engine.decoder
     return Subject(
         synthesize,
         stream,
         lambda: engine.last_report.as_dict(),
         load_s,
         compile_s,
-        bytes_per_frame(dec.model, dec.slow_head, dec.fast_head, dec.num_codebooks),
+        lambda: engine.frame_bytes().as_dict(),
         engine.active_profile.knobs(),
         engine.fallbacks,
     )
@@ -102,16 +100,13 @@ def load_baseline(job: dict[str, Any]) -> Subject:
     )
     load_s = time.perf_counter() - t0
     request = _request(job)
-    model = baseline.model
     return Subject(
         lambda: baseline.synthesize(**request),
         None,
         lambda: baseline.last_report.as_dict(),
         load_s,
         0.0,
-        bytes_per_frame(
-            model, model.output.weight, model.fast_output.weight, model.config.num_codebooks
-        ),
+        lambda: baseline.frame_bytes().as_dict(),
         dict(knobs),
         [],
     )
@@ -172,9 +167,9 @@ def run_trial(job: dict[str, Any]) -> dict[str, Any]:
     write_wav(Path(job["out_dir"]) / "sample.wav", audio)
     metrics = summarize_runs(runs)
     metrics.update(load_s=subject.load_s, compile_s=compile_s)
-    metrics.update(
-        roofline(metrics["frames_per_s"], subject.bytes_per_frame, job["bandwidth_gb_s"])
-    )
+    frame_bytes = subject.frame_bytes()
+    metrics.update({f"bytes_per_frame_{part}": n for part, n in frame_bytes.items()})
+    metrics.update(roofline(metrics["frames_per_s"], frame_bytes["total"], job["bandwidth_gb_s"]))
     result = {
         "metrics": metrics,
         "runs": runs,

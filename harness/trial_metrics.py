@@ -59,15 +59,15 @@ def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, float | None]:
 def roofline(
     frames_per_s: float | None, bytes_per_frame: int, bandwidth_gb_s: float | None
 ) -> dict[str, float]:
-    """Achieved weight-read bandwidth and its share of the bandwidth ceiling (gpt-fast style).
+    """Achieved memory traffic and its share of the bandwidth ceiling (gpt-fast style).
 
-    Counts weight bytes only (KV-cache reads are small at these lengths), so it is a lower bound
-    on the traffic and the percentage says how far launch and host overhead keep us from the roof.
+    ``bytes_per_frame`` comes from ``engine.perf_model`` (weights, heads and K/V at the length
+    attended); the percentage says how far launch and host overhead keep us from the roof.
     """
     if not frames_per_s or bytes_per_frame <= 0:
         return {}
     figures = {
-        "weight_gb_per_frame": bytes_per_frame / 1e9,
+        "gb_per_frame": bytes_per_frame / 1e9,
         "achieved_gb_s": frames_per_s * bytes_per_frame / 1e9,
     }
     if bandwidth_gb_s:

@@ -41,6 +41,7 @@ class Services:
             else {
                 "reference": engine.reference_cache.stats(),
                 "semantic": engine.semantic_cache.stats(),
+                "voice_prefix": engine.decoder.prefix_cache.stats(),
             }
         )
         return self.metrics.snapshot(self.worker.depth, self.worker.queue_size, caches)
@@ -50,9 +51,14 @@ class Services:
         engine = self.worker.engine
         if engine is None:
             raise NotReady("the model is still loading; retry shortly", retry_after_s=5)
-        cleared = {"reference": len(engine.reference_cache), "semantic": len(engine.semantic_cache)}
-        engine.reference_cache.clear()
-        engine.semantic_cache.clear()
+        caches = {
+            "reference": engine.reference_cache,
+            "semantic": engine.semantic_cache,
+            "voice_prefix": engine.decoder.prefix_cache,
+        }
+        cleared = {name: len(cache) for name, cache in caches.items()}
+        for cache in caches.values():
+            cache.clear()
         return cleared
 
 

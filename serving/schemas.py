@@ -151,6 +151,8 @@ class CacheStats(BaseModel):
     hits: int
     misses: int
     hit_rate: float
+    bytes: int | None = None  # byte-bounded caches (the voice prompt K/V) only
+    limit_bytes: int | None = None
 
 
 class MetricsResponse(BaseModel):

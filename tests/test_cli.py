@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import soundfile as sf
+
+from harness.cli import main
 
 
 def _fishbench(*args: str) -> subprocess.CompletedProcess:
@@ -67,6 +70,56 @@ def test_synth_bad_input_exits_nonzero_with_one_line(tmp_path: Path, tiny_checkp
         str(tmp_path / "y.wav"),
     )
     assert missing.returncode == 2 and "does not exist" in missing.stderr.splitlines()[-1]
+
+
+def _synth_args(checkpoint: Path, tmp_path: Path) -> list[str]:
+    return [
+        "synth",
+        "--checkpoint",
+        str(checkpoint),
+        "--text",
+        "Hi.",
+        "-o",
+        str(tmp_path / "o.wav"),
+    ]
+
+
+def test_invalid_env_override_exits_2_with_one_line_naming_the_knob(
+    tmp_path: Path,
+    tiny_checkpoint: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("MAX_SEQ_LEN", "1001")
+    assert main(_synth_args(tiny_checkpoint, tmp_path)) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "fishbench synth: error: MAX_SEQ_LEN=1001: max_seq_len must be a multiple of 8 "
+        "(the KV cache is allocated in blocks of 8), got 1001"
+    ]
+    monkeypatch.setenv("MAX_SEQ_LEN", "abc")
+    assert main(_synth_args(tiny_checkpoint, tmp_path)) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "fishbench synth: error: MAX_SEQ_LEN: expected an integer, got 'abc'"
+    ]
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_invalid_profile_yaml_exits_2_with_one_line_naming_the_key(
+    tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for body, line in [
+        ("int4_group_size: 48\n", "int4_group_size: Input should be 32, 64, 128 or 256"),
+        ("chunk_sise: 8\n", "chunk_sise: Extra inputs are not permitted"),
+        (
+            "chunk_size: many\n",
+            "chunk_size: Input should be a valid integer, unable to parse string as an integer",
+        ),
+    ]:
+        profile = tmp_path / "profile.yaml"
+        profile.write_text(body)
+        args = _synth_args(tiny_checkpoint, tmp_path) + ["--profile", str(profile)]
+        assert main(args) == 2
+        assert capsys.readouterr().err.splitlines() == [f"fishbench synth: error: {line}"]
 
 
 def test_bench_runs_on_cpu_and_writes_json_and_markdown(

@@ -47,7 +47,8 @@ def test_streamed_chunks_match_one_shot_decoding(
     tiny_checkpoint: Path, chunk: int, left: int
 ) -> None:
     engine = OptimizedFishSpeech.from_checkpoint(
-        tiny_checkpoint, EngineProfile(chunk_size=chunk, codec_left_context=left)
+        tiny_checkpoint,
+        EngineProfile(chunk_size=chunk, first_chunk_size=chunk, codec_left_context=left),
     )
     one_shot = engine.synthesize(TEXT, fixed_frames=17, seed=4)
     chunks = list(engine.synthesize_stream(TEXT, fixed_frames=17, seed=4))
@@ -59,11 +60,12 @@ def test_streamed_chunks_match_one_shot_decoding(
     assert engine.last_report.ttfa_s < engine.last_report.total_s
 
 
-def test_first_chunk_arrives_while_later_frames_are_still_being_generated(
-    tiny_checkpoint: Path,
-) -> None:
+@pytest.mark.parametrize("first", [1, 3, 5])
+def test_first_chunk_leaves_as_soon_as_its_frames_exist(tiny_checkpoint: Path, first: int) -> None:
+    """Counted in frames: the first chunk holds ``first_chunk_size`` frames and is yielded before
+    any further frame is generated, whatever the end-of-speech check interval."""
     engine = OptimizedFishSpeech.from_checkpoint(
-        tiny_checkpoint, EngineProfile(chunk_size=4, eos_check_interval=4)
+        tiny_checkpoint, EngineProfile(chunk_size=5, first_chunk_size=first, eos_check_interval=8)
     )
     steps = 0
     step = engine.decoder._step
@@ -75,11 +77,37 @@ def test_first_chunk_arrives_while_later_frames_are_still_being_generated(
 
     engine.decoder._step = counting_step
     stream = engine.synthesize_stream(TEXT, fixed_frames=24, seed=1)
-    first = next(stream)
-    steps_at_first_chunk = steps
+    first_chunk = next(stream)
+    frames_at_first_chunk = steps + 1  # prefill makes the first frame
     rest = list(stream)
-    assert len(first) == 4 * 2048 and len(rest) == 5
-    assert steps_at_first_chunk < 8 < steps == 23
+    assert len(first_chunk) == first * 2048 and frames_at_first_chunk == first
+    assert [len(c) // 2048 for c in rest] == [5] * ((24 - first) // 5) + (
+        [(24 - first) % 5] if (24 - first) % 5 else []
+    )
+    assert steps == 23
+
+
+def test_a_semantic_cache_hit_streams_chunk_by_chunk(engine) -> None:
+    engine.semantic_cache.clear()
+    engine.synthesize(TEXT, fixed_frames=20, seed=5)
+    decoded = []
+    decode_window = engine.codec.decode_window
+
+    def counting_decode(*args):
+        decoded.append(args[1:])
+        return decode_window(*args)
+
+    engine.codec.decode_window = counting_decode
+    try:
+        stream = engine.synthesize_stream(TEXT, fixed_frames=20, seed=5)
+        first_chunk = next(stream)
+        assert engine.last_report.semantic_cache_hit is False  # set when the stream ends
+        assert decoded == [(0, engine.active_profile.first_chunk_size)]
+        assert len(first_chunk) == engine.active_profile.first_chunk_size * 2048
+        list(stream)
+        assert engine.last_report.semantic_cache_hit
+    finally:
+        del engine.codec.decode_window
 
 
 def test_semantic_cache_hits_on_repeat_and_misses_when_any_parameter_changes(engine) -> None:

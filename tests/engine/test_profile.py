@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from engine.profile import EngineProfile, Hardware, Provenance, resolve_profile
+from engine.profile import (
+    DEFAULT_MAX_SEQ_LEN,
+    EngineProfile,
+    Hardware,
+    Provenance,
+    describe_validation_error,
+    resolve_profile,
+)
 
 CPU = Hardware("cpu", "cpu", None, False)
 CPU_BNB = Hardware("cpu", "cpu", None, True)
@@ -47,6 +54,7 @@ def test_env_overrides_match_env_example() -> None:
         "ENABLE_TORCH_COMPILE": "true",
         "MAX_SEQ_LEN": "1024",
         "CHUNK_SIZE": "8",
+        "FIRST_CHUNK_SIZE": "2",
         "NUM_STREAMS": "2",
         "CACHE_LIMIT": "5",
     }
@@ -60,6 +68,7 @@ def test_env_overrides_match_env_example() -> None:
         2,
         5,
     )
+    assert profile.first_chunk_size == 2
 
 
 def test_env_example_lists_every_profile_override() -> None:
@@ -71,10 +80,92 @@ def test_env_example_lists_every_profile_override() -> None:
         "ENABLE_TORCH_COMPILE",
         "MAX_SEQ_LEN",
         "CHUNK_SIZE",
+        "FIRST_CHUNK_SIZE",
         "NUM_STREAMS",
         "CACHE_LIMIT",
     ):
         assert f"{var}=" in example, var
+    assert f"MAX_SEQ_LEN={DEFAULT_MAX_SEQ_LEN}\n" in example
+
+
+def test_max_seq_len_must_fill_whole_kv_blocks() -> None:
+    with pytest.raises(ValidationError) as caught:
+        EngineProfile.from_env(env={"MAX_SEQ_LEN": "1001"})
+    assert describe_validation_error(caught.value) == (
+        "MAX_SEQ_LEN=1001: max_seq_len must be a multiple of 8 "
+        "(the KV cache is allocated in blocks of 8), got 1001"
+    )
+    with pytest.raises(ValidationError, match="max_seq_len must be a multiple of 8"):
+        EngineProfile(max_seq_len=1001)
+    assert EngineProfile(max_seq_len=1000).max_seq_len == 1000
+    assert DEFAULT_MAX_SEQ_LEN == 4096 == EngineProfile().max_seq_len
+
+
+def test_validation_errors_read_as_one_line_naming_each_knob() -> None:
+    with pytest.raises(ValidationError) as caught:
+        EngineProfile(int4_group_size=48)
+    assert describe_validation_error(caught.value) == (
+        "int4_group_size: Input should be 32, 64, 128 or 256"
+    )
+    with pytest.raises(ValidationError) as caught:
+        EngineProfile.model_validate({"not_a_knob": 1, "chunk_size": "x"})
+    assert describe_validation_error(caught.value) == (
+        "chunk_size: Input should be a valid integer, unable to parse string as an integer; "
+        "not_a_knob: Extra inputs are not permitted"
+    )
+    with pytest.raises(ValidationError) as caught:
+        EngineProfile.from_env(env={"MIXED_PRECISION": "int3", "MAX_SEQ_LEN": "9000"})
+    assert describe_validation_error(caught.value) == (
+        "MIXED_PRECISION=int3: precision: Input should be 'auto', 'bf16', 'fp16' or 'fp32'; "
+        "MAX_SEQ_LEN=9000: max_seq_len: Input should be less than or equal to 8192"
+    )
+    with pytest.raises(ValidationError, match="encode_chunk_seconds"):
+        EngineProfile(encode_chunk_seconds=float("inf"))
+
+
+def test_unparseable_env_overrides_name_the_variable() -> None:
+    with pytest.raises(ValueError, match=r"^MAX_SEQ_LEN: expected an integer, got 'abc'$"):
+        EngineProfile.from_env(env={"MAX_SEQ_LEN": "abc"})
+    with pytest.raises(ValueError, match=r"^CHUNK_SIZE: expected an integer, got 'x'$"):
+        EngineProfile.from_env(env={"CHUNK_SIZE": "x"})
+    with pytest.raises(ValueError, match="^ENABLE_TORCH_COMPILE: expected true or false"):
+        EngineProfile.from_env(env={"ENABLE_TORCH_COMPILE": "maybe"})
+
+
+def test_yaml_that_is_not_a_profile_mapping_is_one_line(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("precision: [bf16\n")
+    with pytest.raises(ValueError, match=r"broken.yaml: not valid YAML at line \d+, column \d+"):
+        EngineProfile.load(broken)
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("- precision\n")
+    with pytest.raises(
+        ValueError, match="listed.yaml: expected a mapping of knob: value, got a list"
+    ):
+        EngineProfile.load(listed)
+
+
+def test_max_seq_len_falls_back_to_the_checkpoint_limit(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        active, notes = resolve_profile(
+            EngineProfile(max_seq_len=8192), CPU, model_max_seq_len=2048
+        )
+    assert active.max_seq_len == 2048
+    assert notes == ["max_seq_len: 8192 -> 2048 (the checkpoint's config.json allows 2048)"]
+    assert [r.getMessage() for r in caplog.records] == [f"profile fallback: {notes[0]}"]
+    odd = resolve_profile(EngineProfile(max_seq_len=8192), CPU, model_max_seq_len=2047)[0]
+    assert odd.max_seq_len == 2040
+    assert resolve_profile(EngineProfile(max_seq_len=1024), CPU, 2048) == (
+        EngineProfile(max_seq_len=1024, device="cpu", precision="fp32", tf32=False),
+        [],
+    )
+
+
+def test_first_chunk_larger_than_chunk_size_falls_back_to_it() -> None:
+    active, notes = resolve_profile(EngineProfile(chunk_size=8, first_chunk_size=12), CPU)
+    assert (active.chunk_size, active.first_chunk_size) == (8, 8)
+    assert notes == ["first_chunk_size: 12 -> 8 (it cannot exceed chunk_size 8)"]
+    assert resolve_profile(EngineProfile(chunk_size=8, first_chunk_size=8), CPU)[1] == []
 
 
 def test_cpu_falls_back_with_one_line_per_change(caplog: pytest.LogCaptureFixture) -> None:

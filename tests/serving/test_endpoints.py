@@ -140,7 +140,7 @@ def test_metrics_json_and_prometheus(client: httpx.Client) -> None:
     )
     assert metrics["ttfa_ms"]["p50"] > 0 and metrics["rtf"]["p50"] > 0
     assert metrics["peak_vram_mb"] is None and metrics["gpu_util_pct"] is None
-    assert set(metrics["caches"]) == {"reference", "semantic"}
+    assert set(metrics["caches"]) == {"reference", "semantic", "voice_prefix"}
     text = client.get("/metrics/prometheus")
     assert text.headers["content-type"].startswith("text/plain")
     assert 'fishbench_latency_seconds{quantile="0.95"}' in text.text
