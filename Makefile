@@ -6,7 +6,7 @@ CHECKPOINT ?= checkpoints/openaudio-s1-mini
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-browser test lint format sweep bench fidelity fidelity-spread serve ui ui-streamlit mlflow-ui clean
+.PHONY: help setup setup-browser test lint format sweep bench bench-full-size fidelity fidelity-spread serve ui ui-streamlit mlflow-ui clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -36,6 +36,10 @@ sweep: setup ## the main job: sweep profiles on this machine, export reports/pro
 bench: setup ## upstream vs our profiles on a checkpoint (CHECKPOINT=..., ARGS=...)
 	$(RUN) fishbench bench --checkpoint $(CHECKPOINT) $(ARGS)
 
+bench-full-size: setup ## the full-size (860 M) synthetic s1-mini bench, as committed in reports/bench
+	@test -d checkpoints/s1-mini-synthetic || $(RUN) fishbench make-checkpoint --preset s1-mini checkpoints/s1-mini-synthetic
+	$(RUN) fishbench bench --checkpoint checkpoints/s1-mini-synthetic --frames 64 --repeats 3 $(ARGS)
+
 fidelity: setup ## teacher-forced fidelity of PROFILE against fp32
 	$(RUN) fishbench fidelity --checkpoint $(CHECKPOINT) --profile $(or $(PROFILE),reports/profile.yaml)
 
@@ -57,4 +61,4 @@ mlflow-ui: setup ## MLflow UI on the sweep store (:5000)
 	$(RUN) mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts --port 5000
 
 clean: ## remove generated checkpoints, MLflow store, caches
-	rm -rf checkpoints/tiny-synthetic mlflow.db mlartifacts .pytest_cache .ruff_cache outputs multirun
+	rm -rf checkpoints/tiny-synthetic mlflow.db mlartifacts .pytest_cache .ruff_cache outputs multirun .cache/torch-compile

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -123,6 +124,7 @@ WARM_START = """
 import json, sys, time
 from pathlib import Path
 import torch
+from engine import compile_cache
 from engine.compile_cache import compile_counters, configure_compilation
 from engine.profile import EngineProfile
 
@@ -133,7 +135,9 @@ compiled = torch.compile(mlp)
 start = time.perf_counter()
 with torch.no_grad():
     compiled(torch.randn(1, 64))
-print(json.dumps({"seconds": time.perf_counter() - start, **compile_counters()}))
+seconds = time.perf_counter() - start
+probes = compile_cache.isa_probes_run
+print(json.dumps({"seconds": seconds, "isa_probes": probes, **compile_counters()}))
 """
 
 
@@ -163,6 +167,10 @@ def test_a_second_process_starts_warm(tmp_path: Path) -> None:
     assert cold["fxgraph_cache_miss"] >= 1 and cold["fxgraph_cache_hit"] == 0
     assert warm["fxgraph_cache_hit"] >= 1 and warm["fxgraph_cache_miss"] == 0
     assert warm["autograd_cache_hit"] >= 1
+    # inductor's CPU vector-ISA probes (a torch-importing subprocess each) ran once, not again
+    x86 = platform.machine() in ("x86_64", "AMD64")
+    assert warm["isa_probes"] == 0 and (cold["isa_probes"] >= 1 or not x86)
+    assert (tmp_path / "isa-checks.json").is_file() or not x86
     assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 1  # one keyed folder
 
 
