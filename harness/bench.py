@@ -250,7 +250,12 @@ def run_row(
         )
     if outcome.result is None:
         return {"row": row.name, "error": outcome.error}
-    return outcome.result | {"cold_warmup_s": cold_s}
+    result = outcome.result | {"cold_warmup_s": cold_s}
+    # The warm-up is compile + one request; a steady-state request estimates the latter.
+    work = result["latency_p50_s"]
+    result["compile_s"] = max(0.0, result["warmup_s"] - work)
+    result["cold_compile_s"] = None if cold_s is None else max(0.0, cold_s - work)
+    return result
 
 
 def _measure_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -297,9 +302,10 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
 
 
 def _compile_cell(r: dict[str, Any]) -> str:
-    if r.get("cold_warmup_s") is None:
-        return f"{r['warmup_s']:.1f}"
-    return f"{r['cold_warmup_s']:.1f} / {r['warmup_s']:.1f}"
+    if r.get("cold_compile_s") is None:
+        return "eager"
+    cold, warm = r["cold_compile_s"], r["compile_s"]
+    return f"{cold:.1f} / {warm:.1f} ({warm / cold:.0%})" if cold else f"{cold:.1f} / {warm:.1f}"
 
 
 def to_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
@@ -307,7 +313,7 @@ def to_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     head = (
         "| row | frames/s | spread | speed-up | ms/frame | TTFA ms (saved voice) | RTF "
         "| peak alloc MB | peak reserved / RSS MB | GPU % | GB/frame | GB/s | % of probe "
-        "| warm-up s cold / warm | fidelity gates |\n|" + "---|" * 15
+        "| compile s cold / warm | fidelity gates |\n|" + "---|" * 15
     )
     settings = ", ".join(f"`{k}={v}`" for k, v in meta["inductor_settings"].items())
     lines = [
@@ -360,6 +366,8 @@ def to_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "Speed-up: frames/s over `upstream-eager` in this run (decode only, prefill excluded for "
         "every row). Spread: (max - min) / median frames/s over the repeats.",
         "TTFA for upstream is its whole generation: it sends audio only after the segment is done.",
+        "Compile: the warm-up request's time less a steady-state request's, in a process with an "
+        "empty compile cache (cold) and in the timed process, started from that cache (warm).",
         "Fidelity gates: verdict of the latest `fishbench fidelity --spread` for this device and "
         f"checkpoint ({meta.get('fidelity_report') or 'none found'}).",
         "",
