@@ -100,7 +100,7 @@ class SemanticDecoder(nn.Module):
         if p.compile_decode != "none":
             mode = None if p.compile_decode == "default" else p.compile_decode
             # Buckets are few (at most 6) and each must be its own static graph: never dynamic.
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 16)
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 16)
             self._step = torch.compile(
                 self.decode_step, mode=mode, fullgraph=p.fullgraph, dynamic=False
             )
