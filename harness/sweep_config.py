@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 from hydra.core.config_store import ConfigStore
 
@@ -21,8 +21,11 @@ KNOBS: tuple[str, ...] = tuple(name for name in EngineProfile.model_fields if na
 
 
 def _omegaconf_type(annotation: Any) -> type:
-    """OmegaConf has no ``Literal``; the profile's validator checks the allowed values instead."""
-    return str if get_origin(annotation) is Literal else annotation
+    """OmegaConf has no ``Literal``: the type of its values stands in (``str`` for modes, ``int``
+    for group sizes); the profile's validator checks the allowed values instead."""
+    if get_origin(annotation) is Literal:
+        return type(get_args(annotation)[0])
+    return annotation
 
 
 def _validate_engine(self: Any) -> None:
