@@ -16,6 +16,7 @@ Not counted (under 0.1 % of a frame): embedding rows, norms of the final hidden 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from fish_speech.models.text2semantic.llama import BaseModelArgs
 
@@ -89,34 +90,35 @@ def _layer_bytes(
     return linears + norms
 
 
-def slow_layer_bytes(cfg: BaseModelArgs, scheme: str, float_bytes: int, group_size: int) -> int:
-    """Bytes of all slow-transformer layers (read once per frame)."""
-    return cfg.n_layer * _layer_bytes(
-        cfg.dim,
-        cfg.n_head,
-        cfg.n_local_heads,
-        cfg.head_dim,
-        cfg.intermediate_size,
-        cfg.attention_qk_norm,
+def _stack_bytes(
+    cfg: BaseModelArgs, prefix: str, layers: int, scheme: str, float_bytes: int, group_size: int
+) -> int:
+    """Bytes of a layer stack whose config fields carry ``prefix`` ("" slow, "fast_" fast)."""
+
+    def field(name: str) -> Any:
+        return getattr(cfg, prefix + name)
+
+    return layers * _layer_bytes(
+        field("dim"),
+        field("n_head"),
+        field("n_local_heads"),
+        field("head_dim"),
+        field("intermediate_size"),
+        field("attention_qk_norm"),
         scheme,
         float_bytes,
         group_size,
     )
+
+
+def slow_layer_bytes(cfg: BaseModelArgs, scheme: str, float_bytes: int, group_size: int) -> int:
+    """Bytes of all slow-transformer layers (read once per frame)."""
+    return _stack_bytes(cfg, "", cfg.n_layer, scheme, float_bytes, group_size)
 
 
 def fast_layer_bytes(cfg: BaseModelArgs, scheme: str, float_bytes: int, group_size: int) -> int:
     """Bytes of all fast-transformer layers (read once per codebook)."""
-    return cfg.n_fast_layer * _layer_bytes(
-        cfg.fast_dim,
-        cfg.fast_n_head,
-        cfg.fast_n_local_heads,
-        cfg.fast_head_dim,
-        cfg.fast_intermediate_size,
-        cfg.fast_attention_qk_norm,
-        scheme,
-        float_bytes,
-        group_size,
-    )
+    return _stack_bytes(cfg, "fast_", cfg.n_fast_layer, scheme, float_bytes, group_size)
 
 
 def _kv_bytes(layers: int, heads: int, head_dim: int, length: int, float_bytes: int) -> int:
