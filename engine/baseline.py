@@ -23,7 +23,7 @@ from engine import perf_model
 from engine.audio_io import SAMPLE_RATE, ReferenceAudio, load_reference
 from engine.checkpoint import CheckpointFolder
 from engine.compile_cache import configure_compilation
-from engine.profile import EngineProfile
+from engine.profile import DTYPES, EngineProfile
 from engine.telemetry import Measure, SynthesisReport
 from engine.upstream import load_codec
 
@@ -57,13 +57,14 @@ class UpstreamBaseline:
     ) -> None:
         self.checkpoint = checkpoint
         self.device = device
-        self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        self.precision = "bf16" if device.type == "cuda" else "fp32"  # upstream's own choice
+        self.dtype = DTYPES[self.precision]
         self.compiled = compile
         if compile:
             # Upstream's --compile (reduce-overhead) under the same settings and cache as our rows.
             stand_in = EngineProfile(
                 device=device.type,
-                precision="bf16" if device.type == "cuda" else "fp32",
+                precision=self.precision,
                 compile_decode="reduce-overhead",
             )
             name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -87,9 +88,7 @@ class UpstreamBaseline:
 
     def frame_bytes(self) -> perf_model.FrameBytes:
         """Bytes one upstream frame reads (perf model): it always attends the whole cache."""
-        return perf_model.upstream(
-            self.model.config, "bf16" if self.device.type == "cuda" else "fp32"
-        )
+        return perf_model.upstream(self.model.config, self.precision)
 
     @classmethod
     def from_checkpoint(

@@ -178,27 +178,27 @@ class SemanticDecoder(nn.Module):
     def _slow_caches(self) -> list:
         return [layer.attention.kv_cache for layer in self.model.layers]
 
-    def _restore_prefix(self, prompt: Tensor, prefix_len: int, timings: DecodeTimings) -> int:
-        """Copy a saved voice prefix's K/V into the cache; how many prompt tokens it covers."""
-        if prefix_len <= 0 or self.prefix_cache.limit_bytes <= 0 or prefix_len >= prompt.shape[1]:
-            return 0
-        state = self.prefix_cache.get(PrefixKVCache.key_for(prompt[:, :prefix_len]))
+    def _prefix_key(self, prompt: Tensor, prefix_len: int) -> str | None:
+        """The prefix cache key of a host ``prompt``'s voice prefix, None when none applies."""
+        usable = 0 < prefix_len < prompt.shape[1] and self.prefix_cache.limit_bytes > 0
+        return PrefixKVCache.key_for(prompt[:, :prefix_len]) if usable else None
+
+    def _restore_prefix(self, key: str | None, prefix_len: int) -> bool:
+        """Copy a saved voice prefix's K/V into the cache; whether there was one."""
+        state = self.prefix_cache.get(key) if key else None
         if state is None:
-            return 0
+            return False
         for cache, (k, v) in zip(self._slow_caches(), state, strict=True):
             cache.k_cache[:, :, :prefix_len].copy_(k)
             cache.v_cache[:, :, :prefix_len].copy_(v)
-        timings.prefix_hit = True
-        return prefix_len
+        return True
 
-    def _save_prefix(self, prompt: Tensor, prefix_len: int) -> None:
-        if prefix_len <= 0 or self.prefix_cache.limit_bytes <= 0 or prefix_len >= prompt.shape[1]:
-            return
+    def _save_prefix(self, key: str, prefix_len: int) -> None:
         state = [
             (c.k_cache[:, :, :prefix_len].clone(), c.v_cache[:, :, :prefix_len].clone())
             for c in self._slow_caches()
         ]
-        self.prefix_cache.put(PrefixKVCache.key_for(prompt[:, :prefix_len]), state)
+        self.prefix_cache.put(key, state)
 
     @torch.inference_mode()
     def generate(
@@ -228,13 +228,15 @@ class SemanticDecoder(nn.Module):
         device = self.slow_head.device
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         frames = torch.empty(1 + self.num_codebooks, budget, dtype=torch.long, device=device)
+        key = self._prefix_key(prompt, prefix_len)
         prompt = prompt.to(device)
         t0 = time.perf_counter()
-        start = self._restore_prefix(prompt, prefix_len, timings)
+        timings.prefix_hit = self._restore_prefix(key, prefix_len)
+        start = prefix_len if timings.prefix_hit else 0
         positions = torch.arange(start, prompt_len, device=device)
         frames[:, :1] = self._prefill(prompt[:, start:], positions, bucket)
-        if not timings.prefix_hit:
-            self._save_prefix(prompt, prefix_len)
+        if key and not timings.prefix_hit:
+            self._save_prefix(key, prefix_len)
         sync()
         timings.prefill_s = time.perf_counter() - t0
         produced, emitted = 1, 0

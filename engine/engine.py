@@ -322,21 +322,21 @@ class OptimizedFishSpeech:
                     pending.append(self._launch_decode(codes, emitted, end, side))
                     codec_s += time.perf_counter() - t0
                     emitted = end
-                    for audio in self._ready(pending, wait=False):
-                        report.ttfa_s = report.ttfa_s or time.perf_counter() - measure.start
-                        report.audio_s += len(audio) / SAMPLE_RATE
-                        yield audio
-                for audio in self._ready(pending, wait=done):
-                    report.ttfa_s = report.ttfa_s or time.perf_counter() - measure.start
-                    report.audio_s += len(audio) / SAMPLE_RATE
-                    yield audio
+                    yield from self._ready(pending, False, report, measure.start)
+                yield from self._ready(pending, done, report, measure.start)
             report.codec_s = codec_s
         self.last_report = report
 
-    def _ready(self, pending: deque, wait: bool) -> Iterator[np.ndarray]:
-        """Decoded chunks in order: those already finished, or all of them when ``wait``."""
+    def _ready(
+        self, pending: deque, wait: bool, report: SynthesisReport, start: float
+    ) -> Iterator[np.ndarray]:
+        """Decoded chunks in order, those already finished or all of them when ``wait``, counted
+        into ``report`` (the first one sets the time to first audio)."""
         while pending and (wait or pending[0][0] is None or pending[0][0].query()):
-            yield self._finish_decode(pending.popleft())
+            audio = self._finish_decode(pending.popleft())
+            report.ttfa_s = report.ttfa_s or time.perf_counter() - start
+            report.audio_s += len(audio) / SAMPLE_RATE
+            yield audio
 
     def _launch_decode(
         self, codes: torch.Tensor, start: int, end: int, side: torch.cuda.Stream | None
