@@ -10,6 +10,8 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from engine.errors import RequestError
+
 SAMPLE_RATE = 44_100
 MAX_REFERENCE_SECONDS = 90.0
 MIN_REFERENCE_SECONDS = 0.25
@@ -18,7 +20,7 @@ ReferenceAudio = bytes | str | Path | np.ndarray
 """A reference recording: encoded bytes, a file path, or 44.1 kHz float samples."""
 
 
-class AudioInputError(ValueError):
+class AudioInputError(RequestError):
     """Reference audio that cannot be used, with a reason a user can act on."""
 
 

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from engine.errors import UserError
+
 log = logging.getLogger(__name__)
 
 REQUIRED_FILES = (
@@ -34,7 +36,7 @@ SYNTHETIC_MARKER = "SYNTHETIC.json"
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint folder or one of its files cannot be used; the message names the file."""
 
 

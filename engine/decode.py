@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from engine import dual_ar
 from engine.caches import PrefixKVCache
+from engine.errors import RequestError
 from engine.profile import EngineProfile, kv_bucket
 from engine.sampling import REPETITION_WINDOW, SamplingParams, sample
 
@@ -152,13 +153,13 @@ class SemanticDecoder(nn.Module):
         unless the prompt alone does not fit (or an exact ``fixed_frames`` count cannot)."""
         room = self.max_seq_len - prompt_len
         if room < 1:
-            raise ValueError(
+            raise RequestError(
                 f"the prompt ({prompt_len} tokens) does not fit max_seq_len {self.max_seq_len}; "
                 "shorten the text or the reference, or raise MAX_SEQ_LEN"
             )
         if fixed_frames is not None:
             if fixed_frames > room:
-                raise ValueError(
+                raise RequestError(
                     f"prompt ({prompt_len} tokens) + {fixed_frames} fixed frames exceeds "
                     f"max_seq_len {self.max_seq_len}"
                 )

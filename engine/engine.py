@@ -21,6 +21,7 @@ from engine.checkpoint import CheckpointFolder
 from engine.codec import CodecRunner
 from engine.compile_cache import configure_compilation
 from engine.decode import DecodeTimings, SemanticDecoder
+from engine.errors import RequestError
 from engine.perf_model import FrameBytes
 from engine.profile import EngineProfile, Hardware, resolve_profile, torch_dtype
 from engine.quantize import apply_quantization
@@ -377,9 +378,9 @@ class OptimizedFishSpeech:
 def _check_text(text: str) -> str:
     text = (text or "").strip()
     if not text:
-        raise ValueError("text is empty")
+        raise RequestError("text is empty")
     if len(text) > MAX_TEXT_CHARS:
-        raise ValueError(
+        raise RequestError(
             f"text is {len(text)} characters; one request may have at most {MAX_TEXT_CHARS}"
         )
     return text

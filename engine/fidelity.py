@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from engine import dual_ar
 from engine.audio_io import ReferenceAudio
 from engine.engine import OptimizedFishSpeech
+from engine.errors import ConfigError
 from engine.profile import EngineProfile
 from engine.sampling import SamplingParams
 
@@ -150,7 +151,7 @@ def compare_profile(
 ) -> dict[str, float]:
     """Fidelity figures of ``candidate`` against the fp32 ``reference`` (see FIDELITY_GATES)."""
     if reference.sequence.shape[1] > candidate.decoder.max_seq_len:
-        raise ValueError(
+        raise ConfigError(
             f"the fidelity sequence ({reference.sequence.shape[1]} tokens) exceeds the profile's "
             f"max_seq_len {candidate.decoder.max_seq_len}; measure fewer frames"
         )

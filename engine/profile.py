@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from engine.audio_io import MAX_REFERENCE_SECONDS, SAMPLE_RATE
+from engine.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ class EngineProfile(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> EngineProfile:
-        """A profile YAML; a file that is not YAML or not a mapping is a one-line ValueError."""
+        """A profile YAML; a file that is not YAML or not a mapping is a one-line ConfigError."""
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
@@ -162,9 +163,9 @@ class EngineProfile(BaseModel):
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             problem = getattr(exc, "problem", None) or type(exc).__name__
-            raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
+            raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
         if not isinstance(data, dict):
-            raise ValueError(
+            raise ConfigError(
                 f"{path}: expected a mapping of knob: value, got a {type(data).__name__}"
             )
         return cls.model_validate(data)
@@ -175,7 +176,7 @@ class EngineProfile(BaseModel):
     ) -> EngineProfile:
         """Apply the ``.env.example`` overrides (MIXED_PRECISION, QUANTIZATION, ...) to ``base``.
 
-        A value that cannot be parsed is a ``ValueError`` naming the variable; a value the profile
+        A value that cannot be parsed is a ``ConfigError`` naming the variable; a value the profile
         rejects is a ``ValidationError`` whose errors name the variable and the knob.
         """
         env = dict(os.environ if env is None else env)
@@ -189,7 +190,7 @@ class EngineProfile(BaseModel):
             try:
                 apply(data, raw)
             except ValueError as exc:
-                raise ValueError(f"{var}: {exc}") from None
+                raise ConfigError(f"{var}: {exc}") from None
             sources |= {key: f"{var}={raw}" for key in data if data[key] != before[key]}
         try:
             return cls.model_validate(data)
@@ -380,7 +381,7 @@ def resolve_profile(
     if model_max_seq_len is not None and data["max_seq_len"] > model_max_seq_len:
         limit = model_max_seq_len // KV_BLOCK * KV_BLOCK
         if limit < KV_BUCKET_MIN:
-            raise ValueError(
+            raise ConfigError(
                 f"the checkpoint's config.json max_seq_len {model_max_seq_len} is below "
                 f"the smallest supported max_seq_len {KV_BUCKET_MIN}"
             )

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from engine.errors import RequestError
+
 REPETITION_WINDOW = 16
 
 
@@ -21,11 +23,11 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.temperature <= 2.0:
-            raise ValueError(f"temperature must be in (0, 2], got {self.temperature}")
+            raise RequestError(f"temperature must be in (0, 2], got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise RequestError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0.5 <= self.repetition_penalty <= 2.0:
-            raise ValueError(
+            raise RequestError(
                 f"repetition_penalty must be in [0.5, 2], got {self.repetition_penalty}"
             )
 

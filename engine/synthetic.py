@@ -18,6 +18,7 @@ import torch
 from hydra.utils import instantiate
 
 from engine.checkpoint import SYNTHETIC_MARKER, CheckpointFolder, load_codec_config
+from engine.errors import ConfigError
 from engine.tokenizer_files import BASE_SPECIAL_TOKENS, write_tokenizer
 from engine.upstream import build_dual_ar
 
@@ -94,7 +95,7 @@ def _vocab_size(n_ids: int) -> int:
 def make_checkpoint(preset: str, out_dir: str | Path, seed: int = 0) -> CheckpointFolder:
     """Write a synthetic checkpoint folder; the same preset and seed give the same bytes."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     spec = PRESETS[preset]
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from engine.errors import ConfigError, UserError
+
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog."
 
 
@@ -73,7 +75,7 @@ def _fidelity_report(args: argparse.Namespace) -> int:
     from harness.fidelity_report import SPREAD, run_fidelity, to_markdown, write_report
 
     if args.reference:
-        raise ValueError("--reference applies to a single --profile")
+        raise ConfigError("--reference applies to a single --profile")
     profiles = dict(SPREAD) if args.spread else {}
     profiles |= {Path(path).stem: _load_profile(path) for path in args.profile or []}
     meta, rows = run_fidelity(
@@ -107,9 +109,9 @@ def _profile_ops(args: argparse.Namespace) -> int:
     }
     flags = {key: value for key, value in knobs.items() if value is not None}
     if args.upstream and (args.profile or flags):
-        raise ValueError("--upstream runs upstream as it is; it takes no profile or profile flags")
+        raise ConfigError("--upstream runs upstream as it is; it takes no profile or profile flags")
     if args.profile and flags:
-        raise ValueError("give --profile or --precision/--quantization/--compile-decode, not both")
+        raise ConfigError("give --profile or --precision/--quantization/--compile-decode, not both")
     if flags:  # explicit flags, not env overrides, say what is profiled
         from engine.profile import EngineProfile
 
@@ -231,14 +233,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _user_error(exc: Exception) -> str | None:
     """One line for an error the user can fix (bad input, profile, env override, machine);
-    None for anything else, which keeps its traceback."""
+    None for anything else (a bug), which keeps its traceback."""
     from pydantic import ValidationError
 
     if isinstance(exc, ValidationError):
         from engine.profile import describe_validation_error
 
         return describe_validation_error(exc)
-    if isinstance(exc, (ValueError, OSError, *_preflight_errors())):
+    if isinstance(exc, (UserError, OSError, *_preflight_errors())):
         lines = (line.strip() for line in str(exc).splitlines())
         return " ".join(line for line in lines if line) or type(exc).__name__
     return None

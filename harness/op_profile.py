@@ -21,6 +21,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity
 
 from engine.checkpoint import CheckpointFolder
+from engine.errors import ConfigError
 from engine.profile import EngineProfile
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ def profile_ops(
     ``profile`` (env overrides if None) or of upstream; return ``{"meta": ..., "rows": ...}``
     with the ``top`` ops by self time, per generated frame. ``name`` labels the profile."""
     if frames < 1 or top < 1:
-        raise ValueError(f"frames and top must be at least 1, got {frames} and {top}")
+        raise ConfigError(f"frames and top must be at least 1, got {frames} and {top}")
     folder = CheckpointFolder.open(checkpoint)
     runner, about = _load(str(folder.path), profile, upstream, frames, text)
     on_gpu = runner.device.type == "cuda"

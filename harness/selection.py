@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from engine.errors import ConfigError
 from engine.fidelity import FIDELITY_GATES, passes_gates
 from harness.sweep_config import QualityConf
 from harness.trial_record import TrialRecord
@@ -34,7 +35,7 @@ def fidelity_gates(quality: QualityConf) -> dict[str, float]:
     """The engine's fidelity thresholds with the quality config's overrides applied."""
     unknown = sorted(set(quality.fidelity_gates) - set(FIDELITY_GATES))
     if unknown:
-        raise ValueError(f"unknown fidelity gates {unknown}; known: {', '.join(FIDELITY_GATES)}")
+        raise ConfigError(f"unknown fidelity gates {unknown}; known: {', '.join(FIDELITY_GATES)}")
     return {**FIDELITY_GATES, **quality.fidelity_gates}
 
 

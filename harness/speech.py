@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from engine.errors import RequestError
+
 log = logging.getLogger(__name__)
 
 
@@ -31,7 +33,7 @@ def speak(text: str) -> tuple[np.ndarray, int]:
     voice = _voice()
     chunks = [chunk.audio_float_array for chunk in voice.synthesize(text)]
     if not chunks:
-        raise ValueError(f"Piper produced no audio for {text!r}")
+        raise RequestError(f"Piper produced no audio for {text!r}")
     return np.concatenate(chunks).astype(np.float32), voice.config.sample_rate
 
 

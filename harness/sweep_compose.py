@@ -18,6 +18,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from engine.checkpoint import CheckpointError, CheckpointFolder
+from engine.errors import ConfigError
 from harness.sweep_config import register_configs
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -31,7 +32,7 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return compose(config_name="sweep", overrides=list(overrides))
     except HydraException as exc:  # unknown group option or key: a configuration error
-        raise ValueError(str(exc)) from exc
+        raise ConfigError(str(exc)) from exc
 
 
 def has_real_checkpoint(path: str | Path) -> bool:
@@ -69,13 +70,13 @@ def build_config(overrides: Sequence[str] = (), multirun: bool = False) -> DictC
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as exc:
-        raise ValueError(str(exc)) from exc
+        raise ConfigError(str(exc)) from exc
     sweeps = [o for o in parsed if o.is_sweep_override()]
     if sweeps and not multirun:
-        raise ValueError(f"{sweeps[0].input_line} sweeps several values; add -m (--multirun)")
+        raise ConfigError(f"{sweeps[0].input_line} sweeps several values; add -m (--multirun)")
     bad = [o.input_line for o in sweeps if not o.key_or_group.startswith("engine.")]
     if bad:
-        raise ValueError(f"only engine knobs can be swept with -m, not: {', '.join(bad)}")
+        raise ConfigError(f"only engine knobs can be swept with -m, not: {', '.join(bad)}")
     plain = [o.input_line for o in parsed if not o.is_sweep_override()]
     chosen = {o.key_or_group for o in parsed}
     checkpoint = compose_config(plain).checkpoint

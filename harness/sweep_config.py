@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from hydra.core.config_store import ConfigStore
 
+from engine.errors import ConfigError
 from engine.profile import EngineProfile
 
 KNOBS: tuple[str, ...] = tuple(name for name in EngineProfile.model_fields if name != "provenance")
@@ -59,11 +60,11 @@ class HardwareConf:
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"hardware.device must be cpu or cuda, not {self.device!r}")
+            raise ConfigError(f"hardware.device must be cpu or cuda, not {self.device!r}")
         for key in ("vram_budget_mb", "bandwidth_gb_s"):
             value = getattr(self, key)
             if value is not None and value <= 0:
-                raise ValueError(f"hardware.{key} must be positive, got {value}")
+                raise ConfigError(f"hardware.{key} must be positive, got {value}")
 
 
 @dataclass
@@ -88,12 +89,12 @@ class ScenarioConf:
 
     def __post_init__(self) -> None:
         if not self.text.strip():
-            raise ValueError("scenario.text is empty")
+            raise ConfigError("scenario.text is empty")
         for key in ("fixed_frames", "repeats", "fidelity_frames"):
             if getattr(self, key) < 1:
-                raise ValueError(f"scenario.{key} must be at least 1")
+                raise ConfigError(f"scenario.{key} must be at least 1")
         if self.warmup_runs < 0:
-            raise ValueError("scenario.warmup_runs must be >= 0")
+            raise ConfigError("scenario.warmup_runs must be >= 0")
 
 
 @dataclass
@@ -112,11 +113,11 @@ class AsrConf:
 
     def __post_init__(self) -> None:
         if self.backend not in ("faster-whisper", "openai-whisper"):
-            raise ValueError(
+            raise ConfigError(
                 f"quality.asr.backend {self.backend!r} is not faster-whisper or openai-whisper"
             )
         if self.backend == "openai-whisper" and not self.model:
-            raise ValueError(
+            raise ConfigError(
                 "quality.asr.model must name a local model file for the openai-whisper backend"
             )
 
@@ -137,11 +138,11 @@ class QualityConf:
 
     def __post_init__(self) -> None:
         if self.objective_goal not in ("min", "max"):
-            raise ValueError(
+            raise ConfigError(
                 f"quality.objective_goal must be min or max, not {self.objective_goal!r}"
             )
         if self.tie_tolerance < 0 or self.max_wer_delta < 0:
-            raise ValueError("quality.tie_tolerance and quality.max_wer_delta must be >= 0")
+            raise ConfigError("quality.tie_tolerance and quality.max_wer_delta must be >= 0")
 
 
 @dataclass
@@ -156,12 +157,12 @@ class GridConf:
         keys = set(self.axes).union(*(point.keys() for point in self.points))
         unknown = sorted(keys - set(KNOBS))
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"grid {self.name!r} sweeps unknown engine knobs: {', '.join(unknown)}"
             )
         empty = [key for key, values in self.axes.items() if not values]
         if empty:
-            raise ValueError(f"grid {self.name!r} has empty axes: {', '.join(empty)}")
+            raise ConfigError(f"grid {self.name!r} has empty axes: {', '.join(empty)}")
 
 
 @dataclass
@@ -203,7 +204,7 @@ class SweepConf:
 
     def __post_init__(self) -> None:
         if self.trial_timeout_s <= 0:
-            raise ValueError("trial_timeout_s must be positive")
+            raise ConfigError("trial_timeout_s must be positive")
 
 
 def register_configs() -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from engine.errors import ConfigError
 from engine.profile import EngineProfile, Hardware, resolve_profile
 from harness.sweep_config import SweepConf
 from harness.trial_record import BASELINE, CANDIDATE, FAILED, SKIPPED, TrialRecord
@@ -104,7 +105,7 @@ def candidate_spec(
 def build_trials(conf: SweepConf, hw: Hardware, checkpoint_hash: str) -> list[TrialSpec]:
     """Baseline, then the grid's candidates in order, each distinct configuration once."""
     if conf.engine.device not in ("auto", conf.hardware.device):
-        raise ValueError(
+        raise ConfigError(
             f"engine.device={conf.engine.device} contradicts "
             f"hardware={conf.hardware.name} ({conf.hardware.device})"
         )

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from engine.checkpoint import CheckpointError, CheckpointFolder
+from engine.errors import ConfigError
 from engine.profile import Hardware
 from engine.synthetic import make_checkpoint
 from harness.speech import write_speech
@@ -48,7 +49,7 @@ def prepare_reference(scenario: ScenarioConf) -> str | None:
 def check_hardware(conf: SweepConf) -> Hardware:
     hw = Hardware.detect(conf.hardware.device, probe_bitsandbytes=True)
     if conf.hardware.device == "cuda" and hw.device != "cuda":
-        raise ValueError(
+        raise ConfigError(
             f"hardware={conf.hardware.name} needs CUDA, which this machine lacks; use hardware=cpu"
         )
     return hw

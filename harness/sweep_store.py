@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from engine.errors import ConfigError
 from harness.trial_record import FAILED, TrialRecord
 
 RECORD = "record.json"
@@ -44,14 +45,14 @@ class SweepFolder:
                     else []
                 )
                 if not existing:
-                    raise ValueError(f"resume=last: no sweep under {sweeps} to resume")
+                    raise ConfigError(f"resume=last: no sweep under {sweeps} to resume")
                 return cls(existing[-1])
             if not (sweeps / resume / STATE).is_file():
-                raise ValueError(f"resume={resume}: {sweeps / resume} is not a sweep folder")
+                raise ConfigError(f"resume={resume}: {sweeps / resume} is not a sweep folder")
             return cls(sweeps / resume)
         root = sweeps / (sweep_id or new_sweep_id())
         if (root / STATE).exists():
-            raise ValueError(
+            raise ConfigError(
                 f"{root} already holds a sweep; pass resume={root.name} to continue it"
             )
         root.mkdir(parents=True, exist_ok=True)

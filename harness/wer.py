@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.errors import RequestError
 from harness.sweep_config import AsrConf
 from harness.trial_process import run_in_child
 
@@ -39,7 +40,7 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
 
     ref, hyp = normalize(reference), normalize(hypothesis)
     if not ref.strip():
-        raise ValueError("the reference text is empty after normalisation")
+        raise RequestError("the reference text is empty after normalisation")
     return float(jiwer.wer(ref, hyp if hyp.strip() else ""))
 
 

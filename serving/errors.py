@@ -7,6 +7,7 @@ clients (and the UIs) can show ``message`` without knowing which layer failed.
 from __future__ import annotations
 
 import logging
+import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.audio_io import AudioInputError
 from engine.checkpoint import CheckpointError
+from engine.errors import RequestError
 
 log = logging.getLogger(__name__)
 
@@ -131,16 +133,29 @@ async def _checkpoint_error(_: Request, exc: CheckpointError) -> JSONResponse:
     return error_response(503, "checkpoint_error", str(exc), "server_error")
 
 
-async def _value_error(_: Request, exc: ValueError) -> JSONResponse:
-    # The engine signals bad requests (overlong prompt, bad sampling values) with ValueError.
+async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
     log.info("request rejected by the engine: %s", exc)
     return error_response(422, "invalid_input", str(exc), "invalid_request_error")
 
 
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error", exc_info=exc)
-    return error_response(
-        500, "internal_error", "internal server error; see the server log", "server_error"
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """A bug, not the caller's fault: 500 with an id that finds the traceback in the log."""
+    request_id = uuid.uuid4().hex[:12]
+    log.error(
+        "unhandled error in %s %s [request %s]",
+        request.method,
+        request.url.path,
+        request_id,
+        exc_info=exc,
+    )
+    return JSONResponse(
+        {
+            "error": "internal_error",
+            "message": f"internal server error; the server log has the details under {request_id}",
+            "type": "server_error",
+            "request_id": request_id,
+        },
+        status_code=500,
     )
 
 
@@ -151,5 +166,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(AudioInputError, _audio_error)
     app.add_exception_handler(CheckpointError, _checkpoint_error)
-    app.add_exception_handler(ValueError, _value_error)
+    app.add_exception_handler(RequestError, _request_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -19,6 +19,9 @@ class ErrorBody(BaseModel):
     type: str = Field(
         description="category: invalid_request_error, rate_limit_error, server_error, ..."
     )
+    request_id: str | None = Field(
+        None, description="500s only: the id under which the server logged the traceback"
+    )
 
 
 class TTSForm(BaseModel):

@@ -12,6 +12,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from engine.audio_io import MAX_REFERENCE_SECONDS
+
 
 class Settings(BaseSettings):
     """Service configuration; field names are the environment variables, case-insensitive."""
@@ -28,11 +30,27 @@ class Settings(BaseSettings):
     )
     queue_size: int = Field(8, ge=1, le=1024, description="requests waiting behind the running one")
     max_upload_mb: float = Field(10.0, gt=0, description="largest accepted reference upload")
-    max_reference_seconds: float = Field(30.0, gt=0, le=90, description="longest reference audio")
+    max_body_mb: float = Field(1.0, gt=0, description="largest JSON request body")
+    max_reference_seconds: float = Field(
+        MAX_REFERENCE_SECONDS,
+        gt=0,
+        le=MAX_REFERENCE_SECONDS,
+        description="longest reference audio (the engine's limit is the ceiling)",
+    )
+    decode_concurrency: int = Field(
+        2, ge=1, le=64, description="reference uploads decoded at once (memory bound)"
+    )
     max_text_chars: int = Field(5000, ge=1, description="longest text one request may carry")
     text_chunk_chars: int = Field(300, ge=20, le=2000, description="sentence-packed chunk size")
     max_new_tokens: int = Field(1024, ge=1, description="frame budget per text chunk")
     rate_limit_per_minute: int = Field(0, ge=0, description="requests per key per minute; 0 = off")
+    auth_failures_per_minute: int = Field(
+        10, ge=1, description="wrong-key attempts per client address per minute before 429"
+    )
+    public_docs: bool = Field(False, description="serve /docs, /redoc, /openapi.json without key")
+    allow_no_auth: bool = Field(
+        False, description="allow a non-loopback HOST without API_KEY (an open server)"
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
     warmup: bool = Field(True, description="run compile / graph capture before reporting ready")
     log_level: str = "INFO"

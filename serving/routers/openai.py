@@ -35,6 +35,7 @@ async def create_speech(request: Request, body: SpeechRequest, services: Service
         seed=body.seed,
         speed=body.speed,
         chunked_decode=True,
+        route="openai",
     )
     if body.stream_format == "sse":
         return sse_response(stream, body.response_format)

@@ -93,6 +93,7 @@ class SpeechService:
         speed: float = 1.0,
         chunked_decode: bool = False,
         low_memory: bool = False,
+        route: str = "tts",
     ) -> SynthesisStream:
         """Split the text, queue the request and wait for its first audio."""
         received_at = time.perf_counter()
@@ -115,6 +116,7 @@ class SpeechService:
             chunked_decode=chunked_decode or low_memory,
             release_memory=low_memory,
             max_new_tokens=self.settings.max_new_tokens,
+            route=route,
         )
         try:
             return await start_synthesis(self.worker, spec, received_at, self.metrics.record)

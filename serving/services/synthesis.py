@@ -43,6 +43,7 @@ class SynthesisSpec:
     chunked_decode: bool = False
     release_memory: bool = False
     max_new_tokens: int = 1024
+    route: str = "tts"
 
 
 @dataclass
@@ -106,6 +107,7 @@ class RequestStats:
     received_at: float
     sample_rate: int
     seed: int
+    route: str = "tts"
     first_audio_at: float | None = None
     finished_at: float | None = None
     audio_samples: int = 0
@@ -244,5 +246,7 @@ async def start_synthesis(
 ) -> SynthesisStream:
     """Queue ``spec`` on the worker and wait for its first audio."""
     job = worker.submit(lambda engine, job: run_synthesis(engine, spec, job))
-    stats = RequestStats(received_at=received_at, sample_rate=SAMPLE_RATE, seed=spec.seed)
+    stats = RequestStats(
+        received_at=received_at, sample_rate=SAMPLE_RATE, seed=spec.seed, route=spec.route
+    )
     return await SynthesisStream(job, stats, on_end).begin()

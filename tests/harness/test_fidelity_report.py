@@ -24,7 +24,7 @@ def test_a_failing_profile_is_recorded_and_the_others_still_measured(
     # the tiny codec has 1024 semantic codes, plus <|im_end|>
     assert 0 < slow["entropy"] < slow["max_entropy"] == pytest.approx(math.log(1024 + 1))
     assert slow["uniform_kl"] == pytest.approx(slow["max_entropy"] - slow["entropy"])
-    assert rows[0]["error"].startswith("ValueError: the fidelity sequence (")
+    assert rows[0]["error"].startswith("ConfigError: the fidelity sequence (")
     assert rows[0]["error"].endswith("exceeds the profile's max_seq_len 256; measure fewer frames")
     assert rows[1]["slow_kl"] == 0.0 and rows[1]["passes_gates"]
     table = to_markdown(meta, rows)
