@@ -9,6 +9,7 @@ none can name a path outside the library.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import threading
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 VOICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 AUDIO_FILE, CODES_FILE, META_FILE = "reference.wav", "codes.pt", "meta.json"
+_TMP_PREFIX, _TRASH_PREFIX = ".tmp-", ".trash-"
 
 
 def check_voice_id(voice_id: str) -> str:
@@ -38,6 +40,25 @@ def check_voice_id(voice_id: str) -> str:
             "starting with a letter or digit"
         )
     return voice_id
+
+
+def _scratch_name(prefix: str) -> str:
+    """A unique folder name owned by this process: ``<prefix><pid>-<random>``."""
+    return f"{prefix}{os.getpid()}-{uuid.uuid4().hex}"
+
+
+def _writer_alive(suffix: str) -> bool:
+    """Whether the process named in a scratch folder's ``<pid>-<random>`` suffix still runs."""
+    pid, _, _ = suffix.partition("-")
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass(frozen=True)
@@ -57,6 +78,34 @@ class VoiceLibrary:
         self.root.mkdir(parents=True, exist_ok=True)
         self.sample_rate = sample_rate
         self._lock = threading.Lock()
+        self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        """Delete what a killed process left half-written or half-deleted (``.tmp-*``,
+        ``.trash-*``). Names carry the writer's pid, so a live process sharing the library (a
+        second replica) keeps its in-flight folders."""
+        leftovers = sorted(
+            path
+            for prefix in (_TMP_PREFIX, _TRASH_PREFIX)
+            for path in self.root.glob(f"{prefix}*")
+            if not _writer_alive(path.name.removeprefix(prefix))
+        )
+        if not leftovers:
+            return
+        size = sum(f.stat().st_size for d in leftovers for f in d.rglob("*") if f.is_file())
+        for path in leftovers:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        log.warning(
+            "removed %d unfinished voice folder(s) (%d bytes) from %s, left by an interrupted "
+            "write or delete: %s",
+            len(leftovers),
+            size,
+            self.root,
+            ", ".join(path.name for path in leftovers),
+        )
 
     def _folder(self, voice_id: str) -> Path:
         return self.root / check_voice_id(voice_id)
@@ -111,7 +160,7 @@ class VoiceLibrary:
             duration_s=round(len(audio) / self.sample_rate, 3),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
-        tmp = self.root / f".tmp-{uuid.uuid4().hex}"
+        tmp = self.root / _scratch_name(_TMP_PREFIX)
         tmp.mkdir()
         try:
             sf.write(tmp / AUDIO_FILE, audio, self.sample_rate, subtype="FLOAT")
@@ -128,7 +177,7 @@ class VoiceLibrary:
     def delete(self, voice_id: str) -> None:
         """Move the folder aside (atomic), then remove it."""
         folder = self._folder(voice_id)
-        trash = self.root / f".trash-{uuid.uuid4().hex}"
+        trash = self.root / _scratch_name(_TRASH_PREFIX)
         with self._lock:
             if not (folder / META_FILE).is_file():
                 raise NotFound(f"unknown voice {voice_id!r}")
