@@ -59,6 +59,10 @@ class Provenance(BaseModel):
     compute_capability: str | None = None
     torch_version: str | None = None
     checkpoint_hash: str | None = None
+    checkpoint_dir: str | None = Field(
+        None,
+        description="the folder the sweep measured; the service loads it when MODEL_DIR is unset",
+    )
     mlflow_run_id: str | None = None
     hardware: str | None = None
     created_at: str | None = None

@@ -188,7 +188,7 @@ def conclude(sweep: OpenSweep, records: list[TrialRecord], console: Console) -> 
             selection.winner,
             sweep.hw,
             conf.hardware.name,
-            checkpoint.content_hash,
+            checkpoint,
             ratio,
             Path(conf.reports_dir),
             sweep.folder.sweep_id,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from engine.checkpoint import CheckpointFolder
 from engine.profile import EngineProfile, Hardware, Provenance, resolve_profile
 from harness.trial_record import TrialRecord
 
@@ -42,7 +43,7 @@ def export_profile(
     winner: TrialRecord,
     hw: Hardware,
     hardware_name: str,
-    checkpoint_hash: str,
+    checkpoint: CheckpointFolder,
     speedup: float | None,
     reports_dir: Path,
     stamp: str,
@@ -55,7 +56,8 @@ def export_profile(
         gpu_name=hw.name,
         compute_capability=hw.capability_str,
         torch_version=torch.__version__,
-        checkpoint_hash=checkpoint_hash,
+        checkpoint_hash=checkpoint.content_hash,
+        checkpoint_dir=str(checkpoint.path),
         mlflow_run_id=winner.run_id,
         hardware=hardware_name,
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -20,11 +20,13 @@ from ui.view import (
     CSS_PATH,
     FAVICON_PATH,
     LANGUAGES,
+    banner_html,
     insert_marker,
     metric_cells,
     metrics_html,
     notes_html,
     profile_line,
+    synthetic_warning,
     unavailable_features,
     voice_choices,
     voice_id_for,
@@ -48,7 +50,10 @@ def load_status() -> tuple[str, str]:
     except ServiceError as error:
         return _error(str(error)), metrics_html(metric_cells(Figures(), {}))
     notes = unavailable_features(health) + ([] if STREAMING else [NO_STREAMING_NOTE])
-    status = f'<p class="fb-profile">{html.escape(profile_line(health))}</p>{notes_html(notes)}'
+    status = (
+        banner_html(synthetic_warning(health))
+        + f'<p class="fb-profile">{html.escape(profile_line(health))}</p>{notes_html(notes)}'
+    )
     return status, _metrics_bar(client, Figures(), health)
 
 

@@ -24,6 +24,7 @@ from ui.view import (
     metrics_html,
     notes_html,
     profile_line,
+    synthetic_warning,
     unavailable_features,
     voice_choices,
     voice_id_for,
@@ -158,6 +159,8 @@ def main() -> None:
     st.html(CSS_PATH)
     client, health = sidebar()
     st.title("fishbench")
+    if warning := synthetic_warning(health):
+        st.warning(warning)
     st.caption("Voice cloning, tuned for your GPU.")
     text_controls(client)
     voice_controls(client)

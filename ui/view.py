@@ -97,6 +97,25 @@ def metrics_html(cells: list[tuple[str, str]]) -> str:
     return f'<div class="fb-metrics">{items}</div>'
 
 
+SYNTHETIC_WARNING = (
+    "Synthetic weights: the service runs a generated checkpoint ({checkpoint}), so speed is "
+    "real but the audio is noise. Put the released S1-mini folder in "
+    "checkpoints/openaudio-s1-mini (or set MODEL_DIR) for real speech."
+)
+
+
+def synthetic_warning(health: Mapping[str, Any]) -> str | None:
+    """The banner text when the service serves synthetic weights, else None."""
+    if not health.get("synthetic_checkpoint"):
+        return None
+    return SYNTHETIC_WARNING.format(checkpoint=health.get("checkpoint") or "unknown folder")
+
+
+def banner_html(text: str | None) -> str:
+    """A visible warning strip (empty when there is nothing to warn about)."""
+    return f'<div class="fb-banner" role="alert">{html.escape(text)}</div>' if text else ""
+
+
 def notes_html(notes: list[str]) -> str:
     """The unavailable-feature notes as a small muted list."""
     if not notes:

@@ -85,6 +85,8 @@ def test_page_shows_controls_in_theme(page, gradio_url: str, screenshots: Path, 
     for control in MAIN_CONTROLS:
         assert page.locator(f"#{control}").is_visible(), f"#{control} is not visible"
     assert "unavailable" in page.locator("#fb-status").inner_text()
+    banner = page.locator("#fb-status .fb-banner")
+    assert banner.is_visible() and "audio is noise" in banner.inner_text()
     page.screenshot(path=screenshots / f"gradio-{theme}.png", full_page=True)
 
     page.click("#fb-theme")

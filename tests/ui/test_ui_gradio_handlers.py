@@ -51,6 +51,7 @@ def test_status_shows_profile_and_cpu_limits(use_service: str) -> None:
     status, metrics = gradio_app.load_status()
     assert "Profile" in status and ": cpu · " in status
     assert "GPU utilization: unavailable" in status
+    assert 'class="fb-banner"' in status and "Synthetic weights" in status  # tiny checkpoint
     assert "Latency" in metrics and "n/a (CPU)" in metrics
 
 

@@ -31,6 +31,7 @@ def test_controls_render(use_service: str) -> None:
     assert [w.label for w in app.toggle] == ["Optimize for memory (low-VRAM variant)"]
     assert app.sidebar.text_input[0].value == use_service
     assert ": cpu · " in app.sidebar.markdown[0].value
+    assert "Synthetic weights" in app.warning[0].value  # the tiny checkpoint speaks noise
     assert "(excited)" in app.selectbox(key="marker").options
 
 

@@ -13,9 +13,11 @@ import pytest
 from ui.audio import WavChunker, wav_chunks
 from ui.client import Figures, ServiceClient, ServiceError, SynthesisRequest, _refusal
 from ui.view import (
+    banner_html,
     insert_marker,
     metric_cells,
     profile_line,
+    synthetic_warning,
     unavailable_features,
     voice_choices,
     voice_id_for,
@@ -144,3 +146,11 @@ def test_error_body_becomes_the_message() -> None:
 def test_unreachable_service_is_a_service_error() -> None:
     with pytest.raises(ServiceError, match="not reachable at http://127.0.0.1:9"):
         ServiceClient("http://127.0.0.1:9").voices()
+
+
+def test_synthetic_weights_get_a_banner_real_ones_none() -> None:
+    text = synthetic_warning({**CPU_HEALTH, "synthetic_checkpoint": True, "checkpoint": "ck/tiny"})
+    assert text is not None and "ck/tiny" in text and "noise" in text
+    assert 'role="alert"' in banner_html(text)
+    assert synthetic_warning({**CPU_HEALTH, "synthetic_checkpoint": False}) is None
+    assert banner_html(None) == ""
