@@ -119,6 +119,16 @@ class Deleted(BaseModel):
     deleted: bool = True
 
 
+class ServiceLimits(BaseModel):
+    """The input limits this server enforces: ``Settings`` values under the engine's ceilings."""
+
+    max_reference_seconds: float = Field(description="longest reference recording")
+    min_reference_seconds: float = Field(description="shortest reference recording")
+    max_upload_mb: float = Field(description="largest reference upload (MAX_UPLOAD_MB)")
+    max_body_mb: float = Field(description="largest JSON request body (MAX_BODY_MB)")
+    max_text_chars: int = Field(description="longest text per request (MAX_TEXT_CHARS)")
+
+
 class HealthResponse(BaseModel):
     """Readiness plus what the engine runs with; GPU fields are null on CPU."""
 
@@ -140,6 +150,7 @@ class HealthResponse(BaseModel):
     synthetic_checkpoint: bool | None = None
     warmup_s: float | None = None
     queue_depth: int = 0
+    limits: ServiceLimits
 
 
 class Percentiles(BaseModel):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
+from engine.audio_io import MIN_REFERENCE_SECONDS
 from serving.dependencies import ServicesDep
-from serving.schemas import HealthResponse
+from serving.schemas import HealthResponse, ServiceLimits
 from serving.services.loading import describe
+from serving.settings import Settings
 
 router = APIRouter(tags=["health"])
 
@@ -26,4 +28,16 @@ async def health(response: Response, services: ServicesDep) -> HealthResponse:
         profile_source=services.profile_source,
         checkpoint=str(services.settings.model_dir),
         queue_depth=worker.depth,
+        limits=limits(services.settings),
+    )
+
+
+def limits(settings: Settings) -> ServiceLimits:
+    """What a request may carry; the same values the routes enforce."""
+    return ServiceLimits(
+        max_reference_seconds=settings.max_reference_seconds,
+        min_reference_seconds=MIN_REFERENCE_SECONDS,
+        max_upload_mb=settings.max_upload_mb,
+        max_body_mb=settings.max_body_mb,
+        max_text_chars=settings.max_text_chars,
     )

@@ -4,6 +4,7 @@ engine work to the worker. Route handlers call this and only shape responses.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -50,11 +51,14 @@ class SpeechService:
         self.voices = voices
         self.metrics = metrics
         self.transcriber = transcriber
+        self._decoding = asyncio.Semaphore(settings.decode_concurrency)
 
     async def read_reference(self, upload: UploadFile | None) -> np.ndarray | None:
         """An uploaded recording, size- and duration-checked, as mono float32 at 44.1 kHz.
 
         An empty part without a file name (a browser form with no file chosen) counts as none.
+        Reading and decoding hold the upload and its samples in memory, so at most
+        ``decode_concurrency`` of them run at once; the rest wait here, before the queue.
         """
         if upload is None or (not upload.filename and not upload.size):
             return None
@@ -63,14 +67,20 @@ class SpeechService:
             raise PayloadTooLarge(
                 f"upload is {upload.size} bytes; the limit is {limit} (MAX_UPLOAD_MB)"
             )
+        async with self._decoding:
+            data = await self._read_upload(upload, limit)
+            return await run_in_threadpool(
+                decode_audio, data, max_seconds=self.settings.max_reference_seconds
+            )
+
+    @staticmethod
+    async def _read_upload(upload: UploadFile, limit: int) -> bytes:
         data = bytearray()
         while block := await upload.read(_READ_BLOCK):
             data += block
             if len(data) > limit:
                 raise PayloadTooLarge(f"upload exceeds {limit} bytes (MAX_UPLOAD_MB)")
-        return await run_in_threadpool(
-            decode_audio, bytes(data), max_seconds=self.settings.max_reference_seconds
-        )
+        return bytes(data)
 
     def resolve_voice(self, voice_id: str | None) -> Voice | None:
         """A saved voice, or None for the unconditioned voice; unknown ids are a 404."""

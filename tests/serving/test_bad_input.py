@@ -50,7 +50,7 @@ CASES: dict[str, tuple[Request, int, str]] = {
     "100k characters openai": (speech(input=LONG_TEXT), 422, "100000 characters"),
     "non-audio upload": (tts(upload(b"not audio" * 64, "a.txt"), text="hi"), 422, "not a readable"),
     "oversize upload": (tts(upload(b"\0" * (3 * 2**20)), text="hi"), 413, "MAX_UPLOAD_MB"),
-    "overlong reference": (tts(upload(sine_wav(40)), text="hi"), 422, "limit is 30 s"),
+    "overlong reference": (tts(upload(sine_wav(100, 8_000)), text="hi"), 422, "limit is 90 s"),
     "unknown voice": (tts(text="hi", voice_id="nobody"), 404, "nobody"),
     "unknown voice openai": (speech(voice="nobody"), 404, "nobody"),
     "traversal voice id": (tts(text="hi", voice_id="../etc"), 422, "invalid voice id"),
