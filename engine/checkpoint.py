@@ -129,8 +129,16 @@ class CheckpointFolder:
         return digest.hexdigest()[:16]
 
 
-def read_state_dict(path: Path, strip_prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Load a state_dict file, unwrapping a Lightning ``state_dict`` and known key prefixes."""
+GENERATOR_PREFIX = "generator."
+LIGHTNING_MODEL_PREFIX = "model."
+QUANTIZED_SUFFIXES = (".scales", ".scales_and_zeros")
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a state_dict file, memory-mapped, with a Lightning ``state_dict`` unwrapped.
+
+    Memory-mapping keeps a check of 3.6 GB of weights from reading them: only what is used is paged.
+    """
     try:
         data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
@@ -139,10 +147,58 @@ def read_state_dict(path: Path, strip_prefixes: tuple[str, ...]) -> dict[str, to
         data = data["state_dict"]
     if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise CheckpointError(f"{path} does not hold a state_dict of tensors")
-    for prefix in strip_prefixes:
-        if data and all(key.startswith(prefix) for key in data):
-            data = {key[len(prefix) :]: value for key, value in data.items()}
     return dict(data)
+
+
+def _top_level(keys: list[str]) -> str:
+    return ", ".join(sorted({key.split(".", 1)[0] + ".*" for key in keys}))
+
+
+def codec_weights(path: Path) -> dict[str, torch.Tensor]:
+    """``codec.pth`` in any layout upstream's codec loader accepts, as the DAC's own keys.
+
+    A training (Lightning) checkpoint holds ``generator.*`` next to ``discriminator.*`` and other
+    modules; as upstream's ``load_model`` does, only the generator is kept, its prefix removed.
+    What is kept is then loaded as strictly as a plain state_dict.
+    """
+    weights = read_state_dict(path)
+    if not any(key.startswith(GENERATOR_PREFIX) for key in weights):
+        return weights
+    kept = {
+        key.removeprefix(GENERATOR_PREFIX): value
+        for key, value in weights.items()
+        if key.startswith(GENERATOR_PREFIX)
+    }
+    dropped = [key for key in weights if not key.startswith(GENERATOR_PREFIX)]
+    if dropped:
+        log.info(
+            "%s: training checkpoint; using its %d generator tensors, ignoring %d others (%s)",
+            path,
+            len(kept),
+            len(dropped),
+            _top_level(dropped),
+        )
+    return kept
+
+
+def dual_ar_weights(path: Path) -> dict[str, torch.Tensor]:
+    """``model.pth`` in any layout upstream's ``from_pretrained`` accepts, as the model's own keys.
+
+    A TextToSemantic Lightning checkpoint prefixes every key with ``model.``; upstream removes
+    it and drops the ``audio_*`` tensors the DualAR model has no place for. Upstream's
+    pre-quantized files (``tools/llama/quantize.py``) are refused: they need other module classes,
+    and the profile's ``quantization`` does the same from the bf16 weights.
+    """
+    weights = read_state_dict(path)
+    if any(key.startswith(LIGHTNING_MODEL_PREFIX) for key in weights):
+        weights = {key.removeprefix(LIGHTNING_MODEL_PREFIX): v for key, v in weights.items()}
+    quantized = [key for key in weights if key.endswith(QUANTIZED_SUFFIXES)]
+    if quantized:
+        raise CheckpointError(
+            f"{path} holds upstream's pre-quantized weights ({quantized[0]}, ...); use the "
+            "released bf16 model.pth and set quantization in the profile instead"
+        )
+    return {key: value for key, value in weights.items() if "audio_" not in key}
 
 
 def _summary(label: str, keys: list[str]) -> str:

@@ -20,7 +20,13 @@ from fish_speech.models.text2semantic.llama import (
 from fish_speech.tokenizer import FishTokenizer
 from hydra.utils import instantiate
 
-from engine.checkpoint import CheckpointError, CheckpointFolder, load_strict, read_state_dict
+from engine.checkpoint import (
+    CheckpointError,
+    CheckpointFolder,
+    codec_weights,
+    dual_ar_weights,
+    load_strict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +56,14 @@ def _assert_materialised(module: torch.nn.Module, name: str) -> None:
         raise CheckpointError(f"{name}: {len(left)} tensors left unloaded, e.g. {left[:3]}")
 
 
-def load_dual_ar(
-    ckpt: CheckpointFolder, device: torch.device, dtype: torch.dtype, max_seq_len: int | None = None
-) -> DualARTransformer:
-    """The DualAR transformer with ``model.pth`` loaded strictly, in ``dtype`` on ``device``."""
-    config = BaseModelArgs.from_pretrained(str(ckpt.path))
+def meta_dual_ar(ckpt: CheckpointFolder, max_seq_len: int | None = None) -> DualARTransformer:
+    """The folder's DualAR transformer on the ``meta`` device, its tokenizer checked against
+    its config; nothing is allocated until weights are assigned."""
+    _ = ckpt.config  # refuses a config.json that is not JSON or not a dual_ar model
+    try:
+        config = BaseModelArgs.from_pretrained(str(ckpt.path))
+    except (TypeError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"{ckpt.file('config.json')} is not a DualAR config: {exc}") from exc
     if max_seq_len is not None:
         config.max_seq_len = min(max_seq_len, config.max_seq_len)
     try:
@@ -68,10 +77,22 @@ def load_dual_ar(
             f"beyond vocab_size {config.vocab_size} in config.json"
         )
     with torch.device("meta"):
-        model = DualARTransformer(config, tokenizer=tokenizer)
-    weights = read_state_dict(ckpt.file("model.pth"), strip_prefixes=("model.",))
-    weights = {k: v for k, v in weights.items() if "audio_" not in k}
-    load_strict(model, weights, ckpt.file("model.pth"))
+        return DualARTransformer(config, tokenizer=tokenizer)
+
+
+def meta_codec(ckpt: CheckpointFolder) -> DAC:
+    """The folder's codec built on the ``meta`` device, for checking keys and shapes only (its
+    non-persistent buffers stay unallocated, so it cannot run)."""
+    with torch.device("meta"):
+        return instantiate(ckpt.codec_config())
+
+
+def load_dual_ar(
+    ckpt: CheckpointFolder, device: torch.device, dtype: torch.dtype, max_seq_len: int | None = None
+) -> DualARTransformer:
+    """The DualAR transformer with ``model.pth`` loaded strictly, in ``dtype`` on ``device``."""
+    model = meta_dual_ar(ckpt, max_seq_len)
+    load_strict(model, dual_ar_weights(ckpt.file("model.pth")), ckpt.file("model.pth"))
     _rebuild_buffers(model, torch.device("cpu"))
     model = model.to(device=device, dtype=dtype)
     _assert_materialised(model, str(ckpt.file("model.pth")))
@@ -83,6 +104,5 @@ def load_codec(ckpt: CheckpointFolder, device: torch.device, dtype: torch.dtype)
     cfg = ckpt.codec_config()
     torch.manual_seed(0)
     codec = instantiate(cfg)
-    weights = read_state_dict(ckpt.file("codec.pth"), strip_prefixes=("generator.",))
-    load_strict(codec, weights, ckpt.file("codec.pth"))
+    load_strict(codec, codec_weights(ckpt.file("codec.pth")), ckpt.file("codec.pth"))
     return codec.to(device=device, dtype=dtype).eval().requires_grad_(False)

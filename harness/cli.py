@@ -1,4 +1,5 @@
-"""The ``fishbench`` command line: make checkpoints, synthesize, measure fidelity, bench, sweep."""
+"""The ``fishbench`` command line: make and check checkpoints, synthesize, measure fidelity,
+bench, sweep."""
 
 from __future__ import annotations
 
@@ -18,6 +19,13 @@ def _make_checkpoint(args: argparse.Namespace) -> int:
 
     folder = make_checkpoint(args.preset, args.out_dir, seed=args.seed)
     print(f"wrote synthetic {args.preset} checkpoint to {folder.path}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from engine.checkpoint_report import check_checkpoint, to_text
+
+    print(to_text(check_checkpoint(args.checkpoint_dir)))
     return 0
 
 
@@ -151,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("out_dir", type=Path)
     p.set_defaults(func=_make_checkpoint)
+
+    p = sub.add_parser(
+        "check", help="validate a checkpoint folder without running it and say what it holds"
+    )
+    p.add_argument("checkpoint_dir", type=Path)
+    p.set_defaults(func=_check)
 
     p = sub.add_parser("synth", help="synthesize one text to a 44.1 kHz WAV")
     p.add_argument("--checkpoint", required=True)
