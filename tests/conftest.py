@@ -9,6 +9,14 @@ import pytest
 REFERENCE_TEXT = "This is the reference recording of the speaker."
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The start-up warnings the engine silences stay silent under pytest's own filters."""
+    from engine.quiet import PYTEST_FILTERWARNINGS
+
+    for line in PYTEST_FILTERWARNINGS:
+        config.addinivalue_line("filterwarnings", line)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from engine.synthetic import make_checkpoint
