@@ -21,6 +21,7 @@ from serving.errors import install_error_handlers
 from serving.routers import cache, emotions, health, metrics, openai, tts, voices
 from serving.routers.common import METRIC_HEADERS
 from serving.services.asr import Transcriber
+from serving.services.checkpoint_choice import choose_checkpoint, warn_if_synthetic
 from serving.services.loading import StartupError, build_engine, check_checkpoint, load_profile
 from serving.services.metrics import MetricsStore
 from serving.services.ratelimit import RateLimiter
@@ -42,15 +43,18 @@ def _version() -> str:
 def build_services(settings: Settings) -> Services:
     """Check the profile and checkpoint, then wire the services; the engine loads later."""
     profile, source = load_profile(settings.profile_path, Path(".env"))
-    check_checkpoint(settings.model_dir)
+    model_dir, reason = choose_checkpoint(settings.model_dir, profile)
+    check_checkpoint(model_dir)
+    log.info("checkpoint %s (%s)", model_dir, reason)
+    warn_if_synthetic(model_dir)
     worker = EngineWorker(
-        lambda: build_engine(settings.model_dir, profile, settings.warmup), settings.queue_size
+        lambda: build_engine(model_dir, profile, settings.warmup), settings.queue_size
     )
     library = VoiceLibrary(settings.voices_dir)
     store = MetricsStore()
     speech = SpeechService(settings, worker, library, store, Transcriber())
     limiter = RateLimiter(settings.rate_limit_per_minute)
-    return Services(settings, worker, library, store, limiter, speech, source)
+    return Services(settings, worker, library, store, limiter, speech, source, model_dir)
 
 
 def _configure_logging(level: str) -> None:
@@ -75,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = services
         services.worker.start()
         log.info(
-            "loading the engine from %s (profile: %s)", settings.model_dir, services.profile_source
+            "loading the engine from %s (profile: %s)", services.model_dir, services.profile_source
         )
         yield
         services.worker.stop()

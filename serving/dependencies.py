@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -31,6 +32,7 @@ class Services:
     limiter: RateLimiter
     speech: SpeechService
     profile_source: str
+    model_dir: Path
 
     def snapshot(self) -> MetricsResponse:
         """The rolling metrics plus the engine caches' hit rates."""

@@ -20,7 +20,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
-    model_dir: Path = Field(Path("checkpoints/openaudio-s1-mini"), description="checkpoint folder")
+    model_dir: Path | None = Field(
+        None,
+        description="checkpoint folder; unset = the released folder, else the profile's, else "
+        "the tiny synthetic one",
+    )
     profile_path: Path = Field(Path("reports/profile.yaml"), description="exported engine profile")
     voices_dir: Path = Field(Path("voices"), description="persistent voice library")
     host: str = "127.0.0.1"

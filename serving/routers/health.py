@@ -26,7 +26,7 @@ async def health(response: Response, services: ServicesDep) -> HealthResponse:
         status=worker.state,
         message=worker.error,
         profile_source=services.profile_source,
-        checkpoint=str(services.settings.model_dir),
+        checkpoint=str(services.model_dir),
         queue_depth=worker.depth,
         limits=limits(services.settings),
     )

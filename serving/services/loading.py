@@ -57,7 +57,8 @@ def check_checkpoint(model_dir: Path) -> CheckpointFolder:
     except CheckpointError as exc:
         raise StartupError(
             f"{exc}. Set MODEL_DIR to an S1-mini checkpoint folder (config.json, model.pth, "
-            "codec.pth, tokenizer.tiktoken, special_tokens.json); the service never generates one."
+            "codec.pth, tokenizer.tiktoken, special_tokens.json), or run `make sweep` first (it "
+            "makes and measures the tiny synthetic one); the service never generates one."
         ) from exc
 
 
