@@ -46,8 +46,8 @@ fidelity: setup ## teacher-forced fidelity of PROFILE against fp32
 fidelity-spread: setup ## bf16, int8, int4, nf4 and fp32 int8 against fp32, into reports/fidelity/
 	$(RUN) fishbench fidelity --checkpoint $(CHECKPOINT) --spread --frames 64 -o reports/fidelity
 
-serve: setup ## the REST service on :8000 with reports/profile.yaml
-	$(RUN) uvicorn serving.app:app --host $(or $(HOST),0.0.0.0) --port $(or $(PORT),8000)
+serve: setup ## the REST service (HOST, PORT from .env or here; default 127.0.0.1:8000)
+	$(if $(HOST),HOST=$(HOST)) $(if $(PORT),PORT=$(PORT)) $(RUN) python -m serving
 
 ui: setup ## service + Gradio UI (:7860)
 	@trap 'kill 0' EXIT; $(RUN) uvicorn serving.app:app --host 127.0.0.1 --port $(or $(PORT),8000) & \
