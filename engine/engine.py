@@ -7,7 +7,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from engine.checkpoint import CheckpointFolder
 from engine.codec import CodecRunner
 from engine.compile_cache import configure_compilation
 from engine.decode import DecodeTimings, SemanticDecoder
-from engine.errors import RequestError
+from engine.errors import GenerationCancelled, RequestError
 from engine.perf_model import FrameBytes
 from engine.profile import EngineProfile, Hardware, resolve_profile, torch_dtype
 from engine.quantize import apply_quantization
@@ -30,6 +30,9 @@ from engine.telemetry import Measure, SynthesisReport
 from engine.upstream import load_codec, load_dual_ar
 
 log = logging.getLogger(__name__)
+
+StopCheck = Callable[[], bool]
+"""Asked between generated blocks; True stops the request (``GenerationCancelled``)."""
 
 MAX_TEXT_CHARS = 2000
 
@@ -208,8 +211,13 @@ class OptimizedFishSpeech:
         report: SynthesisReport,
         prefix_len: int = 0,
         first_block: int | None = None,
+        should_stop: StopCheck | None = None,
     ) -> Iterator[torch.Tensor]:
-        """Generated codes in blocks (device tensors); seeded requests may come from the cache."""
+        """Generated codes in blocks (device tensors); seeded requests may come from the cache.
+
+        ``should_stop`` is asked after every block (where the host already syncs for
+        end-of-speech), so a caller that went away stops generation within one block.
+        """
         key = (
             self._semantic_key(prompt, params, fixed_frames, max_new_tokens)
             if params.seed is not None
@@ -232,6 +240,8 @@ class OptimizedFishSpeech:
             prefix_len=prefix_len,
             first_block=first_block,
         ):
+            if should_stop is not None and should_stop():
+                raise GenerationCancelled(f"stopped after {sum(b.shape[1] for b in blocks)} frames")
             blocks.append(block)
             yield block
         report.prefill_s, report.decode_s, report.frames = (
@@ -256,6 +266,7 @@ class OptimizedFishSpeech:
         top_p: float = 0.8,
         repetition_penalty: float = 1.1,
         seed: int | None = None,
+        should_stop: StopCheck | None = None,
     ) -> np.ndarray:
         """Generate all frames, decode once; float32 mono audio at 44.1 kHz."""
         params = SamplingParams(temperature, top_p, repetition_penalty, seed)
@@ -263,7 +274,15 @@ class OptimizedFishSpeech:
         with Measure(self.device, report) as measure:
             prompt, prefix_len = self._prepare(text, reference_audio, reference_text, report)
             blocks = list(
-                self.iter_codes(prompt, params, max_new_tokens, fixed_frames, report, prefix_len)
+                self.iter_codes(
+                    prompt,
+                    params,
+                    max_new_tokens,
+                    fixed_frames,
+                    report,
+                    prefix_len,
+                    should_stop=should_stop,
+                )
             )
             t0 = time.perf_counter()
             audio = (
@@ -287,12 +306,14 @@ class OptimizedFishSpeech:
         top_p: float = 0.8,
         repetition_penalty: float = 1.1,
         seed: int | None = None,
+        should_stop: StopCheck | None = None,
     ) -> Iterator[np.ndarray]:
         """Yield audio chunks while later frames are still generated: the first chunk of
         ``first_chunk_size`` frames as soon as those frames exist, then ``chunk_size`` frames each.
 
         With ``num_streams >= 2`` on CUDA each chunk is decoded on a side stream, overlapped with
         generation of the next frames; the main stream's event orders it after its codes.
+        ``should_stop`` works as in ``synthesize``.
         """
         params = SamplingParams(temperature, top_p, repetition_penalty, seed)
         report = SynthesisReport()
@@ -307,7 +328,7 @@ class OptimizedFishSpeech:
             codes = torch.empty(self.decoder.num_codebooks, 0, dtype=torch.long, device=self.device)
             emitted, pending, codec_s = 0, deque(), 0.0
             blocks = self.iter_codes(
-                prompt, params, max_new_tokens, fixed_frames, report, prefix_len, first
+                prompt, params, max_new_tokens, fixed_frames, report, prefix_len, first, should_stop
             )
             for block in itertools.chain(blocks, [None]):
                 done = block is None

@@ -6,10 +6,9 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
-import numpy as np
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -20,6 +19,8 @@ from serving.services.synthesis import RequestStats, SynthesisStream
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+CLIENT_CLOSED = 499  # nginx's code for "the client closed the request"; nobody reads it
 METRIC_HEADERS = (
     "x-latency-ms",
     "x-ttfa-ms",
@@ -62,16 +63,17 @@ async def _until_disconnected(request: Request) -> None:
         pass
 
 
-async def _collect(request: Request, stream: SynthesisStream) -> np.ndarray | None:
-    """All audio, or None if the client went away first (its job is then cancelled)."""
-    collect = asyncio.ensure_future(stream.collect())
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """``work``'s result, or None once the client has gone; ``work`` is then cancelled, which
+    cancels its job on the worker (even mid-generation) and counts the request cancelled."""
+    task = asyncio.ensure_future(work)
     gone = asyncio.ensure_future(_until_disconnected(request))
-    await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
     gone.cancel()
-    if collect.done():
-        return collect.result()
-    collect.cancel()
-    await asyncio.gather(collect, return_exceptions=True)
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
     log.info("client disconnected; generation cancelled")
     return None
 
@@ -112,9 +114,9 @@ async def audio_response(
         return StreamingResponse(
             _encoded(stream, fmt), media_type=media, headers={"x-seed": str(stream.stats.seed)}
         )
-    audio = await _collect(request, stream)
+    audio = await unless_disconnected(request, stream.collect())
     if audio is None:
-        return Response(status_code=499)
+        return Response(status_code=CLIENT_CLOSED)
     body = await run_in_threadpool(encode_all, fmt, audio, stream.stats.sample_rate)
     return Response(body, media_type=media, headers=metric_headers(stream.stats))
 

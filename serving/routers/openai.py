@@ -7,7 +7,13 @@ import time
 from fastapi import APIRouter, Request, Response
 
 from serving.dependencies import ServicesDep
-from serving.routers.common import AUDIO_RESPONSES, audio_response, sse_response
+from serving.routers.common import (
+    AUDIO_RESPONSES,
+    CLIENT_CLOSED,
+    audio_response,
+    sse_response,
+    unless_disconnected,
+)
 from serving.schemas import (
     ModelCard,
     ModelList,
@@ -27,7 +33,7 @@ _CREATED = int(time.time())
 async def create_speech(request: Request, body: SpeechRequest, services: ServicesDep) -> Response:
     """Stream speech in ``response_format``; ``stream_format=sse`` sends base64 delta events."""
     voice_id = body.voice.id if isinstance(body.voice, VoiceRef) else body.voice
-    stream = await services.speech.speak(
+    speaking = services.speech.speak(
         body.input,
         voice=services.speech.resolve_voice(voice_id),
         temperature=body.temperature,
@@ -37,6 +43,9 @@ async def create_speech(request: Request, body: SpeechRequest, services: Service
         chunked_decode=True,
         route="openai",
     )
+    stream = await unless_disconnected(request, speaking)
+    if stream is None:
+        return Response(status_code=CLIENT_CLOSED)
     if body.stream_format == "sse":
         return sse_response(stream, body.response_format)
     return await audio_response(request, stream, body.response_format, streaming=True)

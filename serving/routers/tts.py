@@ -7,7 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
 from serving.dependencies import ServicesDep
-from serving.routers.common import AUDIO_RESPONSES, audio_response
+from serving.routers.common import (
+    AUDIO_RESPONSES,
+    CLIENT_CLOSED,
+    audio_response,
+    unless_disconnected,
+)
 from serving.schemas import TTSForm
 
 router = APIRouter(tags=["speech"])
@@ -22,10 +27,11 @@ async def tts(
 ) -> Response:
     """Clone the voice of ``speaker_file`` (or ``voice_id``) speaking ``text``."""
     speech = services.speech
-    stream = await speech.speak(
+    reference = await speech.read_reference(speaker_file)
+    speaking = speech.speak(
         form.text,
         voice=speech.resolve_voice(form.voice_id),
-        reference=await speech.read_reference(speaker_file),
+        reference=reference,
         reference_text=form.reference_text,
         temperature=form.temperature,
         top_p=form.top_p,
@@ -34,4 +40,7 @@ async def tts(
         chunked_decode=form.stream,
         low_memory=form.optimize_for_memory,
     )
+    stream = await unless_disconnected(request, speaking)
+    if stream is None:
+        return Response(status_code=CLIENT_CLOSED)
     return await audio_response(request, stream, form.format, streaming=form.stream)

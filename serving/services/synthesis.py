@@ -1,9 +1,10 @@
 """Speech requests: text chunks generated in order on the worker, audio streamed back as it comes.
 
-The worker side (``run_synthesis``) walks the chunks with seeds ``seed, seed + 1, ...`` and checks
-for cancellation between audio chunks. The async side (``SynthesisStream``) waits for the first
-audio before a response starts, so a request that fails early still gets a 4xx, and it records
-what the request cost in the metrics when it ends.
+The worker side (``run_synthesis``) walks the chunks with seeds ``seed, seed + 1, ...``; the engine
+asks ``job.cancelled`` after every block of frames, so a cancelled job frees the worker within one
+block. The async side (``SynthesisStream``) waits for the first audio before a response starts,
+so a request that fails early still gets a 4xx, and it records what the request cost in the
+metrics when it ends.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from engine.audio_io import SAMPLE_RATE
 from engine.caches import ReferenceCodeCache
 from engine.engine import OptimizedFishSpeech
+from engine.errors import GenerationCancelled
 from serving.services.audio import change_speed
 from serving.services.worker import EngineWorker, Job
 
@@ -61,9 +63,10 @@ def _prime_reference(engine: OptimizedFishSpeech, spec: SynthesisSpec) -> None:
 
 
 def _chunk_audio(
-    engine: OptimizedFishSpeech, spec: SynthesisSpec, index: int
+    engine: OptimizedFishSpeech, spec: SynthesisSpec, index: int, job: Job
 ) -> Iterator[np.ndarray]:
     kwargs = dict(
+        should_stop=lambda: job.cancelled,
         reference_audio=spec.reference_audio,
         reference_text=spec.reference_text,
         max_new_tokens=spec.max_new_tokens,
@@ -78,11 +81,14 @@ def _chunk_audio(
 
 
 def run_synthesis(engine: OptimizedFishSpeech, spec: SynthesisSpec, job: Job) -> None:
-    """Worker side: emit float32 audio arrays and one report per text chunk."""
+    """Worker side: emit float32 audio arrays and one report per text chunk.
+
+    A cancelled job stops within one block of frames, also inside a whole-file generation.
+    """
     _prime_reference(engine, spec)
     try:
         for index in range(len(spec.chunks)):
-            pieces = _chunk_audio(engine, spec, index)
+            pieces = _chunk_audio(engine, spec, index, job)
             held: list[np.ndarray] = []
             for piece in pieces:
                 if job.cancelled:
@@ -95,6 +101,8 @@ def run_synthesis(engine: OptimizedFishSpeech, spec: SynthesisSpec, job: Job) ->
             if held:
                 job.emit(change_speed(np.concatenate(held), spec.speed))
             job.emit(_ChunkReport(engine.last_report.as_dict()))
+    except GenerationCancelled as stopped:
+        log.info("generation cancelled: %s", stopped)
     finally:
         if spec.release_memory and engine.device.type == "cuda":
             torch.cuda.empty_cache()  # hand cached blocks back so other processes can use them
