@@ -1,13 +1,12 @@
-"""Rolling metrics as JSON and as Prometheus text."""
+"""Rolling metrics as JSON, and the Prometheus exposition of the same service."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.responses import PlainTextResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
 from serving.dependencies import ServicesDep
 from serving.schemas import MetricsResponse
-from serving.services.metrics import prometheus_text
 
 router = APIRouter(prefix="/metrics", tags=["metrics"])
 
@@ -18,8 +17,10 @@ async def metrics(services: ServicesDep) -> MetricsResponse:
     return services.snapshot()
 
 
-@router.get("/prometheus", response_class=PlainTextResponse)
-async def prometheus(services: ServicesDep) -> PlainTextResponse:
-    return PlainTextResponse(
-        prometheus_text(services.snapshot()), media_type="text/plain; version=0.0.4"
+@router.get("/prometheus", response_class=Response)
+async def prometheus(request: Request, services: ServicesDep) -> Response:
+    """Histograms by route, request counters by route and outcome, queue and cache gauges."""
+    body, content_type = services.metrics.exposition(
+        services.snapshot(), request.headers.get("accept", "")
     )
+    return Response(body, media_type=content_type)

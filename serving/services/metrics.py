@@ -1,20 +1,32 @@
-"""Rolling request metrics (JSON) and the same figures as Prometheus text.
+"""Request metrics: rolling percentiles as JSON, Prometheus series that aggregate across replicas.
 
-Only completed requests enter the percentiles; GPU figures stay ``None`` on CPU rather than zero.
+Only completed requests enter the percentiles and histograms; GPU figures stay ``None`` on CPU
+(and absent from Prometheus) rather than zero. Each store owns its registry, so several apps in one
+process (the tests) never share series.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import Counter as PromCounter
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from serving.schemas import CacheStats, MetricsResponse, Percentiles
 from serving.services.synthesis import RequestStats
 
 OUTCOMES = ("ok", "error", "cancelled", "rejected")
+ROUTES = ("tts", "openai")
+# A saved voice answers in tens of milliseconds on a GPU; a long text on a CPU takes minutes.
+SECONDS_BUCKETS = (0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 def _percentiles(values: list[float]) -> Percentiles:
@@ -27,20 +39,53 @@ def _percentiles(values: list[float]) -> Percentiles:
 
 
 class MetricsStore:
-    """The last ``window`` completed requests plus lifetime outcome counters."""
+    """The last ``window`` completed requests, lifetime outcome counters and Prometheus series."""
 
     def __init__(self, window: int = 256) -> None:
         self.started_at = time.time()
         self.outcomes: Counter[str] = Counter({name: 0 for name in OUTCOMES})
         self._recent: deque[RequestStats] = deque(maxlen=window)
+        self.registry = CollectorRegistry()
+        self._requests = PromCounter(
+            "fishbench_requests",
+            "Speech requests by route and outcome.",
+            ["route", "outcome"],
+            registry=self.registry,
+        )
+        self._latency = self._histogram("latency_seconds", "Request to last audio byte.")
+        self._ttfa = self._histogram("ttfa_seconds", "Request to first audio.")
+        self._rtf = self._histogram("rtf", "Compute seconds per audio second.", RTF_BUCKETS)
+        for route in ROUTES:  # zeros from the start, so a dashboard sees 0 rather than no series
+            for outcome in OUTCOMES:
+                self._requests.labels(route, outcome)
+            for histogram in (self._latency, self._ttfa, self._rtf):
+                histogram.labels(route)
+
+    def _histogram(
+        self, name: str, doc: str, buckets: tuple[float, ...] = SECONDS_BUCKETS
+    ) -> Histogram:
+        return Histogram(
+            f"fishbench_{name}", doc, ["route"], buckets=buckets, registry=self.registry
+        )
 
     def record(self, stats: RequestStats, outcome: str) -> None:
         self.outcomes[outcome] += 1
-        if outcome == "ok":
-            self._recent.append(stats)
+        self._requests.labels(stats.route, outcome).inc()
+        if outcome != "ok":
+            return
+        self._recent.append(stats)
+        for histogram, value in (
+            (self._latency, stats.latency_s),
+            (self._ttfa, stats.ttfa_s),
+            (self._rtf, stats.rtf),
+        ):
+            if value is not None:
+                histogram.labels(stats.route).observe(value)
 
-    def reject(self) -> None:
+    def reject(self, route: str = "unknown") -> None:
+        """A request refused before it was queued (429)."""
         self.outcomes["rejected"] += 1
+        self._requests.labels(route, "rejected").inc()
 
     def snapshot(
         self, queue_depth: int, queue_capacity: int, caches: dict[str, dict[str, Any]]
@@ -65,46 +110,61 @@ class MetricsStore:
             last=recent[-1].summary() if recent else None,
         )
 
+    def exposition(self, snapshot: MetricsResponse, accept: str = "") -> tuple[bytes, str]:
+        """The body and content type for a scrape (OpenMetrics when ``accept`` asks for it)."""
+        encode, content_type = choose_encoder(accept)
+        return encode(_Scrape(self.registry, snapshot)), content_type
 
-def _line(name: str, value: float | None, labels: str = "") -> str | None:
-    return None if value is None else f"fishbench_{name}{labels} {value:.6g}"
+
+class _Scrape(Collector):
+    """The store's counters and histograms plus gauges read from one snapshot at scrape time."""
+
+    def __init__(self, registry: CollectorRegistry, snapshot: MetricsResponse) -> None:
+        self.registry = registry
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.registry.collect()
+        yield from _gauges(self.snapshot)
 
 
-def prometheus_text(m: MetricsResponse) -> str:
-    """Prometheus exposition format 0.0.4 for a snapshot."""
-    out = [
-        "# HELP fishbench_requests_total Speech requests by outcome.",
-        "# TYPE fishbench_requests_total counter",
-        *(f'fishbench_requests_total{{outcome="{k}"}} {v}' for k, v in sorted(m.requests.items())),
-    ]
-    for name, unit, pct in (
-        ("latency_seconds", 1000, m.latency_ms),
-        ("ttfa_seconds", 1000, m.ttfa_ms),
-        ("rtf", 1, m.rtf),
-    ):
-        out += [
-            f"# HELP fishbench_{name} Rolling quantiles over the last {m.window} requests.",
-            f"# TYPE fishbench_{name} summary",
-        ]
-        for q, value in (("0.5", pct.p50), ("0.95", pct.p95)):
-            out.append(_line(name, None if value is None else value / unit, f'{{quantile="{q}"}}'))
-        out.append(f"fishbench_{name}_count {pct.count}")
-    gauges = {
-        "peak_vram_mb": m.peak_vram_mb,
-        "gpu_util_percent": m.gpu_util_pct,
-        "queue_depth": m.queue_depth,
-        "queue_capacity": m.queue_capacity,
-        "uptime_seconds": m.uptime_s,
+def _gauge(name: str, doc: str, value: float | None) -> Iterator[Metric]:
+    if value is not None:
+        yield GaugeMetricFamily(f"fishbench_{name}", doc, value=value)
+
+
+def _gauges(m: MetricsResponse) -> Iterator[Metric]:
+    yield from _gauge("uptime_seconds", "Seconds since the service started.", m.uptime_s)
+    yield from _gauge("queue_depth", "Requests queued or running.", m.queue_depth)
+    yield from _gauge("queue_capacity", "Requests the queue holds.", m.queue_capacity)
+    vram = None if m.peak_vram_mb is None else m.peak_vram_mb * 2**20
+    yield from _gauge("peak_vram_bytes", f"Peak VRAM over the last {m.window} requests.", vram)
+    util = None if m.gpu_util_pct is None else m.gpu_util_pct / 100
+    yield from _gauge(
+        "gpu_utilization_ratio", f"Mean GPU utilization over the last {m.window} requests.", util
+    )
+    yield from _cache_gauges(m.caches)
+
+
+def _cache_gauges(caches: dict[str, CacheStats]) -> Iterator[Metric]:
+    """Sizes as gauges; hits and misses as counters too, so ``rate()`` gives a recent hit ratio."""
+    families: dict[str, Metric] = {
+        "entries": GaugeMetricFamily("fishbench_cache_entries", "Cache entries.", labels=["cache"]),
+        "hit_rate": GaugeMetricFamily(
+            "fishbench_cache_hit_ratio", "Hits per lookup since start.", labels=["cache"]
+        ),
+        "hits": CounterMetricFamily("fishbench_cache_hits", "Cache hits.", labels=["cache"]),
+        "misses": CounterMetricFamily("fishbench_cache_misses", "Cache misses.", labels=["cache"]),
+        "bytes": GaugeMetricFamily(
+            "fishbench_cache_bytes", "Bytes held (byte-bounded caches).", labels=["cache"]
+        ),
+        "limit_bytes": GaugeMetricFamily(
+            "fishbench_cache_limit_bytes", "Byte bound (byte-bounded caches).", labels=["cache"]
+        ),
     }
-    for name, value in gauges.items():
-        out += [f"# TYPE fishbench_{name} gauge", _line(name, value)]
-    out.append("# TYPE fishbench_cache_hit_ratio gauge")
-    out += [
-        _line("cache_hit_ratio", c.hit_rate, f'{{cache="{n}"}}')
-        for n, c in sorted(m.caches.items())
-    ]
-    out.append("# TYPE fishbench_cache_entries gauge")
-    out += [
-        _line("cache_entries", c.entries, f'{{cache="{n}"}}') for n, c in sorted(m.caches.items())
-    ]
-    return "\n".join(line for line in out if line is not None) + "\n"
+    for name, stats in sorted(caches.items()):
+        for field, family in families.items():
+            value = getattr(stats, field)
+            if value is not None:
+                family.add_metric([name], value)
+    yield from (family for family in families.values() if family.samples)

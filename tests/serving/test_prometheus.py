@@ -1,0 +1,140 @@
+"""Prometheus exposition via prometheus_client: parsed as a scraper would, checked against JSON."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from serving.services.metrics import MetricsStore
+from serving.services.synthesis import RequestStats
+
+HISTOGRAMS = ("fishbench_latency_seconds", "fishbench_ttfa_seconds", "fishbench_rtf")
+
+
+def parse(text: str) -> dict[str, tuple[str, list[Sample]]]:
+    """Family name -> (type, samples)."""
+    return {f.name: (f.type, f.samples) for f in text_string_to_metric_families(text)}
+
+
+def by_outcome(samples: list[Sample]) -> dict[str, float]:
+    """``fishbench_requests_total`` summed over routes."""
+    totals: dict[str, float] = defaultdict(float)
+    for sample in samples:
+        if sample.name == "fishbench_requests_total":
+            totals[sample.labels["outcome"]] += sample.value
+    return dict(totals)
+
+
+def value(samples: list[Sample], name: str, **labels: str) -> float:
+    return next(s.value for s in samples if s.name == name and s.labels.items() >= labels.items())
+
+
+def stats(route: str, **report: float) -> RequestStats:
+    """One second of audio that took 0.5 s to make, first audio after 0.1 s."""
+    return RequestStats(
+        received_at=0.0,
+        sample_rate=44_100,
+        seed=1,
+        route=route,
+        first_audio_at=0.1,
+        finished_at=0.5,
+        audio_samples=44_100,
+        reports=[{"total_s": 0.5, **report}],
+    )
+
+
+def scrape(client: httpx.Client) -> tuple[dict, dict[str, tuple[str, list[Sample]]]]:
+    """JSON and Prometheus views of the same moment (retried if a request ended in between)."""
+    for _ in range(5):
+        before = client.get("/metrics").json()
+        response = client.get("/metrics/prometheus")
+        after = client.get("/metrics").json()
+        if before["requests"] == after["requests"]:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/plain; version=")
+            return after, parse(response.text)
+    raise AssertionError("requests kept finishing while scraping")
+
+
+@pytest.mark.service
+def test_prometheus_histograms_and_counters_match_json(client: httpx.Client) -> None:
+    assert client.post("/tts", data={"text": "Scrape me.", "seed": "4"}).status_code == 200
+    speech = {"input": "And me.", "voice": "default", "response_format": "wav"}
+    assert client.post("/v1/audio/speech", json=speech).status_code == 200
+    metrics, families = scrape(client)
+
+    for name in HISTOGRAMS:
+        kind, samples = families[name]
+        assert kind == "histogram"
+        for route in ("tts", "openai"):
+            buckets = [
+                s for s in samples if s.name == f"{name}_bucket" and s.labels["route"] == route
+            ]
+            counts = [s.value for s in buckets]
+            assert counts == sorted(counts) and buckets[-1].labels["le"] == "+Inf"
+            assert counts[-1] == value(samples, f"{name}_count", route=route) >= 1
+            assert value(samples, f"{name}_sum", route=route) > 0
+    latency = families["fishbench_latency_seconds"][1]
+    observed = sum(s.value for s in latency if s.name == "fishbench_latency_seconds_count")
+    assert observed == metrics["requests"]["ok"]
+
+    kind, requests = families["fishbench_requests"]
+    assert kind == "counter"
+    assert by_outcome(requests) == metrics["requests"]
+
+    caches = families["fishbench_cache_entries"][1]
+    for name, cache in metrics["caches"].items():
+        assert value(caches, "fishbench_cache_entries", cache=name) == cache["entries"]
+        hit_ratio = families["fishbench_cache_hit_ratio"][1]
+        assert value(hit_ratio, "fishbench_cache_hit_ratio", cache=name) == pytest.approx(
+            cache["hit_rate"]
+        )
+    assert (
+        value(families["fishbench_queue_capacity"][1], "fishbench_queue_capacity")
+        == (metrics["queue_capacity"])
+    )
+    assert "fishbench_peak_vram_bytes" not in families  # CPU: absent, not zero
+    assert "fishbench_gpu_utilization_ratio" not in families
+
+
+@pytest.mark.service
+def test_prometheus_speaks_openmetrics_when_asked(client: httpx.Client) -> None:
+    accept = "application/openmetrics-text; version=1.0.0"
+    response = client.get("/metrics/prometheus", headers={"accept": accept})
+    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    assert response.text.endswith("# EOF\n")
+
+
+def test_each_store_owns_its_registry() -> None:
+    first, second = MetricsStore(), MetricsStore()
+    first.record(stats("tts"), "ok")
+    first.reject("openai")
+    empty = second.snapshot(0, 2, {})
+    requests = parse(second.exposition(empty)[0].decode())["fishbench_requests"][1]
+    assert set(by_outcome(requests).values()) == {0.0}
+    families = parse(first.exposition(first.snapshot(0, 2, {}))[0].decode())
+    samples = families["fishbench_requests"][1]
+    assert value(samples, "fishbench_requests_total", route="tts", outcome="ok") == 1
+    assert value(samples, "fishbench_requests_total", route="openai", outcome="rejected") == 1
+    rtf = families["fishbench_rtf"][1]
+    assert value(rtf, "fishbench_rtf_bucket", route="tts", le="0.5") == 1
+    assert value(rtf, "fishbench_rtf_bucket", route="tts", le="0.2") == 0
+
+
+def test_gpu_gauges_appear_when_measured() -> None:
+    store = MetricsStore()
+    store.record(stats("openai", peak_allocated_mb=512.0, gpu_util_pct=80.0), "ok")
+    caches = {"voice_prefix": {"entries": 1, "hits": 2, "misses": 1, "hit_rate": 2 / 3}}
+    body = store.exposition(store.snapshot(1, 8, caches))[0].decode()
+    families = parse(body)
+    assert value(families["fishbench_peak_vram_bytes"][1], "fishbench_peak_vram_bytes") == 2**29
+    util = families["fishbench_gpu_utilization_ratio"][1]
+    assert value(util, "fishbench_gpu_utilization_ratio") == pytest.approx(0.8)
+    hits = families["fishbench_cache_hits"]
+    assert hits[0] == "counter" and value(hits[1], "fishbench_cache_hits_total") == 2
+    assert "fishbench_cache_bytes" not in families  # only byte-bounded caches report bytes
+    assert value(families["fishbench_queue_depth"][1], "fishbench_queue_depth") == 1
