@@ -6,13 +6,16 @@ import asyncio
 import base64
 import json
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Send
 
+from engine.errors import RequestError
 from serving.schemas import AudioFormat, ErrorBody
 from serving.services.audio import MEDIA_TYPES, encode_all, make_encoder
 from serving.services.synthesis import RequestStats, SynthesisStream
@@ -78,17 +81,57 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
     return None
 
 
+class _StreamFailed(Exception):
+    """Generation failed after the response started; ``body`` is the stable error body."""
+
+    def __init__(self, body: dict[str, str]) -> None:
+        super().__init__(body["message"])
+        self.body = body
+
+
+def _stream_error_body(exc: Exception) -> dict[str, str]:
+    """The error body for a failure mid-stream, logged as the error handlers would log it."""
+    if isinstance(exc, RequestError):
+        log.info("request rejected by the engine mid-stream: %s", exc)
+        return {"error": "invalid_input", "message": str(exc), "type": "invalid_request_error"}
+    request_id = uuid.uuid4().hex[:12]
+    log.error("generation failed mid-stream [request %s]", request_id, exc_info=exc)
+    return {
+        "error": "internal_error",
+        "message": f"generation failed mid-stream; the server log has details under {request_id}",
+        "type": "server_error",
+        "request_id": request_id,
+    }
+
+
 async def _encoded(stream: SynthesisStream, fmt: str) -> AsyncIterator[bytes]:
+    """Encoded audio, ending with the encoder's trailer only if generation succeeded."""
     encoder = make_encoder(fmt, stream.stats.sample_rate)
     try:
         async for audio in stream:
             if data := encoder.encode(audio):
                 yield data
-    except Exception:  # the response has started: log, end the stream cleanly
-        log.exception("generation failed mid-stream")
+        yield encoder.finish()
+    except Exception as exc:
+        stream.close(outcome="error")
+        raise _StreamFailed(_stream_error_body(exc)) from exc
     finally:
         stream.close()
-    yield encoder.finish()
+
+
+class AudioStreamResponse(StreamingResponse):
+    """A streamed file that is cut off, not completed, when generation fails mid-stream.
+
+    Without the final empty chunk the server closes the connection, so an HTTP/1.1 client sees an
+    incomplete chunked transfer (httpx: ``RemoteProtocolError``, curl: exit 18) instead of a
+    short file that looks whole.
+    """
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        except _StreamFailed:
+            return
 
 
 def _event(payload: dict[str, Any]) -> str:
@@ -96,10 +139,16 @@ def _event(payload: dict[str, Any]) -> str:
 
 
 async def _sse(stream: SynthesisStream, fmt: str) -> AsyncIterator[str]:
-    """OpenAI's speech SSE: ``speech.audio.delta`` events, then ``speech.audio.done``."""
-    async for data in _encoded(stream, fmt):
-        if data:
-            yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+    """OpenAI's speech SSE: ``speech.audio.delta`` events, then ``speech.audio.done`` on success
+    or an ``error`` event (``{"type": "error", "error": <error body>}``) on failure."""
+    try:
+        async for data in _encoded(stream, fmt):
+            if data:
+                audio = base64.b64encode(data).decode()
+                yield _event({"type": "speech.audio.delta", "audio": audio})
+    except _StreamFailed as failed:
+        yield _event({"type": "error", "error": failed.body})
+        return
     frames = stream.stats.frames
     usage = {"input_tokens": 0, "output_tokens": frames, "total_tokens": frames}
     yield _event({"type": "speech.audio.done", "usage": usage, "metrics": stream.stats.summary()})
@@ -111,7 +160,7 @@ async def audio_response(
     """Stream the audio as it comes, or send one file with the metric headers."""
     media = MEDIA_TYPES[fmt]
     if streaming:
-        return StreamingResponse(
+        return AudioStreamResponse(
             _encoded(stream, fmt), media_type=media, headers={"x-seed": str(stream.stats.seed)}
         )
     audio = await unless_disconnected(request, stream.collect())

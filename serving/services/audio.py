@@ -2,7 +2,13 @@
 
 Streams are encoded by one encoder fed chunk after chunk, so the concatenated output is a single
 valid file: streamed WAV carries a header with unknown (0xFFFFFFFF) sizes, PCM is raw s16le, and
-mp3 / opus (Ogg) / flac / aac (ADTS) go through PyAV's bundled ffmpeg encoders.
+mp3 / opus (Ogg) / aac (ADTS) go through PyAV's bundled ffmpeg encoders as the audio comes.
+
+FLAC is the exception: its bytes come only at the end of a stream, with the exact sample count and
+MD5 in STREAMINFO. A streamed FLAC header can only say "length unknown" (total samples 0, which
+the spec allows and ffmpeg / sox accept), but libsndfile turns 0 into SF_COUNT_MAX, so
+``soundfile.read`` fails ("array is too big"), and an overstated count fails its final seek; only
+the exact count works, and that is known once generation has ended.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ _AV_FORMATS: dict[str, tuple[str, str, int | None]] = {
     "aac": ("adts", "aac", None),
 }
 _UNKNOWN_SIZE = 0xFFFFFFFF
+# Formats whose header must carry the exact length to be readable everywhere (see above).
+_WHOLE_ONLY = frozenset({"flac"})
 
 
 class AudioEncoder(Protocol):
@@ -125,10 +133,10 @@ class AvEncoder:
 
 
 def make_encoder(fmt: str, sample_rate: int) -> AudioEncoder:
-    """A streaming encoder for ``fmt``."""
+    """A streaming encoder for ``fmt``; a FLAC one returns every byte from ``finish``."""
     if fmt in ("wav", "pcm"):
         return PcmEncoder(sample_rate, header=fmt == "wav")
-    return AvEncoder(fmt, sample_rate)
+    return AvEncoder(fmt, sample_rate, seekable=fmt in _WHOLE_ONLY)
 
 
 def encode_all(fmt: str, samples: np.ndarray, sample_rate: int) -> bytes:

@@ -77,6 +77,19 @@ def test_streamed_chunks_form_one_decodable_file(fmt: str) -> None:
         assert data.count(b"RIFF") == 1 and data[4:8] == b"\xff\xff\xff\xff"
 
 
+@pytest.mark.parametrize("fmt", ["wav", "mp3", "opus", "flac"])
+def test_streamed_files_read_with_soundfile(fmt: str) -> None:
+    """libsndfile reads a FLAC STREAMINFO total of 0 (unknown) as SF_COUNT_MAX and fails."""
+    import soundfile as sf
+
+    encoder = make_encoder(fmt, RATE)
+    data = b"".join(encoder.encode(c) for c in np.array_split(tone(1.0), 7)) + encoder.finish()
+    audio, rate = sf.read(io.BytesIO(data))
+    assert len(audio) / rate == pytest.approx(1.0, abs=0.06)
+    if fmt == "flac":
+        assert len(audio) == RATE
+
+
 def test_whole_wav_has_exact_sizes() -> None:
     data = encode_all("wav", tone(0.5), RATE)
     assert int.from_bytes(data[40:44], "little") == len(data) - 44
