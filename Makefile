@@ -6,7 +6,7 @@ CHECKPOINT ?= checkpoints/openaudio-s1-mini
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-browser test lint format sweep bench bench-full-size fidelity fidelity-spread serve ui ui-streamlit mlflow-ui clean
+.PHONY: help setup setup-browser test lint format sweep bench bench-full-size fidelity fidelity-spread serve soak ui ui-streamlit mlflow-ui clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -48,6 +48,10 @@ fidelity-spread: setup ## bf16, int8, int4, nf4 and fp32 int8 against fp32, into
 
 serve: setup ## the REST service (HOST, PORT from .env or here; default 127.0.0.1:8000)
 	$(if $(HOST),HOST=$(HOST)) $(if $(PORT),PORT=$(PORT)) $(RUN) python -m serving
+
+soak: setup ## MINUTES (10) of mixed requests at RATE (2)/s against URL= or a tiny server; RSS, statuses, p50/p95
+	@test -n "$(URL)" || test -d checkpoints/tiny-synthetic || $(RUN) fishbench make-checkpoint --preset tiny checkpoints/tiny-synthetic
+	$(RUN) python -m harness.soak --minutes $(or $(MINUTES),10) --rate $(or $(RATE),2) $(if $(URL),--url $(URL)) $(if $(PID),--pid $(PID))
 
 ui: setup ## service + Gradio UI (:7860)
 	@trap 'kill 0' EXIT; $(RUN) uvicorn serving.app:app --host 127.0.0.1 --port $(or $(PORT),8000) & \
