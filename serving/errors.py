@@ -133,30 +133,25 @@ async def _checkpoint_error(_: Request, exc: CheckpointError) -> JSONResponse:
     return error_response(503, "checkpoint_error", str(exc), "server_error")
 
 
-async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
-    log.info("request rejected by the engine: %s", exc)
-    return error_response(422, "invalid_input", str(exc), "invalid_request_error")
-
-
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    """A bug, not the caller's fault: 500 with an id that finds the traceback in the log."""
+def error_body(exc: Exception, where: str) -> tuple[int, dict[str, str]]:
+    """Status and body for an engine failure: a ``RequestError`` is the caller's (422); anything
+    else is a bug (500), logged with its traceback under a request id the body carries."""
+    if isinstance(exc, RequestError):
+        log.info("request rejected by the engine%s: %s", where, exc)
+        return 422, {"error": "invalid_input", "message": str(exc), "type": "invalid_request_error"}
     request_id = uuid.uuid4().hex[:12]
-    log.error(
-        "unhandled error in %s %s [request %s]",
-        request.method,
-        request.url.path,
-        request_id,
-        exc_info=exc,
-    )
-    return JSONResponse(
-        {
-            "error": "internal_error",
-            "message": f"internal server error; the server log has the details under {request_id}",
-            "type": "server_error",
-            "request_id": request_id,
-        },
-        status_code=500,
-    )
+    log.error("unhandled error%s [request %s]", where, request_id, exc_info=exc)
+    return 500, {
+        "error": "internal_error",
+        "message": f"internal server error; the server log has the details under {request_id}",
+        "type": "server_error",
+        "request_id": request_id,
+    }
+
+
+async def _engine_error(request: Request, exc: Exception) -> JSONResponse:
+    status, body = error_body(exc, f" in {request.method} {request.url.path}")
+    return JSONResponse(body, status_code=status)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -166,5 +161,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(AudioInputError, _audio_error)
     app.add_exception_handler(CheckpointError, _checkpoint_error)
-    app.add_exception_handler(RequestError, _request_error)
-    app.add_exception_handler(Exception, _unexpected)
+    app.add_exception_handler(RequestError, _engine_error)
+    app.add_exception_handler(Exception, _engine_error)

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import json
 import logging
-import uuid
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
@@ -15,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Send
 
-from engine.errors import RequestError
+from serving.errors import error_body
 from serving.schemas import AudioFormat, ErrorBody
 from serving.services.audio import MEDIA_TYPES, encode_all, make_encoder
 from serving.services.synthesis import RequestStats, SynthesisStream
@@ -89,21 +88,6 @@ class _StreamFailed(Exception):
         self.body = body
 
 
-def _stream_error_body(exc: Exception) -> dict[str, str]:
-    """The error body for a failure mid-stream, logged as the error handlers would log it."""
-    if isinstance(exc, RequestError):
-        log.info("request rejected by the engine mid-stream: %s", exc)
-        return {"error": "invalid_input", "message": str(exc), "type": "invalid_request_error"}
-    request_id = uuid.uuid4().hex[:12]
-    log.error("generation failed mid-stream [request %s]", request_id, exc_info=exc)
-    return {
-        "error": "internal_error",
-        "message": f"generation failed mid-stream; the server log has details under {request_id}",
-        "type": "server_error",
-        "request_id": request_id,
-    }
-
-
 async def _encoded(stream: SynthesisStream, fmt: str) -> AsyncIterator[bytes]:
     """Encoded audio, ending with the encoder's trailer only if generation succeeded."""
     encoder = make_encoder(fmt, stream.stats.sample_rate)
@@ -114,7 +98,7 @@ async def _encoded(stream: SynthesisStream, fmt: str) -> AsyncIterator[bytes]:
         yield encoder.finish()
     except Exception as exc:
         stream.close(outcome="error")
-        raise _StreamFailed(_stream_error_body(exc)) from exc
+        raise _StreamFailed(error_body(exc, " mid-stream")[1]) from exc
     finally:
         stream.close()
 

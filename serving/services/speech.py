@@ -131,7 +131,7 @@ class SpeechService:
         try:
             return await start_synthesis(self.worker, spec, received_at, self.metrics.record)
         except QueueFull:
-            self.metrics.reject()
+            self.metrics.reject(route)
             raise
 
     async def add_voice(

@@ -143,7 +143,7 @@ def test_metrics_json_and_prometheus(client: httpx.Client) -> None:
     assert set(metrics["caches"]) == {"reference", "semantic", "voice_prefix"}
     text = client.get("/metrics/prometheus")
     assert text.headers["content-type"].startswith("text/plain")
-    assert 'fishbench_latency_seconds{quantile="0.95"}' in text.text
+    assert 'fishbench_latency_seconds_bucket{le="+Inf",route="tts"}' in text.text
     assert 'fishbench_cache_hit_ratio{cache="semantic"}' in text.text
 
 
