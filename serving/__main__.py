@@ -1,14 +1,29 @@
-"""``python -m serving``: run the app with HOST and PORT from the settings."""
+"""``python -m serving``: run the app with HOST and PORT from the settings.
+
+It refuses, before anything loads, to serve an open API beyond this machine (see
+``serving.guard.check_exposure``).
+"""
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import uvicorn
 
+from serving.guard import check_exposure
 from serving.settings import Settings
+
+log = logging.getLogger("serving")
 
 
 def main() -> None:
     settings = Settings()
+    refusal = check_exposure(settings)
+    if refusal:
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+        log.error(refusal)
+        sys.exit(2)
     uvicorn.run(
         "serving.app:app",
         host=settings.host,

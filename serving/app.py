@@ -18,6 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from serving.dependencies import Services, authorize
 from serving.errors import install_error_handlers
+from serving.guard import RequestGuard, open_paths
 from serving.routers import cache, emotions, health, metrics, openai, tts, voices
 from serving.routers.common import METRIC_HEADERS
 from serving.services.asr import Transcriber
@@ -90,6 +91,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="OpenAudio S1-mini voice cloning under the profile measured for this GPU.",
         lifespan=lifespan,
     )
+    # The guard sits inside CORS, so preflights pass and its 401 / 413 / 429 carry CORS headers.
+    app.add_middleware(RequestGuard, settings=settings, open_paths=open_paths(app, settings))
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

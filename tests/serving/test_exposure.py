@@ -1,0 +1,127 @@
+"""What the service exposes without a key: the start-up refusal, the docs, the auth throttle."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from serving.app import create_app
+from serving.guard import bearer_token, body_limits, check_exposure, key_matches
+from serving.services.ratelimit import AuthFailureLimiter, RateLimiter, TooManyAuthFailures
+from serving.settings import Settings
+
+DOCS = ("/openapi.json", "/docs", "/redoc")
+
+
+def settings(**values: object) -> Settings:
+    return Settings(_env_file=None, **values)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
+def test_loopback_hosts_start_without_a_key(host: str) -> None:
+    assert check_exposure(settings(host=host)) is None
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "", "192.168.1.20", "example.org"])
+def test_other_hosts_need_a_key_or_an_explicit_open_server(host: str) -> None:
+    refusal = check_exposure(settings(host=host))
+    assert refusal is not None and "API_KEY" in refusal and "ALLOW_NO_AUTH=true" in refusal
+    assert check_exposure(settings(host=host, api_key="k")) is None
+    assert check_exposure(settings(host=host, allow_no_auth=True)) is None
+
+
+def test_python_m_serving_refuses_an_open_public_host_before_loading(tmp_path: Path) -> None:
+    dropped = {"API_KEY", "ALLOW_NO_AUTH", "MODEL_DIR", "PROFILE_PATH"}
+    env = {key: value for key, value in os.environ.items() if key not in dropped}
+    env.update(HOST="0.0.0.0", PORT="8999", MODEL_DIR=str(tmp_path / "no-such-checkpoint"))
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "serving"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    refusal = [line for line in output.splitlines() if "refusing to serve" in line]
+    assert refusal == [
+        "ERROR serving: refusing to serve on HOST=0.0.0.0 without API_KEY: set API_KEY, bind "
+        "HOST=127.0.0.1, or set ALLOW_NO_AUTH=true to run an open server"
+    ], output
+    assert "Started server" not in output and "no-such-checkpoint" not in output
+    assert time.monotonic() - started < 60
+
+
+def test_docs_are_guarded_by_the_key_unless_public() -> None:
+    """The real app in-process (no lifespan: the guard answers before a route needs the engine)."""
+    keyed = TestClient(create_app(settings(api_key="k")))
+    public = TestClient(create_app(settings(api_key="k", public_docs=True)))
+    for path in DOCS:
+        assert keyed.get(path).status_code == 401, path
+        assert public.get(path).status_code == 200, path
+    assert public.get("/voices").status_code == 401, "PUBLIC_DOCS opens the docs only"
+    assert keyed.get("/openapi.json", headers={"Authorization": "Bearer k"}).status_code == 200
+    schemes = public.get("/openapi.json").json()["components"]["securitySchemes"]
+    assert schemes["HTTPBearer"]["scheme"] == "bearer"
+
+
+def test_preflights_pass_and_refusals_carry_cors_headers() -> None:
+    """The guard sits inside CORS: a browser UI on another origin can read the 401."""
+    app = TestClient(create_app(settings(api_key="k", cors_origins=["http://ui.example"])))
+    origin = {"Origin": "http://ui.example"}
+    preflight = app.options("/tts", headers={**origin, "Access-Control-Request-Method": "POST"})
+    assert preflight.status_code == 200
+    refused = app.post("/tts", headers=origin)
+    assert refused.status_code == 401
+    assert refused.headers["access-control-allow-origin"] == "http://ui.example"
+
+
+def test_open_paths_stay_open_under_a_root_path() -> None:
+    app = create_app(settings(api_key="k", public_docs=True))
+    behind_proxy = TestClient(app, root_path="/api")
+    assert behind_proxy.get("/api/voices").status_code == 401
+    assert behind_proxy.get("/api/openapi.json").status_code == 200
+
+
+def test_auth_failures_throttle_per_address_within_a_minute() -> None:
+    limiter = AuthFailureLimiter(2)
+    limiter.record("a", now=0.0)
+    limiter.record("a", now=10.0)
+    limiter.check("b", now=10.0)
+    with pytest.raises(TooManyAuthFailures) as info:
+        limiter.check("a", now=11.0)
+    assert info.value.status_code == 429 and info.value.headers["Retry-After"] == "49"
+    limiter.check("a", now=60.0)  # the first failure left the window
+
+
+def test_idle_addresses_are_forgotten() -> None:
+    """A spray of addresses must not grow the limiters' memory without bound."""
+    limiter = RateLimiter(5)
+    for i in range(5000):
+        limiter.check(f"old-{i}", now=0.0)
+    for i in range(5000):
+        limiter.check(f"new-{i}", now=100.0)
+    assert len(limiter._windows) == 5000, "the old addresses, idle for 100 s, were dropped"
+
+
+def test_one_token_parser_and_a_comparison_over_every_key() -> None:
+    assert bearer_token("Bearer abc ") == "abc"
+    assert bearer_token("bearer abc") == "abc"
+    assert bearer_token("Basic abc") == "" and bearer_token(None) == ""
+    keys = frozenset({"first", "second"})
+    assert key_matches("second", keys) and not key_matches("secon", keys)
+    assert not key_matches("", keys)
+
+
+def test_body_caps_follow_the_settings() -> None:
+    form, other = body_limits(settings(max_upload_mb=2, max_body_mb=0.5, max_text_chars=1000))
+    assert other == 2**19
+    assert 2 * 2**20 < form < 2 * 2**20 + 2**17
