@@ -3,15 +3,24 @@
 Only the sweep's own process talks to MLflow (trials return plain dicts), through an explicit
 ``MlflowClient`` so nothing depends on MLflow's global active-run state. Figures a machine
 cannot measure are left out rather than logged as numbers; the reason goes into a tag.
+
+So that the MLflow UI opens where a benchmark user looks, the experiment is marked a model
+training one, every trial adds a row to the parent's ``trials.json`` table, and each sweep saves
+a named view of the runs table (its trials only, metric columns shown, sorted by p50 latency)
+that ``runs_url`` links to.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
+import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -20,6 +29,22 @@ from harness.trial_record import FAILED, OK, TrialRecord
 
 MAX_TAG_CHARS = 4000
 RUN_STATUS = {OK: "FINISHED", FAILED: "FAILED"}
+# What MLflow's experiment kind selector writes; MLflow 3.17's UI follows ``workflowType`` instead.
+KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+WORKFLOW = {"workflowType": "machine_learning"}  # the UI's "Model training" side, not GenAI
+VIEW_TAG = "mlflow.sharedViewState."  # + key: a saved runs-table view, opened by ?viewStateShareKey
+SORT_METRIC = "latency_p50_s"
+TABLE_METRICS = (
+    SORT_METRIC,
+    "latency_p95_s",
+    "ttfa_p50_s",
+    "frames_per_s",
+    "rtf",
+    "peak_reserved_mb",
+    "host_rss_mb",
+    "compile_s",
+)
+TRIALS_TABLE = "trials.json"
 
 
 def _now_ms() -> int:
@@ -49,20 +74,92 @@ def trial_metrics(record: TrialRecord) -> list[Metric]:
     return metrics + _metrics({"wer": record.wer})
 
 
+def trial_row(record: TrialRecord, run_id: str) -> dict[str, Any]:
+    """One row of the parent's trial table: identity, the figures compared, the knobs, the why."""
+    knobs = record.active_knobs or record.knobs
+    return {
+        "trial": record.name,
+        "status": record.status,
+        "kind": record.kind,
+        **{key: record.metric(key) for key in TABLE_METRICS},
+        "wer": record.wer,
+        **{f"knob.{key}": str(value) for key, value in knobs.items()},  # as the params are
+        "reason": record.headline if record.reason else None,
+        "config_hash": record.config_hash,
+        "run_id": run_id,
+    }
+
+
+def _trials_query(parent_id: str) -> dict[str, Any]:
+    """This sweep's trials as flat rows (their parent filtered out), fastest p50 first."""
+    return {
+        "searchFilter": f"tags.`mlflow.parentRunId` = '{parent_id}'",
+        "orderByKey": f"metrics.`{SORT_METRIC}`",
+        "orderByAsc": True,
+    }
+
+
+def trials_view(parent_id: str, name: str) -> str:
+    """A saved runs-table view in the envelope MLflow's UI writes: the trials query plus the
+    compared figures as columns (the UI shows no metric column until one is picked)."""
+    metrics = [f"metrics.`{key}`" for key in (*TABLE_METRICS, "wer")]
+    columns = [*metrics, "tags.`status`", "tags.`champion`"]
+    state = {
+        **_trials_query(parent_id),
+        "selectedColumns": columns,
+        "columnOrder": columns,  # p50 first, right after the run's name
+        "runsHiddenMode": "SHOW_ALL",  # every trial in the compare charts, not the first 10
+    }
+    now = _now_ms()
+    envelope = {"name": f"{name}: trials by p50 latency", "createdAt": now, "updatedAt": now}
+    return json.dumps({**envelope, "state": json.dumps(state)})
+
+
+def runs_url(base_url: str, conf: TrackingConf | None = None) -> str:
+    """The MLflow UI page of the latest sweep's trials sorted by p50 latency (``make mlflow-ui``).
+
+    A sweep logged before views were saved gets the same query in the URL, without the columns;
+    no sweep yet gives the experiment's runs table, no experiment the UI's home page."""
+    conf = conf or TrackingConf()
+    client = MlflowClient(tracking_uri=conf.tracking_uri)
+    experiment = client.get_experiment_by_name(conf.experiment)
+    if experiment is None:
+        return base_url
+    query: dict[str, Any] = dict(WORKFLOW)
+    latest = client.search_runs(
+        [experiment.experiment_id],
+        "tags.kind = 'sweep'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if latest:
+        parent_id = latest[0].info.run_id
+        if VIEW_TAG + parent_id in experiment.tags:
+            query["viewStateShareKey"] = parent_id
+        else:
+            query.update(_trials_query(parent_id), orderByAsc="true")
+    return f"{base_url}/#/experiments/{experiment.experiment_id}/runs?{urlencode(query)}"
+
+
 class SweepTracker:
     """Writes a sweep into one MLflow experiment of the configured store."""
 
     def __init__(self, conf: TrackingConf) -> None:
+        # log_table re-reads the table it appends to: no download bars inside the sweep's progress
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.client = MlflowClient(tracking_uri=conf.tracking_uri)
         experiment = self.client.get_experiment_by_name(conf.experiment)
         if experiment is None:
             artifacts = Path(conf.artifact_root).resolve()
             artifacts.mkdir(parents=True, exist_ok=True)
             self.experiment_id = self.client.create_experiment(
-                conf.experiment, artifact_location=artifacts.as_uri()
+                conf.experiment,
+                artifact_location=artifacts.as_uri(),
+                tags={KIND_TAG: MODEL_TRAINING},
             )
         else:
             self.experiment_id = experiment.experiment_id
+            self.client.set_experiment_tag(self.experiment_id, KIND_TAG, MODEL_TRAINING)
 
     def start_parent(
         self, name: str, params: dict[str, Any], tags: dict[str, Any], run_id: str | None
@@ -72,15 +169,20 @@ class SweepTracker:
             self.client.update_run(run_id, status="RUNNING")
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags={"kind": "sweep"})
+        run_id = run.info.run_id
         self.client.log_batch(
-            run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()], tags=_tags(tags)
+            run_id, params=[Param(k, str(v)) for k, v in params.items()], tags=_tags(tags)
         )
-        return run.info.run_id
+        self.client.set_experiment_tag(
+            self.experiment_id, VIEW_TAG + run_id, trials_view(run_id, name)
+        )
+        return run_id
 
     def log_trial(
         self, parent_id: str, record: TrialRecord, tags: dict[str, Any], folder: Path
     ) -> str:
-        """A finished child run for ``record``: params, metrics, tags, its folder as artifacts."""
+        """A finished child run for ``record``: params, metrics, tags, its folder as artifacts;
+        its row appended to the parent's trial table (a resumed sweep appends only new trials)."""
         start = int((record.started_at or time.time()) * 1000)
         run = self.client.create_run(
             self.experiment_id,
@@ -107,6 +209,9 @@ class SweepTracker:
         )
         if folder.is_dir():
             self.client.log_artifacts(run_id, str(folder))
+        # object columns: pandas 3's str dtype makes log_table's image check warn on every call
+        row = pd.DataFrame([trial_row(record, run_id)], dtype=object)
+        self.client.log_table(parent_id, row, TRIALS_TABLE)
         end = int((record.ended_at or time.time()) * 1000)
         self.client.set_terminated(run_id, RUN_STATUS.get(record.status, "FINISHED"), end_time=end)
         return run_id
