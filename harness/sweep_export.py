@@ -17,20 +17,10 @@ import torch
 
 from engine.checkpoint import CheckpointFolder
 from engine.profile import EngineProfile, Hardware, Provenance, resolve_profile
+from harness.trial_metrics import HEADLINE_METRICS
 from harness.trial_record import TrialRecord
 
 log = logging.getLogger(__name__)
-
-PROVENANCE_METRICS = (
-    "latency_p50_s",
-    "latency_p95_s",
-    "ttfa_p50_s",
-    "frames_per_s",
-    "rtf",
-    "peak_reserved_mb",
-    "host_rss_mb",
-    "compile_s",
-)
 
 
 def winning_profile(winner: TrialRecord, hw: Hardware) -> EngineProfile:
@@ -49,7 +39,7 @@ def export_profile(
     stamp: str,
 ) -> tuple[Path, Path]:
     """Write the timestamped and the active profile; returns both paths."""
-    figures = {key: winner.metric(key) for key in PROVENANCE_METRICS}
+    figures = {key: winner.metric(key) for key in HEADLINE_METRICS}
     figures.update({f"fidelity_{key}": value for key, value in (winner.fidelity or {}).items()})
     figures.update(speedup_vs_baseline=speedup, wer=winner.wer)
     provenance = Provenance(

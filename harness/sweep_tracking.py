@@ -25,6 +25,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from harness.sweep_config import TrackingConf
+from harness.trial_metrics import HEADLINE_METRICS
 from harness.trial_record import FAILED, OK, TrialRecord
 
 MAX_TAG_CHARS = 4000
@@ -33,17 +34,7 @@ RUN_STATUS = {OK: "FINISHED", FAILED: "FAILED"}
 KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 WORKFLOW = {"workflowType": "machine_learning"}  # the UI's "Model training" side, not GenAI
 VIEW_TAG = "mlflow.sharedViewState."  # + key: a saved runs-table view, opened by ?viewStateShareKey
-SORT_METRIC = "latency_p50_s"
-TABLE_METRICS = (
-    SORT_METRIC,
-    "latency_p95_s",
-    "ttfa_p50_s",
-    "frames_per_s",
-    "rtf",
-    "peak_reserved_mb",
-    "host_rss_mb",
-    "compile_s",
-)
+SORT_METRIC = HEADLINE_METRICS[0]
 TRIALS_TABLE = "trials.json"
 
 
@@ -81,7 +72,7 @@ def trial_row(record: TrialRecord, run_id: str) -> dict[str, Any]:
         "trial": record.name,
         "status": record.status,
         "kind": record.kind,
-        **{key: record.metric(key) for key in TABLE_METRICS},
+        **{key: record.metric(key) for key in HEADLINE_METRICS},
         "wer": record.wer,
         **{f"knob.{key}": str(value) for key, value in knobs.items()},  # as the params are
         "reason": record.headline if record.reason else None,
@@ -102,7 +93,7 @@ def _trials_query(parent_id: str) -> dict[str, Any]:
 def trials_view(parent_id: str, name: str) -> str:
     """A saved runs-table view in the envelope MLflow's UI writes: the trials query plus the
     compared figures as columns (the UI shows no metric column until one is picked)."""
-    metrics = [f"metrics.`{key}`" for key in (*TABLE_METRICS, "wer")]
+    metrics = [f"metrics.`{key}`" for key in (*HEADLINE_METRICS, "wer")]
     columns = [*metrics, "tags.`status`", "tags.`champion`"]
     state = {
         **_trials_query(parent_id),
