@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import httpx
 
 from harness.soak.mix import Kind
+from serving.services.synthesis import NO_AUDIO
 
 LATE_S = 0.25  # a start this far behind its slot counts as late
 
@@ -35,14 +36,16 @@ class Result:
 def judge(kind: Kind, response: httpx.Response) -> str | None:
     """Why an answer is wrong: a 5xx, a bad request let through, a good one refused, a bad body.
 
-    A 429 to a good request is the server saying it is busy: counted, not a failure.
+    A 429 to a good request is the server saying it is busy, and a 422 saying the model ended
+    speech at once (random weights do, now and then) is the model's answer: both are counted in
+    the statuses, not failures.
     """
     status = response.status_code
     if status >= 500:
         return f"{status} on {kind.name}"
     if kind.bad:
         return kind.check(response) if 400 <= status < 500 else f"{status} on bad {kind.name}"
-    if status == 429:
+    if status == 429 or (kind.speech and status == 422 and NO_AUDIO in response.text):
         return None
     return kind.check(response) if status == 200 else f"{status} on {kind.name}"
 

@@ -23,11 +23,17 @@ import torch
 from engine.audio_io import SAMPLE_RATE
 from engine.caches import ReferenceCodeCache
 from engine.engine import OptimizedFishSpeech
-from engine.errors import GenerationCancelled
+from engine.errors import GenerationCancelled, RequestError
 from serving.services.audio import change_speed
 from serving.services.worker import EngineWorker, Job
 
 log = logging.getLogger(__name__)
+
+
+NO_AUDIO = (
+    "the model ended speech at once and produced no audio for this text; rephrase it or send "
+    "another seed"
+)
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,8 @@ class SynthesisStream:
             if isinstance(item, _ChunkReport):
                 self.stats.reports.append(item.report)
                 continue
+            if not len(item):
+                continue  # a text chunk whose speech ended at once
             if self.stats.first_audio_at is None:
                 self.stats.first_audio_at = time.perf_counter()
             self.stats.audio_samples += len(item)
@@ -212,6 +220,7 @@ class SynthesisStream:
             raise
         if self._first is None:
             self.close(outcome="ok")
+            raise RequestError(NO_AUDIO)
         return self
 
     async def __aiter__(self) -> AsyncIterator[np.ndarray]:

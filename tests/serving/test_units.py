@@ -10,12 +10,14 @@ import av
 import numpy as np
 import pytest
 
+from engine.errors import RequestError
 from serving.errors import InvalidInput, QueueFull, RateLimited
 from serving.services.audio import encode_all, make_encoder
 from serving.services.ratelimit import RateLimiter
+from serving.services.synthesis import RequestStats, SynthesisStream
 from serving.services.text import check_text, split_text
 from serving.services.voices import check_voice_id
-from serving.services.worker import EngineWorker
+from serving.services.worker import EngineWorker, Job
 from serving.settings import Settings
 
 RATE = 44_100
@@ -176,3 +178,25 @@ def test_speed_changes_length_not_pitch() -> None:
     spectrum = np.abs(np.fft.rfft(fast))
     assert np.fft.rfftfreq(len(fast), 1 / RATE)[spectrum.argmax()] == pytest.approx(440, abs=5)
     assert change_speed(tone(0.01), 2.0).size == int(0.01 * RATE)  # too short to stretch
+
+
+def test_a_request_whose_speech_ends_at_once_is_a_clear_422_not_an_empty_file() -> None:
+    """Zero-length chunks are no audio; a request with none at all says so before responding."""
+    outcomes: list[str] = []
+
+    def silent(engine: object, job: Job) -> None:
+        job.emit(np.zeros(0, dtype=np.float32))
+
+    async def scenario() -> None:
+        worker = EngineWorker(lambda: object(), queue_size=1)
+        worker.start()
+        while worker.state != "ready":
+            await asyncio.sleep(0.01)
+        stats = RequestStats(received_at=0.0, sample_rate=44_100, seed=0)
+        stream = SynthesisStream(worker.submit(silent), stats, lambda _, o: outcomes.append(o))
+        with pytest.raises(RequestError, match="produced no audio"):
+            await stream.begin()
+        worker.stop()
+
+    asyncio.run(scenario())
+    assert outcomes == ["ok"]
