@@ -62,7 +62,7 @@ ui-streamlit: setup ## service + Streamlit UI (:8501)
 	  $(RUN) streamlit run ui/streamlit_app.py
 
 mlflow-ui: setup ## MLflow UI on the sweep store (MLFLOW_PORT, 5000); prints the last sweep's trials page
-	@$(RUN) python -c 'from harness.sweep_tracking import runs_url; print("last sweep, trials by p50 latency:", runs_url("http://127.0.0.1:$(or $(MLFLOW_PORT),5000)"))'
+	@$(RUN) python -c 'from harness.sweep.tracking import runs_url; print("last sweep, trials by p50 latency:", runs_url("http://127.0.0.1:$(or $(MLFLOW_PORT),5000)"))'
 	$(RUN) mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts --port $(or $(MLFLOW_PORT),5000) --workers 1
 
 clean: ## remove generated checkpoints, MLflow store, caches

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from harness.sweep_compose import CONF_DIR, detect_hardware_preset
-from harness.trial_process import run_in_child
+from harness.launcher import run_in_child
+from harness.sweep.compose import CONF_DIR, detect_hardware_preset
 
 log = logging.getLogger(__name__)
 

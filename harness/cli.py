@@ -80,7 +80,7 @@ def _fidelity(args: argparse.Namespace) -> int:
 
 
 def _fidelity_report(args: argparse.Namespace) -> int:
-    from harness.fidelity_report import SPREAD, run_fidelity, to_markdown, write_report
+    from harness.quality.fidelity_report import SPREAD, run_fidelity, to_markdown, write_report
 
     if args.reference:
         raise ConfigError("--reference applies to a single --profile")
@@ -142,7 +142,7 @@ def _profile_ops(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from harness.sweep import main as sweep_main
+    from harness.sweep.runner import main as sweep_main
 
     return sweep_main(args.overrides) or 0
 

@@ -27,7 +27,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def piper_reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A real speech recording (Piper, 22.05 kHz WAV) and its transcript."""
-    from harness.speech import write_speech
+    from harness.quality.piper_voice import write_speech
 
     return write_speech(
         tmp_path_factory.mktemp("speech") / "reference.wav", REFERENCE_TEXT

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from engine.profile import EngineProfile
-from harness.fidelity_report import run_fidelity, to_markdown
+from harness.quality.fidelity_report import run_fidelity, to_markdown
 
 
 def test_a_failing_profile_is_recorded_and_the_others_still_measured(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from engine.fidelity import FIDELITY_GATES
-from harness.selection import select_winner
-from harness.sweep_config import QualityConf
-from harness.trial_record import BASELINE, CANDIDATE, FAILED, OK, SKIPPED, TrialRecord
+from harness.sweep.config import QualityConf
+from harness.sweep.selection import select_winner
+from harness.trial.record import BASELINE, CANDIDATE, FAILED, OK, SKIPPED, TrialRecord
 
 FAITHFUL = {
     "slow_kl": 1e-5,

@@ -12,8 +12,8 @@ from rich.console import Console
 
 from engine.engine import OptimizedFishSpeech
 from engine.profile import EngineProfile
-from harness.sweep import SweepOutcome, run_sweep
-from harness.sweep_compose import build_config
+from harness.sweep.compose import build_config
+from harness.sweep.runner import SweepOutcome, run_sweep
 
 pytestmark = pytest.mark.slow
 

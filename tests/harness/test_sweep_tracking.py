@@ -12,10 +12,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness.selection import select_winner
-from harness.sweep_config import QualityConf, TrackingConf
-from harness.sweep_report import SweepContext, write_report
-from harness.sweep_tracking import (
+from harness.sweep.config import QualityConf, TrackingConf
+from harness.sweep.report import SweepContext, write_report
+from harness.sweep.selection import select_winner
+from harness.sweep.tracking import (
     KIND_TAG,
     MODEL_TRAINING,
     TRIALS_TABLE,
@@ -23,7 +23,7 @@ from harness.sweep_tracking import (
     SweepTracker,
     runs_url,
 )
-from harness.trial_record import BASELINE, CANDIDATE, FAILED, OK, TrialRecord
+from harness.trial.record import BASELINE, CANDIDATE, FAILED, OK, TrialRecord
 
 pytestmark = pytest.mark.slow  # a fresh sqlite store runs MLflow's migrations (a few seconds)
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.speech import write_speech
-from harness.sweep_config import AsrConf
-from harness.wer import measure_wer, word_error_rate
+from harness.quality.piper_voice import write_speech
+from harness.quality.wer import measure_wer, word_error_rate
+from harness.sweep.config import AsrConf
 
 SENTENCE = "Please remember to water the plants on the balcony every Sunday morning."
 UNRELATED = "Seven engineers measured the bridge before the storm arrived in town."

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from engine.audio_io import write_wav
-from harness.trial_metrics import roofline, summarize_runs
-from harness.trial_record import BASELINE
+from harness.trial.metrics import roofline, summarize_runs
+from harness.trial.record import BASELINE
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from engine.profile import EngineProfile
-from harness.sweep_config import SweepConf
-from harness.sweep_grid import TrialSpec
-from harness.sweep_store import SweepFolder
-from harness.trial import run_trial
-from harness.trial_process import run_in_child
-from harness.trial_record import CANDIDATE, FAILED, OK, TrialRecord
-from harness.wer import measure_wer
+from harness.launcher import run_in_child
+from harness.quality.wer import measure_wer
+from harness.sweep.config import SweepConf
+from harness.sweep.grid import TrialSpec
+from harness.sweep.store import SweepFolder
+from harness.trial.measure import run_trial
+from harness.trial.record import CANDIDATE, FAILED, OK, TrialRecord
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from engine.checkpoint import CheckpointError, CheckpointFolder
 from engine.errors import ConfigError
 from engine.profile import Hardware
 from engine.synthetic import make_checkpoint
-from harness.speech import write_speech
-from harness.sweep_config import ScenarioConf, SweepConf
+from harness.quality.piper_voice import write_speech
+from harness.sweep.config import ScenarioConf, SweepConf
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from engine.errors import ConfigError
 from engine.fidelity import FIDELITY_GATES, passes_gates
-from harness.sweep_config import QualityConf
-from harness.trial_record import TrialRecord
+from harness.sweep.config import QualityConf
+from harness.trial.record import TrialRecord
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from engine.checkpoint import CheckpointError, CheckpointFolder
 from engine.errors import ConfigError
-from harness.sweep_config import register_configs
+from harness.sweep.config import register_configs
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 AUTO_GROUPS = ("hardware", "grid", "scenario")
 
 

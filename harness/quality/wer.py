@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from engine.errors import RequestError
-from harness.sweep_config import AsrConf
-from harness.trial_process import run_in_child
+from harness.launcher import run_in_child
+from harness.sweep.config import AsrConf
 
 ASR_RATE = 16_000
 SYNTHETIC_NOTE = "n/a: synthetic checkpoint (random weights speak noise, so WER would mean nothing)"

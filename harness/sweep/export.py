@@ -17,8 +17,8 @@ import torch
 
 from engine.checkpoint import CheckpointFolder
 from engine.profile import EngineProfile, Hardware, Provenance, resolve_profile
-from harness.trial_metrics import HEADLINE_METRICS
-from harness.trial_record import TrialRecord
+from harness.trial.metrics import HEADLINE_METRICS
+from harness.trial.record import TrialRecord
 
 log = logging.getLogger(__name__)
 

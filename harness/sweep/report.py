@@ -12,9 +12,9 @@ from pathlib import Path
 
 from rich.table import Table
 
-from harness.selection import Selection
-from harness.sweep_plots import memory_axis, plot_latency_vs_memory, plot_stages
-from harness.trial_record import FAILED, SKIPPED, TrialRecord
+from harness.sweep.plots import memory_axis, plot_latency_vs_memory, plot_stages
+from harness.sweep.selection import Selection
+from harness.trial.record import FAILED, SKIPPED, TrialRecord
 
 COLUMNS = (
     "trial",

@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 
 from engine.errors import ConfigError
 from engine.profile import EngineProfile
+from engine.sampling import SamplingParams
 
 KNOBS: tuple[str, ...] = tuple(name for name in EngineProfile.model_fields if name != "provenance")
 
@@ -83,9 +84,9 @@ class ScenarioConf:
     repeats: int = 5
     fidelity_frames: int = 32
     seed: int = 0
-    temperature: float = 0.8
-    top_p: float = 0.8
-    repetition_penalty: float = 1.1
+    temperature: float = SamplingParams.temperature
+    top_p: float = SamplingParams.top_p
+    repetition_penalty: float = SamplingParams.repetition_penalty
 
     def __post_init__(self) -> None:
         if not self.text.strip():

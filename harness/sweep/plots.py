@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.trial_metrics import STAGES
-from harness.trial_record import TrialRecord
+from harness.trial.metrics import STAGES
+from harness.trial.record import TrialRecord
 
 
 def memory_axis(records: Sequence[TrialRecord]) -> tuple[str, str]:

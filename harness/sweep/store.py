@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from engine.errors import ConfigError
-from harness.trial_record import FAILED, TrialRecord
+from harness.trial.record import FAILED, TrialRecord
 
 RECORD = "record.json"
 STATE = "sweep.json"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,20 +38,20 @@ from rich.progress import (
 
 from engine.checkpoint import CheckpointFolder
 from engine.profile import Hardware
-from harness.selection import Selection, fidelity_gates, select_winner
-from harness.sweep_compose import build_config
-from harness.sweep_config import SweepConf
-from harness.sweep_export import export_profile
-from harness.sweep_grid import TrialSpec, build_trials
-from harness.sweep_inputs import check_hardware, prepare_checkpoint, prepare_reference
-from harness.sweep_report import SweepContext, console_table, speedup, write_report
-from harness.sweep_store import SweepFolder
-from harness.sweep_trials import TrialContext, execute_trial
-from harness.trial_record import TrialRecord
-from harness.wer import SYNTHETIC_NOTE
+from harness.quality.wer import SYNTHETIC_NOTE
+from harness.sweep.compose import build_config
+from harness.sweep.config import SweepConf
+from harness.sweep.export import export_profile
+from harness.sweep.grid import TrialSpec, build_trials
+from harness.sweep.inputs import check_hardware, prepare_checkpoint, prepare_reference
+from harness.sweep.report import SweepContext, console_table, speedup, write_report
+from harness.sweep.selection import Selection, fidelity_gates, select_winner
+from harness.sweep.store import SweepFolder
+from harness.sweep.trials import TrialContext, execute_trial
+from harness.trial.record import TrialRecord
 
 if TYPE_CHECKING:
-    from harness.sweep_tracking import SweepTracker
+    from harness.sweep.tracking import SweepTracker
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +118,7 @@ def _environment_tags(
 
 def open_sweep(conf: SweepConf, hw: Hardware, checkpoint: CheckpointFolder) -> OpenSweep:
     """Create (or reopen, when resuming) the sweep folder and its MLflow parent run."""
-    from harness.sweep_tracking import SweepTracker
+    from harness.sweep.tracking import SweepTracker
 
     folder = SweepFolder.open(conf.reports_dir, conf.sweep_id, conf.resume)
     state = folder.load_state()
@@ -229,7 +228,7 @@ def conclude(sweep: OpenSweep, records: list[TrialRecord], console: Console) -> 
 
 
 def run_sweep(cfg: DictConfig | SweepConf, console: Console | None = None) -> SweepOutcome:
-    """Run a whole sweep for a composed config (see ``harness.sweep_compose.build_config``)."""
+    """Run a whole sweep for a composed config (see ``harness.sweep.compose.build_config``)."""
     conf = cfg if isinstance(cfg, SweepConf) else OmegaConf.to_object(cfg)
     console = console or Console()
     fidelity_gates(conf.quality)  # fail on unknown gate names before any trial runs
@@ -285,7 +284,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         log.error("sweep: %s", exc)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

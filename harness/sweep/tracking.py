@@ -24,9 +24,9 @@ import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from harness.sweep_config import TrackingConf
-from harness.trial_metrics import HEADLINE_METRICS
-from harness.trial_record import FAILED, OK, TrialRecord
+from harness.sweep.config import TrackingConf
+from harness.trial.metrics import HEADLINE_METRICS
+from harness.trial.record import FAILED, OK, TrialRecord
 
 MAX_TAG_CHARS = 4000
 RUN_STATUS = {OK: "FINISHED", FAILED: "FAILED"}

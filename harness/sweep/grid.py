@@ -20,8 +20,8 @@ from pydantic import ValidationError
 
 from engine.errors import ConfigError
 from engine.profile import EngineProfile, Hardware, resolve_profile
-from harness.sweep_config import SweepConf
-from harness.trial_record import BASELINE, CANDIDATE, FAILED, SKIPPED, TrialRecord
+from harness.sweep.config import SweepConf
+from harness.trial.record import BASELINE, CANDIDATE, FAILED, SKIPPED, TrialRecord
 
 log = logging.getLogger(__name__)
 

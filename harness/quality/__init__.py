@@ -1,0 +1,2 @@
+"""Whether faster is still faithful: fidelity reports, WER with Whisper, the Piper reference
+voice."""

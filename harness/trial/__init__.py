@@ -1,0 +1,1 @@
+"""One trial inside its own process: measure a subject, summarise its repeats, keep a record."""
