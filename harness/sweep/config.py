@@ -81,7 +81,12 @@ class ScenarioConf:
     generate_reference: bool = True  # speak reference_text with Piper when the file is missing
     fixed_frames: int = 64
     warmup_runs: int = 1
-    repeats: int = 5
+    # Timed repeats: at least ``repeats`` (6 is the fewest that give a 95 % interval of the median),
+    # then more until the interval is within +-ci_target_pct, max_repeats or max_repeat_s.
+    repeats: int = 6
+    max_repeats: int = 20
+    ci_target_pct: float = 3.0
+    max_repeat_s: float = 120.0
     fidelity_frames: int = 32
     seed: int = 0
     temperature: float = SamplingParams.temperature
@@ -96,6 +101,13 @@ class ScenarioConf:
                 raise ConfigError(f"scenario.{key} must be at least 1")
         if self.warmup_runs < 0:
             raise ConfigError("scenario.warmup_runs must be >= 0")
+        if self.max_repeats < self.repeats:
+            raise ConfigError(
+                f"scenario.max_repeats ({self.max_repeats}) is below scenario.repeats "
+                f"({self.repeats})"
+            )
+        if self.ci_target_pct <= 0 or self.max_repeat_s <= 0:
+            raise ConfigError("scenario.ci_target_pct and scenario.max_repeat_s must be positive")
 
 
 @dataclass
@@ -147,6 +159,49 @@ class QualityConf:
 
 
 @dataclass
+class IsolationConf:
+    """When other processes disturbed a trial's timings (NOISY), and what the sweep does then."""
+
+    max_other_cores: float = 0.5  # CPU time of other processes during the timed repeats
+    max_other_gpu_pct: float = 5.0  # share of GPU time other processes held meanwhile
+    retries: int = 1  # a NOISY trial runs again this many times, after retry_wait_s
+    retry_wait_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if min(self.max_other_cores, self.max_other_gpu_pct, self.retry_wait_s) < 0:
+            raise ConfigError("isolation limits and retry_wait_s must be >= 0")
+        if self.retries < 0:
+            raise ConfigError("isolation.retries must be >= 0")
+
+
+@dataclass
+class SelectionConf:
+    """Which measured trials may win at all (the gates and objective live in ``quality``)."""
+
+    allow_noisy: bool = False  # let a trial still NOISY after its re-run win
+
+
+@dataclass
+class SearchConf:
+    """How candidates are chosen: the whole grid in order of promise, or Optuna over its space.
+
+    ``optuna`` asks Hydra's Optuna sweeper's NSGA-II sampler for ``n_trials`` candidates from the
+    grid's values, minimising latency and peak memory with the quality gates as constraints.
+    """
+
+    name: str = "grid"
+    n_trials: int = 12
+    seed: int = 0
+    population_size: int = 6
+
+    def __post_init__(self) -> None:
+        if self.name not in ("grid", "optuna"):
+            raise ConfigError(f"search must be grid or optuna, not {self.name!r}")
+        if self.n_trials < 1 or self.population_size < 2:
+            raise ConfigError("search.n_trials must be >= 1 and search.population_size >= 2")
+
+
+@dataclass
 class GridConf:
     """Candidates over the engine group: the product of ``axes``, then each of ``points``."""
 
@@ -191,6 +246,9 @@ class SweepConf:
     scenario: ScenarioConf = field(default_factory=ScenarioConf)
     quality: QualityConf = field(default_factory=QualityConf)
     grid: GridConf = field(default_factory=GridConf)
+    search: SearchConf = field(default_factory=SearchConf)
+    isolation: IsolationConf = field(default_factory=IsolationConf)
+    selection: SelectionConf = field(default_factory=SelectionConf)
     baseline: BaselineConf = field(default_factory=BaselineConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
     checkpoint: str = "checkpoints/openaudio-s1-mini"
@@ -199,6 +257,9 @@ class SweepConf:
     )
     reports_dir: str = "reports"
     trial_timeout_s: float = 900.0
+    # Stop starting trials once this many minutes have passed (the baseline and one candidate
+    # always run); the best so far is exported and the trials not run are listed.
+    budget_minutes: float | None = None
     sweep_id: str | None = None  # default: a timestamp
     resume: str | None = None  # "last" or a sweep id: skip trials already finished there
     retry_failed: bool = False  # on resume, run FAILED trials again
@@ -206,6 +267,8 @@ class SweepConf:
     def __post_init__(self) -> None:
         if self.trial_timeout_s <= 0:
             raise ConfigError("trial_timeout_s must be positive")
+        if self.budget_minutes is not None and self.budget_minutes <= 0:
+            raise ConfigError("budget_minutes must be positive")
 
 
 def register_configs() -> None:

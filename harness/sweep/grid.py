@@ -37,6 +37,15 @@ class TrialSpec:
     status: str | None = None  # SKIPPED or FAILED before running
     reason: str | None = None
 
+    @property
+    def is_baseline(self) -> bool:
+        return self.kind == BASELINE
+
+    @property
+    def runs(self) -> bool:
+        """False when the spec's outcome (SKIPPED, invalid) is decided without running it."""
+        return self.status is None
+
     def record(self) -> TrialRecord:
         return TrialRecord(
             self.name, self.kind, self.config_hash, dict(self.knobs), reason=self.reason
@@ -102,19 +111,29 @@ def candidate_spec(
     return TrialSpec(name, CANDIDATE, knobs, digest, SKIPPED if reason else None, reason)
 
 
-def build_trials(conf: SweepConf, hw: Hardware, checkpoint_hash: str) -> list[TrialSpec]:
-    """Baseline, then the grid's candidates in order, each distinct configuration once."""
+def trial_inputs(conf: SweepConf, checkpoint_hash: str) -> dict[str, Any]:
+    """What every trial of the sweep runs on (part of each trial's identity)."""
     if conf.engine.device not in ("auto", conf.hardware.device):
         raise ConfigError(
             f"engine.device={conf.engine.device} contradicts "
             f"hardware={conf.hardware.name} ({conf.hardware.device})"
         )
-    inputs = {
+    return {
         "scenario": dataclasses.asdict(conf.scenario),
         "checkpoint": checkpoint_hash,
         "hardware": conf.hardware.name,
     }
-    base = {**dataclasses.asdict(conf.engine), "device": conf.hardware.device}
+
+
+def base_knobs(conf: SweepConf) -> dict[str, Any]:
+    """The engine group's knobs every candidate starts from, on the hardware's device."""
+    return {**dataclasses.asdict(conf.engine), "device": conf.hardware.device}
+
+
+def build_trials(conf: SweepConf, hw: Hardware, checkpoint_hash: str) -> list[TrialSpec]:
+    """Baseline, then the grid's candidates in order, each distinct configuration once."""
+    inputs = trial_inputs(conf, checkpoint_hash)
+    base = base_knobs(conf)
     specs = [baseline_spec(conf, hw, inputs)]
     seen = {specs[0].config_hash: specs[0].name}
     for overrides in grid_overrides(conf.grid.axes, conf.grid.points):

@@ -19,8 +19,10 @@ from harness.trial.record import FAILED, SKIPPED, TrialRecord
 COLUMNS = (
     "trial",
     "status",
-    "p50 s",
+    "p50 s (95% CI)",
     "p95 s",
+    "CV",
+    "n",
     "TTFA s",
     "frames/s",
     "RTF",
@@ -48,10 +50,24 @@ class SweepContext:
     scenario: str
     wer_note: str | None
     profile_path: Path | None
+    machine: list[str]  # the machine's state around the sweep (``harness.sweep.machine``)
+    search: list[str]  # how candidates were found, and the Pareto front
+    not_run: list[str]  # trials the time budget left out
+    budget_minutes: float | None
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}g}"
+
+
+def _pct(fraction: float | None) -> str:
+    return "n/a" if fraction is None else f"{100 * fraction:.1f}%"
+
+
+def _p50(r: TrialRecord) -> str:
+    """The p50 latency with its 95 % interval's half width, where enough repeats gave one."""
+    p50, width = r.metric("latency_p50_s"), r.metric("latency_p50_ci_pct")
+    return _fmt(p50) + ("" if width is None else f" ±{width:.1f}%")
 
 
 def speedup(trial: TrialRecord, baseline: TrialRecord | None) -> float | None:
@@ -78,9 +94,11 @@ def table_rows(records: Sequence[TrialRecord], selection: Selection) -> list[lis
         rows.append(
             [
                 r.name,
-                r.status,
-                _fmt(r.metric("latency_p50_s")),
+                r.status + (" NOISY" if r.noisy else ""),
+                _p50(r),
                 _fmt(r.metric("latency_p95_s")),
+                _pct(r.metric("latency_cv")),
+                _fmt(r.metric("repeats")),
                 _fmt(r.metric("ttfa_p50_s")),
                 _fmt(r.metric("frames_per_s")),
                 _fmt(r.metric("rtf")),
@@ -124,6 +142,14 @@ def _details(records: Sequence[TrialRecord], selection: Selection) -> list[str]:
     if skipped:
         lines += ["", "## Skipped on this hardware", ""]
         lines += [f"- **{r.name}**: {r.reason}" for r in skipped]
+    noisy = [r for r in records if r.noisy]
+    if noisy:
+        lines += ["", "## NOISY trials (other processes disturbed the timings)", ""]
+        lines += [
+            f"- **{r.name}**: {r.noisy}"
+            + (f" ({r.notes['isolation']})" if "isolation" in r.notes else "")
+            for r in noisy
+        ]
     gated = {name: reasons for name, reasons in selection.failures.items() if reasons}
     ran = {r.name for r in records if r.ok}
     if gated.keys() & ran:
@@ -151,6 +177,7 @@ def write_report(
         f"- hardware preset: `{context.hardware}` on {context.device_name}, "
         f"torch {context.torch_version}",
         f"- grid: `{context.grid}`; scenario: {context.scenario}",
+        *context.machine,
         "- latency: `synthesize` end to end after warm-up (compile and warm-up are the compile "
         "column); TTFA: `synthesize_stream` to the first chunk (the baseline's first audio is its "
         "whole result). The engine keeps reference codes cached between requests; upstream "
@@ -162,8 +189,19 @@ def write_report(
         "",
         selection.summary + ".",
     ]
+    if selection.tie:
+        lines += ["", f"Tie: {selection.tie}."]
     if context.profile_path is not None:
         lines += ["", f"Exported profile: `{context.profile_path}`."]
+    if context.not_run:
+        lines += [
+            "",
+            f"Budget of {context.budget_minutes:g} min reached; not run: "
+            + ", ".join(context.not_run)
+            + f". `fishbench sweep resume={context.sweep_id}` with a larger `budget_minutes` "
+            "runs them.",
+        ]
+    lines += ["", "## Search", "", *context.search]
     lines += ["", "## Trials", "", *_markdown_table(table_rows(records, selection))]
     lines += _details(records, selection)
     lines += [

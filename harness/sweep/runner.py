@@ -16,12 +16,11 @@ re-imports this module as its ``__main__``, and MLflow alone would add ~6 s to e
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -42,15 +41,24 @@ from harness.quality.wer import SYNTHETIC_NOTE
 from harness.sweep.compose import build_config
 from harness.sweep.config import SweepConf
 from harness.sweep.export import export_profile
-from harness.sweep.grid import TrialSpec, build_trials
+from harness.sweep.grid import TrialSpec, base_knobs, build_trials, trial_inputs
 from harness.sweep.inputs import check_hardware, prepare_checkpoint, prepare_reference
+from harness.sweep.machine import busy_warning, state_lines, survey
+from harness.sweep.plan import Budget, GridPlan, PastTrial, load_history, order_by_promise
 from harness.sweep.report import SweepContext, console_table, speedup, write_report
-from harness.sweep.selection import Selection, fidelity_gates, select_winner
+from harness.sweep.selection import (
+    Selection,
+    feasible,
+    fidelity_gates,
+    pareto_front,
+    select_winner,
+)
 from harness.sweep.store import SweepFolder
 from harness.sweep.trials import TrialContext, execute_trial
 from harness.trial.record import TrialRecord
 
 if TYPE_CHECKING:
+    from harness.sweep.search import OptunaPlan
     from harness.sweep.tracking import SweepTracker
 
 log = logging.getLogger(__name__)
@@ -64,6 +72,7 @@ class SweepOutcome:
     profile_path: Path | None
     report_path: Path
     parent_run_id: str
+    not_run: list[str]
 
 
 def _progress(console: Console) -> Progress:
@@ -76,13 +85,6 @@ def _progress(console: Console) -> Progress:
         TextColumn("ETA {task.fields[eta]}"),
         console=console,
     )
-
-
-def _eta(walls: list[float], to_run: int) -> str:
-    """Mean wall time of the trials run so far times the trials still to run."""
-    if not walls:
-        return "?"
-    return str(dt.timedelta(seconds=round(sum(walls) / len(walls) * to_run)))
 
 
 @dataclass(frozen=True)
@@ -137,10 +139,42 @@ def open_sweep(conf: SweepConf, hw: Hardware, checkpoint: CheckpointFolder) -> O
     return OpenSweep(conf, hw, checkpoint, folder, tracker, parent_id, tags)
 
 
+@dataclass
+class TrialsRun:
+    """What the trial loop produced: the records, and what the budget left unrun."""
+
+    records: list[TrialRecord]
+    not_run: list[str]
+    wall_s: list[float]
+
+
+def _plan(
+    sweep: OpenSweep, specs: list[TrialSpec], history: dict[str, PastTrial]
+) -> GridPlan | OptunaPlan:
+    conf = sweep.conf
+    if conf.search.name == "optuna":
+        from harness.sweep.search import OptunaPlan
+
+        return OptunaPlan(
+            conf,
+            sweep.hw,
+            specs[0],
+            base_knobs(conf),
+            trial_inputs(conf, sweep.checkpoint.content_hash),
+            not sweep.checkpoint.is_synthetic,
+        )
+    return GridPlan(order_by_promise(specs, history))
+
+
 def run_trials(
-    sweep: OpenSweep, specs: Sequence[TrialSpec], reference: str | None, console: Console
-) -> list[TrialRecord]:
-    """Run or resume every trial in order, logging each to MLflow as soon as it finishes."""
+    sweep: OpenSweep,
+    plan: GridPlan | OptunaPlan,
+    history: dict[str, PastTrial],
+    reference: str | None,
+    console: Console,
+) -> TrialsRun:
+    """Run or resume the plan's trials, logging each to MLflow as soon as it finishes, until the
+    plan or the time budget runs out."""
     ctx = TrialContext(
         sweep.conf,
         sweep.folder,
@@ -149,36 +183,91 @@ def run_trials(
         not sweep.checkpoint.is_synthetic,
     )
     finished = sweep.folder.finished(sweep.conf.retry_failed)
-    to_run = sum(1 for s in specs if s.status is None and s.config_hash not in finished)
-    records, walls = [], []
+    budget = Budget(sweep.conf.budget_minutes)
+    records: list[TrialRecord] = []
+    not_run: list[str] = []
     with _progress(console) as progress:
-        task = progress.add_task("", total=len(specs), eta="?")
-        for i, spec in enumerate(specs, 1):
-            progress.update(task, description=f"trial {i}/{len(specs)}: {spec.name}")
+        task = progress.add_task("", total=plan.total, eta=budget.eta(plan.total))
+        while (spec := plan.next_spec()) is not None:
+            progress.update(task, description=f"trial {len(records) + 1}/{plan.total}: {spec.name}")
             if spec.config_hash in finished:
-                log.info(
-                    "resume: %s already finished (%s)", spec.name, finished[spec.config_hash].status
+                record = finished[spec.config_hash]
+                log.info("resume: %s already finished (%s)", spec.name, record.status)
+            elif spec.runs and not budget.allows(history.get(spec.name)):
+                not_run = [spec.name, *plan.remaining()]
+                log.warning(
+                    "budget of %g min reached after %.1f min; not run: %s",
+                    sweep.conf.budget_minutes,
+                    budget.elapsed() / 60,
+                    ", ".join(not_run),
                 )
-                records.append(finished[spec.config_hash])
-                progress.advance(task)
-                continue
-            record = execute_trial(spec, ctx)
-            if spec.status is None:
-                walls.append(record.ended_at - record.started_at)
-                to_run -= 1
-            trial_dir = sweep.folder.trial_dir(spec.config_hash)
-            record.run_id = sweep.tracker.log_trial(sweep.parent_id, record, sweep.tags, trial_dir)
-            sweep.folder.save_record(record)
+                break
+            else:
+                record = execute_trial(spec, ctx)
+                if spec.runs:
+                    budget.ran(record.ended_at - record.started_at)
+                trial_dir = sweep.folder.trial_dir(spec.config_hash)
+                record.run_id = sweep.tracker.log_trial(
+                    sweep.parent_id, record, sweep.tags, trial_dir
+                )
+                sweep.folder.save_record(record)
+            plan.done(record)
             records.append(record)
-            progress.update(task, advance=1, eta=_eta(walls, to_run))
-    return records
+            to_run = plan.total - len(records)
+            progress.update(task, advance=1, eta=budget.eta(to_run))
+    return TrialsRun(records, not_run, budget.walls)
 
 
-def conclude(sweep: OpenSweep, records: list[TrialRecord], console: Console) -> SweepOutcome:
+def _search_lines(
+    sweep: OpenSweep,
+    run: TrialsRun,
+    specs: list[TrialSpec],
+    front: list[TrialRecord],
+) -> list[str]:
+    """How candidates were found, the Pareto front, and (for Optuna) what the grid would cost."""
+    conf = sweep.conf
+    measured = sum(1 for r in run.records if not r.is_baseline and r.ok)
+    points = ", ".join(
+        f"{r.name} ({_fmt_metric(r.metric(conf.quality.objective))} s, {r.memory_mb:.0f} MB)"
+        for r in front
+    )
+    lines = [
+        f"- Pareto front of {conf.quality.objective} and peak memory among the {measured} "
+        f"measured candidates that pass the quality gates: {points or 'empty'}"
+    ]
+    if conf.search.name != "optuna":
+        return [f"- search: the `{conf.grid.name}` grid, most promising first", *lines]
+    from harness.sweep.search import search_space, space_size
+
+    space = search_space(conf, base_knobs(conf))
+    grid_trials = len([s for s in specs if not s.is_baseline])
+    mean_wall = sum(run.wall_s) / len(run.wall_s) if run.wall_s else 0.0
+    return [
+        f"- search: Optuna NSGA-II over {', '.join(space)} ({space_size(space)} configurations): "
+        f"{len(run.records) - 1} candidates asked for, {measured} measured, "
+        f"{sum(run.wall_s) / 60:.1f} min of trials; the full `{conf.grid.name}` grid is "
+        f"{grid_trials} candidates, about {grid_trials * mean_wall / 60:.0f} min at this sweep's "
+        f"mean of {mean_wall:.0f} s a trial",
+        *lines,
+    ]
+
+
+def _fmt_metric(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def conclude(
+    sweep: OpenSweep,
+    specs: list[TrialSpec],
+    run: TrialsRun,
+    start_state: dict[str, Any],
+    console: Console,
+) -> SweepOutcome:
     """Select and export the winner, tag it champion, write the report, print the table."""
-    conf, checkpoint = sweep.conf, sweep.checkpoint
+    conf, checkpoint, records = sweep.conf, sweep.checkpoint, run.records
     wer_applicable = not checkpoint.is_synthetic
-    selection = select_winner(records, conf.quality, conf.hardware.vram_budget_mb, wer_applicable)
+    gates = (conf.quality, conf.hardware.vram_budget_mb, wer_applicable)
+    selection = select_winner(records, *gates, conf.selection.allow_noisy)
     baseline = next((r for r in records if r.is_baseline), None)
     artifacts, profile_path, winner_metrics = [], None, {}
     if selection.winner is not None:
@@ -195,6 +284,12 @@ def conclude(sweep: OpenSweep, records: list[TrialRecord], console: Console) -> 
         sweep.tracker.mark_champion(selection.winner.run_id, sweep.parent_id)
         winner_metrics = {**selection.winner.metrics, "speedup_vs_baseline": ratio}
         artifacts.append(dated)
+    candidates = [
+        r
+        for r in records
+        if not r.is_baseline and feasible(r, baseline, *gates, conf.selection.allow_noisy)
+    ]
+    front = pareto_front(candidates, conf.quality.objective, conf.quality.objective_goal)
     scenario = conf.scenario
     context = SweepContext(
         sweep_id=sweep.folder.sweep_id,
@@ -205,9 +300,17 @@ def conclude(sweep: OpenSweep, records: list[TrialRecord], console: Console) -> 
         device_name=sweep.hw.name,
         torch_version=torch.__version__,
         grid=conf.grid.name,
-        scenario=f"{scenario.name} ({scenario.fixed_frames} frames, {scenario.repeats} repeats)",
+        scenario=(
+            f"{scenario.name} ({scenario.fixed_frames} frames; {scenario.repeats} to "
+            f"{scenario.max_repeats} timed repeats until the p50's 95 % interval is within "
+            f"+-{scenario.ci_target_pct:g} %, at most {scenario.max_repeat_s:g} s)"
+        ),
         wer_note=sweep.tags.get("wer"),
         profile_path=profile_path,
+        machine=state_lines(start_state, records),
+        search=_search_lines(sweep, run, specs, front),
+        not_run=run.not_run,
+        budget_minutes=conf.budget_minutes,
     )
     report = write_report(sweep.folder.root, records, selection, context)
     artifacts += [
@@ -215,15 +318,19 @@ def conclude(sweep: OpenSweep, records: list[TrialRecord], console: Console) -> 
         sweep.folder.root / "latency_vs_memory.png",
         sweep.folder.root / "stages.png",
     ]
-    sweep.tracker.finish_parent(
-        sweep.parent_id, winner_metrics, {"winner": selection.summary}, artifacts
-    )
+    parent_tags = {
+        "winner": selection.summary,
+        "noisy_trials": str(sum(bool(r.noisy) for r in records)),
+    }
+    if run.not_run:
+        parent_tags["not_run"] = ", ".join(run.not_run)
+    sweep.tracker.finish_parent(sweep.parent_id, winner_metrics, parent_tags, artifacts)
     console.print(
         console_table(records, selection, f"sweep {sweep.folder.sweep_id} ({conf.grid.name})")
     )
     console.print(f"report: {report}" + (f"\nprofile: {profile_path}" if profile_path else ""))
     return SweepOutcome(
-        sweep.folder.root, records, selection, profile_path, report, sweep.parent_id
+        sweep.folder.root, records, selection, profile_path, report, sweep.parent_id, run.not_run
     )
 
 
@@ -236,15 +343,24 @@ def run_sweep(cfg: DictConfig | SweepConf, console: Console | None = None) -> Sw
     checkpoint = prepare_checkpoint(conf)
     reference = prepare_reference(conf.scenario)
     specs = build_trials(conf, hw, checkpoint.content_hash)
+    start_state = survey(conf.hardware.device)
+    warning = busy_warning(start_state, conf.isolation.max_other_cores)
+    if warning:
+        log.warning("%s", warning)
     sweep = open_sweep(conf, hw, checkpoint)
+    history = load_history(conf.reports_dir, conf.hardware.name, sweep.folder.sweep_id)
+    plan = _plan(sweep, specs, history)
     log.info(
-        "sweep %s: %d trials (%s) in %s",
+        "sweep %s: %d trials (%s, search=%s%s) in %s",
         sweep.folder.sweep_id,
-        len(specs),
+        plan.total,
         conf.grid.name,
+        conf.search.name,
+        f", budget {conf.budget_minutes:g} min" if conf.budget_minutes else "",
         sweep.folder.root,
     )
-    return conclude(sweep, run_trials(sweep, specs, reference, console), console)
+    run = run_trials(sweep, plan, history, reference, console)
+    return conclude(sweep, specs, run, start_state, console)
 
 
 def _parser() -> argparse.ArgumentParser:

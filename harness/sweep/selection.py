@@ -1,14 +1,17 @@
 """Choose the winning trial: the best objective among candidates that pass every gate.
 
-Gates: the trial ran, fidelity within the thresholds, WER within ``max_wer_delta`` of the
-baseline (only where WER means something, i.e. real weights), peak reserved VRAM within the
-hardware budget, and (by default) a better objective than the baseline. Objectives within
-``tie_tolerance`` of the best count as a tie, which the lower peak memory wins. When nothing
-passes the baseline wins, and every candidate keeps the reasons it failed.
+Gates: the trial ran, its timings were not disturbed by other processes (NOISY, unless
+``allow_noisy``), fidelity within the thresholds, WER within ``max_wer_delta`` of the baseline
+(only where WER means something, i.e. real weights), peak reserved VRAM within the hardware
+budget, and (by default) a better objective than the baseline. Candidates whose 95 % intervals of
+the objective overlap the best one's are tied (without intervals: objectives within
+``tie_tolerance``), and the lowest peak memory among them wins. When nothing passes the baseline
+wins, and every candidate keeps the reasons it failed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,6 +28,7 @@ class Selection:
     winner: TrialRecord | None
     failures: dict[str, list[str]]
     summary: str
+    tie: str | None = None  # how a tie on the objective was broken, when there was one
 
     @property
     def baseline_won(self) -> bool:
@@ -82,10 +86,13 @@ def gate_failures(
     quality: QualityConf,
     vram_budget_mb: float | None,
     wer_applicable: bool,
+    allow_noisy: bool = False,
 ) -> list[str]:
     """Why ``trial`` may not win (empty when it passes every gate)."""
     if not trial.ok:
         return [f"{trial.status}: {trial.headline}"]
+    if trial.noisy and not allow_noisy:
+        return [f"NOISY: {trial.noisy} (selection.allow_noisy=true lets it win)"]
     if trial.metric(quality.objective) is None:
         return [f"objective {quality.objective} was not measured"]
     reasons = _fidelity_reasons(trial, quality)
@@ -96,15 +103,42 @@ def gate_failures(
     )
 
 
-def _pick(passing: list[TrialRecord], quality: QualityConf) -> TrialRecord:
-    """Best objective; among those within the tie tolerance of it, the lowest peak memory."""
+def interval(trial: TrialRecord, key: str) -> tuple[float, float] | None:
+    """The 95 % interval of metric ``key`` (only medians have one), when the trial measured it."""
+    low, high = trial.metric(f"{key}_ci_low"), trial.metric(f"{key}_ci_high")
+    return None if low is None or high is None else (low, high)
+
+
+def _tied(trial: TrialRecord, best: TrialRecord, quality: QualityConf) -> bool:
+    key = quality.objective
+    mine, theirs = interval(trial, key), interval(best, key)
+    if mine is not None and theirs is not None:
+        return mine[0] <= theirs[1] and theirs[0] <= mine[1]
+    margin = abs(best.metric(key)) * quality.tie_tolerance
+    return abs(trial.metric(key) - best.metric(key)) <= margin
+
+
+def _memory(trial: TrialRecord) -> float:
+    return trial.memory_mb if trial.memory_mb is not None else float("inf")
+
+
+def _pick(passing: list[TrialRecord], quality: QualityConf) -> tuple[TrialRecord, str | None]:
+    """Best objective; among those tied with it, the lowest peak memory (and why, if a tie)."""
     goal, key = quality.objective_goal, quality.objective
     best = min(passing, key=lambda t: t.metric(key) if goal == "min" else -t.metric(key))
-    margin = abs(best.metric(key)) * quality.tie_tolerance
-    tied = [t for t in passing if abs(t.metric(key) - best.metric(key)) <= margin]
-    return min(
-        tied,
-        key=lambda t: (t.memory_mb if t.memory_mb is not None else float("inf"), t is not best),
+    tied = [t for t in passing if _tied(t, best, quality)]
+    winner = min(tied, key=lambda t: (_memory(t), t is not best))
+    if len(tied) == 1:
+        return winner, None
+    how = (
+        "overlapping 95 % intervals"
+        if interval(best, key) is not None
+        else f"within {quality.tie_tolerance:.0%}"
+    )
+    others = ", ".join(t.name for t in tied if t is not winner)
+    return winner, (
+        f"{winner.name} tied on {key} with {others} ({how}); the lowest peak memory "
+        f"({_memory(winner):.0f} MB) broke the tie"
     )
 
 
@@ -113,22 +147,53 @@ def select_winner(
     quality: QualityConf,
     vram_budget_mb: float | None,
     wer_applicable: bool,
+    allow_noisy: bool = False,
 ) -> Selection:
     """Apply the gates to every candidate and pick the winner (see module docstring)."""
     baseline = next((t for t in trials if t.is_baseline), None)
     candidates = [t for t in trials if not t.is_baseline]
     failures = {
-        t.name: gate_failures(t, baseline, quality, vram_budget_mb, wer_applicable)
+        t.name: gate_failures(t, baseline, quality, vram_budget_mb, wer_applicable, allow_noisy)
         for t in candidates
     }
     passing = [t for t in candidates if not failures[t.name]]
     if passing:
-        winner = _pick(passing, quality)
+        winner, tie = _pick(passing, quality)
         return Selection(
             winner,
             failures,
             f"{winner.name} wins: best {quality.objective} of {len(passing)} passing",
+            tie,
         )
     if baseline is not None and baseline.ok:
         return Selection(baseline, failures, "the baseline wins: no candidate passed every gate")
     return Selection(None, failures, "no winner: no candidate passed and the baseline did not run")
+
+
+def feasible(
+    trial: TrialRecord,
+    baseline: TrialRecord | None,
+    quality: QualityConf,
+    vram_budget_mb: float | None,
+    wer_applicable: bool,
+    allow_noisy: bool = False,
+) -> bool:
+    """Passes every gate but the baseline comparison: a point the Pareto front may hold."""
+    relaxed = dataclasses.replace(quality, must_beat_baseline=False)
+    return not gate_failures(trial, baseline, relaxed, vram_budget_mb, wer_applicable, allow_noisy)
+
+
+def pareto_front(trials: Sequence[TrialRecord], objective: str, goal: str) -> list[TrialRecord]:
+    """The trials no other trial beats on both the objective and peak memory, best first."""
+    sign = 1.0 if goal == "min" else -1.0
+    points = [
+        (sign * t.metric(objective), t.memory_mb, t)
+        for t in trials
+        if t.metric(objective) is not None and t.memory_mb is not None
+    ]
+    front = [
+        p
+        for p in points
+        if not any(q[0] <= p[0] and q[1] <= p[1] and (q[0], q[1]) != (p[0], p[1]) for q in points)
+    ]
+    return [t for _, _, t in sorted(front, key=lambda p: (p[0], p[1]))]

@@ -71,6 +71,7 @@ def trial_row(record: TrialRecord, run_id: str) -> dict[str, Any]:
     return {
         "trial": record.name,
         "status": record.status,
+        "noisy": record.noisy,
         "kind": record.kind,
         **{key: record.metric(key) for key in HEADLINE_METRICS},
         "wer": record.wer,
@@ -94,7 +95,7 @@ def trials_view(parent_id: str, name: str) -> str:
     """A saved runs-table view in the envelope MLflow's UI writes: the trials query plus the
     compared figures as columns (the UI shows no metric column until one is picked)."""
     metrics = [f"metrics.`{key}`" for key in (*HEADLINE_METRICS, "wer")]
-    columns = [*metrics, "tags.`status`", "tags.`champion`"]
+    columns = [*metrics, "tags.`status`", "tags.`noisy`", "tags.`champion`"]
     state = {
         **_trials_query(parent_id),
         "selectedColumns": columns,
@@ -186,6 +187,8 @@ class SweepTracker:
         trial_tags = {
             **tags,
             "status": record.status,
+            "noisy": str(bool(record.noisy)).lower(),
+            "noisy_reason": record.noisy,
             "trial_kind": record.kind,
             "config_hash": record.config_hash,
             "reason": record.reason,

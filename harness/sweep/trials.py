@@ -3,6 +3,10 @@
 The trial folder ends up with ``config.yaml`` (the resolved trial config), ``trial.log``,
 ``sample.wav``, ``timings.json`` (raw per-repeat reports), ``profile.yaml`` (candidates) and
 ``error.txt`` (failures): the files MLflow stores as the child run's artifacts.
+
+A trial whose timings other processes disturbed (NOISY, see ``harness.trial.isolation``) runs
+again after a pause; if it is still NOISY it is kept, marked, and (unless
+``selection.allow_noisy``) kept from winning.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from typing import Any
 from engine.profile import EngineProfile
 from harness.launcher import run_in_child
 from harness.quality.wer import measure_wer
-from harness.sweep.config import SweepConf
+from harness.sweep.config import IsolationConf, SweepConf
 from harness.sweep.grid import TrialSpec
 from harness.sweep.store import SweepFolder
+from harness.trial.isolation import disturbance
 from harness.trial.measure import run_trial
 from harness.trial.record import CANDIDATE, FAILED, OK, TrialRecord
 
@@ -53,13 +58,18 @@ def trial_job(spec: TrialSpec, ctx: TrialContext) -> dict[str, Any]:
     }
 
 
-def _fill(record: TrialRecord, result: dict[str, Any]) -> None:
+def _fill(record: TrialRecord, result: dict[str, Any], limits: IsolationConf) -> None:
     record.status = OK
     record.metrics = result["metrics"]
     record.runs = result["runs"]
     record.active_knobs = result["active_knobs"]
     record.fallbacks = result["fallbacks"]
     record.fidelity = result["fidelity"]
+    record.isolation = result["isolation"]
+    record.noisy = disturbance(
+        result["isolation"], limits.max_other_cores, limits.max_other_gpu_pct
+    )
+    record.notes["repeats"] = result["repeats_stop"]
     if result["fidelity_note"]:
         record.notes["fidelity"] = result["fidelity_note"]
 
@@ -96,18 +106,37 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext) -> TrialRecord:
     out_dir = ctx.folder.trial_dir(spec.config_hash)
     job = trial_job(spec, ctx)
     ctx.folder.save_trial_config(spec.config_hash, job)
-    record = spec.record()
-    record.started_at = time.time()
+    started = time.time()
     if spec.status is not None:
+        record = spec.record()
         record.status = spec.status
     else:
-        outcome = run_in_child(run_trial, job, ctx.conf.trial_timeout_s, out_dir / "trial.log")
-        if outcome.result is None:
-            record.reason = outcome.error
-            log.warning("trial %s FAILED: %s", spec.name, record.headline)
-        else:
-            _fill(record, outcome.result)
+        record = _measure(spec, ctx, job, out_dir)
+        for _ in range(ctx.conf.isolation.retries):
+            if not (record.ok and record.noisy):
+                break
+            wait = ctx.conf.isolation.retry_wait_s
+            log.warning("trial %s NOISY (%s): again in %.0f s", spec.name, record.noisy, wait)
+            time.sleep(wait)
+            first = record.noisy
+            record = _measure(spec, ctx, job, out_dir)
+            record.notes["isolation"] = f"re-run after NOISY: {first}"
+        if record.noisy:
+            log.warning("trial %s still NOISY: %s", spec.name, record.noisy)
+        if record.ok:
             _add_wer(record, ctx, out_dir)
-    record.ended_at = time.time()
+    record.started_at, record.ended_at = started, time.time()
     _write_artifacts(record, out_dir)
+    return record
+
+
+def _measure(spec: TrialSpec, ctx: TrialContext, job: dict[str, Any], out_dir: Path) -> TrialRecord:
+    """One run of the trial's child process, as a record (FAILED with the child's reason)."""
+    record = spec.record()
+    outcome = run_in_child(run_trial, job, ctx.conf.trial_timeout_s, out_dir / "trial.log")
+    if outcome.result is None:
+        record.reason = outcome.error
+        log.warning("trial %s FAILED: %s", spec.name, record.headline)
+    else:
+        _fill(record, outcome.result, ctx.conf.isolation)
     return record

@@ -1,5 +1,9 @@
 """One trial, run inside its own spawned process: load, warm up, time the repeats, check fidelity.
 
+The timed repeats run until the median latency's 95 % interval is within the scenario's target
+(``harness.trial.repeats``), watched for other processes using the machine meanwhile
+(``harness.trial.isolation``); the parent judges that disturbance against the sweep's limits.
+
 Each repeat times ``synthesize`` (end-to-end latency, per-stage times, frames/s, memory) and then
 ``synthesize_stream`` (time to first audio, and the streamed total). Two calls, because while
 streaming the codec decodes chunks in between decoder steps, so the decoder's clock would include
@@ -16,14 +20,17 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from engine.audio_io import write_wav
-from harness.trial.metrics import roofline, summarize_runs
+from harness.trial.isolation import watch_isolation
+from harness.trial.metrics import interval_metrics, roofline, summarize_runs
 from harness.trial.record import BASELINE
+from harness.trial.repeats import RepeatPolicy, repeat_until_stable
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +141,15 @@ def _fidelity(job: dict[str, Any]) -> tuple[dict[str, float] | None, str | None]
     return figures, None
 
 
+def repeat_policy(scenario: dict[str, Any]) -> RepeatPolicy:
+    return RepeatPolicy(
+        scenario["repeats"],
+        scenario["max_repeats"],
+        scenario["ci_target_pct"],
+        scenario["max_repeat_s"],
+    )
+
+
 PEAKS = ("peak_allocated_mb", "peak_reserved_mb", "nvml_process_mb", "host_rss_mb")
 
 
@@ -160,19 +176,24 @@ def run_trial(job: dict[str, Any]) -> dict[str, Any]:
     for _ in range(scenario["warmup_runs"]):
         _repeat(subject)
     compile_s = subject.compile_s + time.perf_counter() - t0
-    runs, audio = [], np.zeros(0, np.float32)
-    for _ in range(scenario["repeats"]):
-        run, audio = _repeat(subject)
-        runs.append(run)
-    write_wav(Path(job["out_dir"]) / "sample.wav", audio)
+    with watch_isolation(job["knobs"]["device"]) as isolation:
+        repeats = repeat_until_stable(
+            partial(_repeat, subject), lambda done: done[0]["total_s"], repeat_policy(scenario)
+        )
+    runs = [run for run, _ in repeats.results]
+    write_wav(Path(job["out_dir"]) / "sample.wav", repeats.results[-1][1])
     metrics = summarize_runs(runs)
+    metrics.update(interval_metrics(repeats.interval, runs))
     metrics.update(load_s=subject.load_s, compile_s=compile_s)
+    metrics.update({k: float(v) for k, v in isolation.items() if isinstance(v, int | float)})
     frame_bytes = subject.frame_bytes()
     metrics.update({f"bytes_per_frame_{part}": n for part, n in frame_bytes.items()})
     metrics.update(roofline(metrics["frames_per_s"], frame_bytes["total"], job["bandwidth_gb_s"]))
     result = {
         "metrics": metrics,
         "runs": runs,
+        "repeats_stop": repeats.stop_reason,
+        "isolation": isolation,
         "active_knobs": subject.active_knobs,
         "fallbacks": subject.fallbacks,
     }

@@ -12,11 +12,15 @@ from typing import Any
 
 import numpy as np
 
+from harness.trial.repeats import MedianInterval, coefficient_of_variation
+
 STAGES = ("encode_s", "prefill_s", "decode_s", "codec_s")
 # The figures a trial is judged and shown by: the exported profile's provenance, the parent run's
 # trial table and the MLflow runs view all list these, in this order.
 HEADLINE_METRICS = (
     "latency_p50_s",
+    "latency_p50_ci_pct",
+    "latency_cv",
     "latency_p95_s",
     "ttfa_p50_s",
     "frames_per_s",
@@ -66,6 +70,25 @@ def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, float | None]:
     ):
         summary[key] = _reduce(_values(runs, key), how)
     return summary
+
+
+def interval_metrics(
+    interval: MedianInterval | None, runs: Sequence[dict[str, Any]]
+) -> dict[str, float]:
+    """The p50 latency's 95 % interval (absent below six repeats), its CV and the repeat count."""
+    figures = {"repeats": float(len(runs))}
+    cv = coefficient_of_variation(_values(runs, "total_s"))
+    if cv is not None:
+        figures["latency_cv"] = cv
+    if interval is not None:
+        figures.update(
+            {
+                "latency_p50_s_ci_low": interval.low,
+                "latency_p50_s_ci_high": interval.high,
+                "latency_p50_ci_pct": interval.half_width_pct,
+            }
+        )
+    return figures
 
 
 def roofline(

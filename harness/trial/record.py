@@ -31,6 +31,8 @@ class TrialRecord:
         default_factory=dict
     )  # why a figure is absent: fidelity, wer, vram
     runs: list[dict[str, Any]] = field(default_factory=list)  # raw per-repeat reports
+    isolation: dict[str, Any] = field(default_factory=dict)  # what else ran meanwhile
+    noisy: str | None = None  # why other processes disturbed the timings, when they did
     run_id: str | None = None
     started_at: float | None = None
     ended_at: float | None = None

@@ -162,3 +162,36 @@ def test_no_winner_when_even_the_baseline_failed() -> None:
 def test_unknown_fidelity_gate_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown fidelity gates"):
         choose(baseline(), trial("a", 0.5), fidelity_gates={"slow_kl_maximum": 1.0})
+
+
+def with_interval(record: TrialRecord, low: float, high: float) -> TrialRecord:
+    record.metrics.update(latency_p50_s_ci_low=low, latency_p50_s_ci_high=high)
+    return record
+
+
+def test_a_noisy_candidate_cannot_win_unless_allowed() -> None:
+    noisy = trial("noisy", 0.5, 2000.0)
+    noisy.noisy = "other processes used 1.20 CPU cores (limit 0.5)"
+    quiet = trial("quiet", 1.0, 2000.0)
+    result = choose(baseline(), noisy, quiet)
+    assert result.winner.name == "quiet"
+    assert result.failures["noisy"][0].startswith("NOISY: other processes used 1.20 CPU cores")
+    allowed = select_winner([baseline(), noisy, quiet], QualityConf(), None, False, True)
+    assert allowed.winner.name == "noisy"
+
+
+def test_overlapping_intervals_are_a_tie_that_memory_breaks() -> None:
+    fast = with_interval(trial("fast-big", 1.00, 6000.0), 0.90, 1.10)
+    slower = with_interval(trial("slower-small", 1.08, 4000.0), 1.05, 1.12)
+    result = choose(baseline(), fast, slower, tie_tolerance=0.0)
+    assert result.winner.name == "slower-small"
+    assert "overlapping 95 % intervals" in result.tie
+    assert "fast-big" in result.tie
+
+
+def test_separate_intervals_let_the_faster_win_even_within_the_tolerance() -> None:
+    fast = with_interval(trial("fast-big", 1.00, 6000.0), 0.99, 1.01)
+    slower = with_interval(trial("slower-small", 1.015, 4000.0), 1.012, 1.02)
+    result = choose(baseline(), fast, slower)
+    assert result.winner.name == "fast-big"
+    assert result.tie is None

@@ -79,6 +79,7 @@ def sweep(
         "scenario.fixed_frames=24",
         "scenario.warmup_runs=1",
         "scenario.repeats=2",
+        "scenario.max_repeats=2",
         "scenario.fidelity_frames=8",
         "trial_timeout_s=300",
         f"grid.points={points}",
