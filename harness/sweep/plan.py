@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 class PastTrial:
     """What earlier sweeps on this hardware preset measured for one trial name."""
 
-    speedup: float | None  # median over sweeps of baseline p50 / trial p50; None if never OK
+    speedup: float | None  # median over sweeps of baseline p50 / trial p50; None if never
+    # measured undisturbed (FAILED, SKIPPED or NOISY every time)
     wall_s: float  # median wall time of the whole trial (load, compile, repeats, fidelity)
 
 
@@ -65,7 +66,7 @@ def load_history(reports_dir: str | Path, hardware: str, exclude: str) -> dict[s
             if r.started_at and r.ended_at:
                 walls.setdefault(r.name, []).append(r.ended_at - r.started_at)
             speedups.setdefault(r.name, [])
-            mine = r.metric("latency_p50_s") if r.ok else None
+            mine = r.metric("latency_p50_s") if r.ok and not r.noisy else None
             if base and mine:
                 speedups[r.name].append(base / mine)
     return {
@@ -105,6 +106,9 @@ class Plan(Protocol):
 
     def remaining(self) -> list[str]: ...
 
+    @property
+    def asked_count(self) -> int: ...
+
 
 class GridPlan:
     """Every spec once, in the order given."""
@@ -121,6 +125,11 @@ class GridPlan:
 
     def remaining(self) -> list[str]:
         return [spec.name for spec in self.queue]
+
+    @property
+    def asked_count(self) -> int:
+        """Candidates handed out so far (the baseline comes first and is not one)."""
+        return max(self.total - len(self.queue) - 1, 0)
 
 
 class Budget:

@@ -44,7 +44,7 @@ from harness.sweep.export import export_profile
 from harness.sweep.grid import TrialSpec, base_knobs, build_trials, trial_inputs
 from harness.sweep.inputs import check_hardware, prepare_checkpoint, prepare_reference
 from harness.sweep.machine import busy_warning, state_lines, survey
-from harness.sweep.plan import Budget, GridPlan, PastTrial, load_history, order_by_promise
+from harness.sweep.plan import Budget, GridPlan, PastTrial, Plan, load_history, order_by_promise
 from harness.sweep.report import SweepContext, console_table, speedup, write_report
 from harness.sweep.selection import (
     Selection,
@@ -58,7 +58,6 @@ from harness.sweep.trials import TrialContext, execute_trial
 from harness.trial.record import TrialRecord
 
 if TYPE_CHECKING:
-    from harness.sweep.search import OptunaPlan
     from harness.sweep.tracking import SweepTracker
 
 log = logging.getLogger(__name__)
@@ -146,11 +145,10 @@ class TrialsRun:
     records: list[TrialRecord]
     not_run: list[str]
     wall_s: list[float]
+    asked: int  # candidates the plan handed out (Optuna may suggest one configuration twice)
 
 
-def _plan(
-    sweep: OpenSweep, specs: list[TrialSpec], history: dict[str, PastTrial]
-) -> GridPlan | OptunaPlan:
+def _plan(sweep: OpenSweep, specs: list[TrialSpec], history: dict[str, PastTrial]) -> Plan:
     conf = sweep.conf
     if conf.search.name == "optuna":
         from harness.sweep.search import OptunaPlan
@@ -168,7 +166,7 @@ def _plan(
 
 def run_trials(
     sweep: OpenSweep,
-    plan: GridPlan | OptunaPlan,
+    plan: Plan,
     history: dict[str, PastTrial],
     reference: str | None,
     console: Console,
@@ -215,7 +213,7 @@ def run_trials(
             records.append(record)
             to_run = plan.total - len(records)
             progress.update(task, advance=1, eta=budget.eta(to_run))
-    return TrialsRun(records, not_run, budget.walls)
+    return TrialsRun(records, not_run, budget.walls, plan.asked_count)
 
 
 def _search_lines(
@@ -223,6 +221,7 @@ def _search_lines(
     run: TrialsRun,
     specs: list[TrialSpec],
     front: list[TrialRecord],
+    asked: int,
 ) -> list[str]:
     """How candidates were found, the Pareto front, and (for Optuna) what the grid would cost."""
     conf = sweep.conf
@@ -242,9 +241,10 @@ def _search_lines(
     space = search_space(conf, base_knobs(conf))
     grid_trials = len([s for s in specs if not s.is_baseline])
     mean_wall = sum(run.wall_s) / len(run.wall_s) if run.wall_s else 0.0
+    distinct = sum(1 for r in run.records if not r.is_baseline)
     return [
         f"- search: Optuna NSGA-II over {', '.join(space)} ({space_size(space)} configurations): "
-        f"{len(run.records) - 1} candidates asked for, {measured} measured, "
+        f"{asked} suggestions, {distinct} distinct candidates, {measured} measured, "
         f"{sum(run.wall_s) / 60:.1f} min of trials; the full `{conf.grid.name}` grid is "
         f"{grid_trials} candidates, about {grid_trials * mean_wall / 60:.0f} min at this sweep's "
         f"mean of {mean_wall:.0f} s a trial",
@@ -308,7 +308,7 @@ def conclude(
         wer_note=sweep.tags.get("wer"),
         profile_path=profile_path,
         machine=state_lines(start_state, records),
-        search=_search_lines(sweep, run, specs, front),
+        search=_search_lines(sweep, run, specs, front, run.asked),
         not_run=run.not_run,
         budget_minutes=conf.budget_minutes,
     )

@@ -125,6 +125,11 @@ class OptunaPlan:
     def remaining(self) -> list[str]:
         return [f"{self.left} more Optuna suggestions"] if self.left else []
 
+    @property
+    def asked_count(self) -> int:
+        """Suggestions taken so far, repeats of an earlier configuration included."""
+        return self.conf.search.n_trials - self.left
+
     def _tell(self, trial: optuna.trial.Trial, record: TrialRecord) -> None:
         objective, memory = record.metric(self.conf.quality.objective), record.memory_mb
         if not record.ok or objective is None:
