@@ -21,18 +21,11 @@ def memory_axis(records: Sequence[TrialRecord]) -> tuple[str, str]:
     return "host_rss_mb", "peak host RSS (MB); VRAM n/a on CPU"
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats on both axes (both minimised), by memory."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
-    front, best = [], float("inf")
-    for i in order:
-        if points[i][1] < best:
-            front.append(i)
-            best = points[i][1]
-    return front
-
-
-def plot_latency_vs_memory(records: Sequence[TrialRecord], path: Path, winner: str | None) -> Path:
+def plot_latency_vs_memory(
+    records: Sequence[TrialRecord], path: Path, winner: str | None, front: Sequence[str]
+) -> Path:
+    """Every measured trial with its p50's 95 % interval as an error bar; ``front`` (trial names,
+    the report's Pareto front) joined by a step line."""
     from matplotlib.figure import Figure
 
     key, label = memory_axis(records)
@@ -53,11 +46,14 @@ def plot_latency_vs_memory(records: Sequence[TrialRecord], path: Path, winner: s
         if record.name == winner:
             style = {"marker": "*", "color": "tab:red", "s": 180}
         ax.scatter(x, y, zorder=3, **style)
+        low, high = record.metric("latency_p50_s_ci_low"), record.metric("latency_p50_s_ci_high")
+        if low is not None and high is not None:
+            ax.errorbar(x, y, yerr=[[y - low], [high - y]], color=style["color"], capsize=3)
         ax.annotate(record.name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
-    front = [points[i] for i in pareto_front(points)]
-    if front:
+    line = sorted(point for r, point in zip(shown, points, strict=True) if r.name in front)
+    if line:
         ax.step(
-            *zip(*front, strict=True),
+            *zip(*line, strict=True),
             where="post",
             color="tab:orange",
             label="Pareto front",

@@ -52,6 +52,7 @@ class SweepContext:
     profile_path: Path | None
     machine: list[str]  # the machine's state around the sweep (``harness.sweep.machine``)
     search: list[str]  # how candidates were found, and the Pareto front
+    front: list[str]  # names of the trials on the Pareto front, for the plot
     not_run: list[str]  # trials the time budget left out
     budget_minutes: float | None
 
@@ -165,7 +166,7 @@ def write_report(
 ) -> Path:
     """``report.md`` with the trial table, failures with reasons and the two PNG plots."""
     winner = selection.winner.name if selection.winner else None
-    plot_latency_vs_memory(records, folder / "latency_vs_memory.png", winner)
+    plot_latency_vs_memory(records, folder / "latency_vs_memory.png", winner, context.front)
     plot_stages(records, folder / "stages.png")
     _, memory_label = memory_axis(records)
     lines = [

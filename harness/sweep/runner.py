@@ -309,6 +309,7 @@ def conclude(
         profile_path=profile_path,
         machine=state_lines(start_state, records),
         search=_search_lines(sweep, run, specs, front, run.asked),
+        front=[r.name for r in front],
         not_run=run.not_run,
         budget_minutes=conf.budget_minutes,
     )
