@@ -147,6 +147,12 @@ def _sweep(args: argparse.Namespace) -> int:
     return sweep_main(args.overrides) or 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from harness.compare import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fishbench", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -226,6 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="Hydra sweep; overrides the Hydra way (key=value)")
     p.add_argument("overrides", nargs=argparse.REMAINDER)
     p.set_defaults(func=_sweep)
+
+    p = sub.add_parser(
+        "compare", help="each hardware's champion vs its baseline, from an MLflow store"
+    )
+    p.add_argument(
+        "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else mlflow.db)"
+    )
+    p.add_argument("--experiment", default="fishbench-sweep")
+    p.add_argument("-o", "--out-dir", type=Path, default=Path("reports/compare"))
+    p.set_defaults(func=_compare)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""The machine's state around a sweep: who else uses it at the start, and during the trials.
+"""The machine a sweep runs on: what it is (MLflow tags) and who else uses it, at the start and
+during the trials.
 
 The start survey is a one-second isolation watch (``harness.trial.isolation``) in the sweep
 process; the warning it prints names the processes a desktop user would close first. The report
@@ -7,15 +8,72 @@ header sums up what every trial's own watch saw, so a reader knows how far to tr
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import torch
+
+from engine.profile import Hardware
 from harness.trial.isolation import watch_isolation
 from harness.trial.record import TrialRecord
 
 SURVEY_S = 1.0
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _driver_version() -> str:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return str(pynvml.nvmlSystemGetDriverVersion())
+    except Exception as exc:  # no NVML: the tag says why
+        return f"n/a ({type(exc).__name__})"
+
+
+def hardware_tags(hw: Hardware) -> dict[str, str]:
+    """The machine as MLflow tags: what runs compare across (``hardware_id`` is the key; the
+    champion tag is per ``hardware_id``)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    tags = {
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda or "n/a",
+        "cpu_model": _cpu_model(),
+        "cpu_cores": str(cores),
+    }
+    if hw.device == "cuda":
+        vram = torch.cuda.get_device_properties(0).total_memory // 2**20
+        tags.update(
+            gpu_name=hw.name,
+            compute_capability=hw.capability_str or "n/a",
+            vram_mb=str(vram),
+            driver_version=_driver_version(),
+            hardware_id=hw.name,
+        )
+    else:
+        tags.update(
+            gpu_name="cpu",
+            compute_capability="n/a",
+            vram_mb="n/a on CPU: memory figures are host RSS; GPU utilization and energy n/a",
+            driver_version="n/a",
+            hardware_id=f"CPU {tags['cpu_model']} x{cores}",
+        )
+    tags["hardware_id"] = tags["hardware_id"].replace("'", "")  # MLflow filter strings quote it
+    return tags
 
 
 def survey(device: str) -> dict[str, Any]:

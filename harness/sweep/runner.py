@@ -43,7 +43,7 @@ from harness.sweep.config import SweepConf
 from harness.sweep.export import export_profile
 from harness.sweep.grid import TrialSpec, base_knobs, build_trials, trial_inputs
 from harness.sweep.inputs import check_hardware, prepare_checkpoint, prepare_reference
-from harness.sweep.machine import busy_warning, state_lines, survey
+from harness.sweep.machine import busy_warning, hardware_tags, state_lines, survey
 from harness.sweep.plan import Budget, GridPlan, PastTrial, Plan, load_history, order_by_promise
 from harness.sweep.report import SweepContext, console_table, speedup, write_report
 from harness.sweep.selection import (
@@ -103,15 +103,11 @@ def _environment_tags(
     conf: SweepConf, hw: Hardware, checkpoint: CheckpointFolder
 ) -> dict[str, str]:
     tags = {
-        "gpu_name": hw.name,
-        "compute_capability": hw.capability_str or "n/a",
-        "torch_version": torch.__version__,
+        **hardware_tags(hw),
         "checkpoint_hash": checkpoint.content_hash,
         "synthetic": str(checkpoint.is_synthetic).lower(),
         "hardware": conf.hardware.name,
     }
-    if hw.device == "cpu":
-        tags["vram"] = "n/a on CPU: memory figures are host RSS; GPU utilization and energy n/a"
     if checkpoint.is_synthetic:
         tags["wer"] = SYNTHETIC_NOTE
     return tags
@@ -269,6 +265,7 @@ def conclude(
     gates = (conf.quality, conf.hardware.vram_budget_mb, wer_applicable)
     selection = select_winner(records, *gates, conf.selection.allow_noisy)
     baseline = next((r for r in records if r.is_baseline), None)
+    sweep.tracker.tag_gates(records, selection.failures)
     artifacts, profile_path, winner_metrics = [], None, {}
     if selection.winner is not None:
         ratio = speedup(selection.winner, baseline)
@@ -281,7 +278,9 @@ def conclude(
             Path(conf.reports_dir),
             sweep.folder.sweep_id,
         )
-        sweep.tracker.mark_champion(selection.winner.run_id, sweep.parent_id)
+        sweep.tracker.mark_champion(
+            selection.winner.run_id, sweep.parent_id, sweep.tags["hardware_id"]
+        )
         winner_metrics = {**selection.winner.metrics, "speedup_vs_baseline": ratio}
         artifacts.append(dated)
     candidates = [

@@ -133,6 +133,16 @@ def runs_url(base_url: str, conf: TrackingConf | None = None) -> str:
     return f"{base_url}/#/experiments/{experiment.experiment_id}/runs?{urlencode(query)}"
 
 
+def _artifact_location(conf: TrackingConf) -> str | None:
+    """A local folder for a local store; a tracking server stores artifacts itself
+    (``--serve-artifacts``), so other machines need no shared disk."""
+    if conf.tracking_uri.startswith(("http://", "https://")):
+        return None
+    artifacts = Path(conf.artifact_root).resolve()
+    artifacts.mkdir(parents=True, exist_ok=True)
+    return artifacts.as_uri()
+
+
 class SweepTracker:
     """Writes a sweep into one MLflow experiment of the configured store."""
 
@@ -142,11 +152,9 @@ class SweepTracker:
         self.client = MlflowClient(tracking_uri=conf.tracking_uri)
         experiment = self.client.get_experiment_by_name(conf.experiment)
         if experiment is None:
-            artifacts = Path(conf.artifact_root).resolve()
-            artifacts.mkdir(parents=True, exist_ok=True)
             self.experiment_id = self.client.create_experiment(
                 conf.experiment,
-                artifact_location=artifacts.as_uri(),
+                artifact_location=_artifact_location(conf),
                 tags={KIND_TAG: MODEL_TRAINING},
             )
         else:
@@ -210,13 +218,23 @@ class SweepTracker:
         self.client.set_terminated(run_id, RUN_STATUS.get(record.status, "FINISHED"), end_time=end)
         return run_id
 
-    def mark_champion(self, run_id: str, parent_id: str) -> None:
-        """Tag ``run_id`` champion, untagging an earlier champion of this sweep (after a resume)."""
-        query = f"tags.mlflow.parentRunId = '{parent_id}' and tags.champion = 'true'"
+    def mark_champion(self, run_id: str, parent_id: str, hardware_id: str) -> None:
+        """Tag ``run_id`` champion of its hardware: an earlier champion on the same hardware (an
+        older sweep, or this one before a resume) loses the tag and is told which run took it."""
+        query = f"tags.hardware_id = '{hardware_id}' and tags.champion = 'true'"
         for run in self.client.search_runs([self.experiment_id], filter_string=query):
-            self.client.delete_tag(run.info.run_id, "champion")
+            if run.info.run_id != run_id:
+                self.client.delete_tag(run.info.run_id, "champion")
+                self.client.set_tag(run.info.run_id, "champion_until", run_id)
         self.client.set_tag(run_id, "champion", "true")
         self.client.set_tag(parent_id, "champion_run_id", run_id)
+
+    def tag_gates(self, records: list[TrialRecord], failures: dict[str, list[str]]) -> None:
+        """Each measured candidate's gate verdict (``pass`` or the reasons) as its ``gates`` tag."""
+        for record in records:
+            if record.run_id is not None and not record.is_baseline and record.ok:
+                verdict = "; ".join(failures.get(record.name, [])) or "pass"
+                self.client.set_tag(record.run_id, "gates", verdict[:MAX_TAG_CHARS])
 
     def finish_parent(
         self, parent_id: str, metrics: dict[str, Any], tags: dict[str, Any], artifacts: list[Path]

@@ -114,7 +114,7 @@ class GpuWindow:
     handle: Any = None
     since_us: int = 0
     unavailable: str | None = None
-    pid: int = field(default_factory=os.getpid)
+    ours: frozenset[int] = field(default_factory=lambda: frozenset({os.getpid(), os.getppid()}))
 
     @classmethod
     def open(cls, device: str) -> GpuWindow:
@@ -140,7 +140,7 @@ class GpuWindow:
             nvml.nvmlDeviceGetGraphicsRunningProcesses,
         ):
             for proc in query(self.handle):
-                if proc.pid != self.pid:
+                if proc.pid not in self.ours:
                     mb = (proc.usedGpuMemory or 0) / 2**20
                     found[proc.pid] = {"pid": proc.pid, "mb": round(mb)}
         return list(found.values())
@@ -152,7 +152,7 @@ class GpuWindow:
         except self.nvml.NVMLError_NotFound:  # no process used the GPU in the window
             return 0.0
         periods = {s.timeStamp for s in samples}
-        others = sum(s.smUtil for s in samples if s.pid != self.pid)
+        others = sum(s.smUtil for s in samples if s.pid not in self.ours)
         return others / len(periods) if periods else 0.0
 
     def close(self) -> dict[str, Any]:

@@ -1,0 +1,184 @@
+"""``fishbench compare``: every machine's champion against its own baseline, from one MLflow store.
+
+A team logs sweeps from several desktops into one tracking server (``make mlflow-server``); this
+reads it (or any store: the sqlite file works too) and writes ``reports/compare/<time>.md`` and a
+PNG with one latency-vs-memory panel per hardware. Hardware is the ``hardware_id`` tag every run
+carries (GPU name, or CPU model and cores); its champion is the run tagged ``champion`` there,
+which a newer sweep on the same hardware takes over. Speed-ups are always against the baseline
+of the champion's own sweep, never across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from engine.errors import ConfigError
+from harness.sweep.config import TrackingConf
+
+log = logging.getLogger(__name__)
+MACHINE_TAGS = ("gpu_name", "vram_mb", "driver_version", "torch_version", "cuda_version")
+
+
+@dataclass(frozen=True)
+class HardwareResult:
+    """One hardware's champion, the baseline and every trial of the champion's sweep."""
+
+    hardware_id: str
+    sweep: str  # the parent run's name, sweep-<id>
+    champion: Run
+    baseline: Run | None
+    trials: list[Run]
+
+    def metric(self, run: Run | None, key: str) -> float | None:
+        return None if run is None else run.data.metrics.get(key)
+
+    @property
+    def speedup(self) -> float | None:
+        base = self.metric(self.baseline, "latency_p50_s")
+        mine = self.metric(self.champion, "latency_p50_s")
+        return base / mine if base and mine else None
+
+
+def memory_mb(run: Run | None) -> float | None:
+    """Peak reserved VRAM, or host RSS where there is none (CPU), as the sweep's table does."""
+    if run is None:
+        return None
+    metrics = run.data.metrics
+    return metrics.get("peak_reserved_mb", metrics.get("host_rss_mb"))
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or TrackingConf().tracking_uri
+
+
+def collect(client: MlflowClient, experiment: str) -> list[HardwareResult]:
+    """Each hardware's champion with its sweep's trials, from the ``experiment`` in the store."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise ConfigError(
+            f"no experiment {experiment!r} in {client.tracking_uri}: run a sweep first"
+        )
+    ids = [found.experiment_id]
+    results = []
+    for champion in client.search_runs(ids, "tags.champion = 'true'", max_results=1000):
+        hardware_id = champion.data.tags.get("hardware_id")
+        if hardware_id is None:
+            log.info("skipping champion %s: logged before hardware tags", champion.info.run_id)
+            continue
+        parent = champion.data.tags["mlflow.parentRunId"]
+        query = f"tags.`mlflow.parentRunId` = '{parent}'"
+        trials = client.search_runs(ids, query, max_results=1000)
+        baseline = next((t for t in trials if t.data.tags.get("trial_kind") == "baseline"), None)
+        sweep = client.get_run(parent).info.run_name
+        results.append(HardwareResult(hardware_id, sweep, champion, baseline, trials))
+    return sorted(results, key=lambda r: r.hardware_id)
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}g}"
+
+
+def _megabytes(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f}"
+
+
+def _p50(run: Run | None) -> str:
+    if run is None:
+        return "n/a"
+    width = run.data.metrics.get("latency_p50_ci_pct")
+    text = _fmt(run.data.metrics.get("latency_p50_s"))
+    return text + ("" if width is None else f" ±{width:.1f}%")
+
+
+def _gates(result: HardwareResult) -> str:
+    tags = result.champion.data.tags
+    if tags.get("trial_kind") == "baseline":
+        return "baseline kept: no candidate passed"
+    noisy = " (NOISY, allowed)" if tags.get("noisy") == "true" else ""
+    return tags.get("gates", "pass") + noisy
+
+
+def to_markdown(results: Sequence[HardwareResult], tracking_uri: str, plot: str) -> str:
+    lines = [
+        "# Champions by hardware",
+        "",
+        f"- store: `{tracking_uri}`; {len(results)} hardware with a champion",
+        "- speed-up: the champion's p50 latency against the baseline of its own sweep; memory: "
+        "peak reserved VRAM, host RSS on CPU",
+        "",
+        "| hardware | sweep | baseline p50 s | champion | champion p50 s (95% CI) | speed-up "
+        "| memory MB | baseline memory MB | gates | " + " | ".join(MACHINE_TAGS) + " |",
+        "|" + "---|" * (9 + len(MACHINE_TAGS)),
+    ]
+    for r in results:
+        tags = r.champion.data.tags
+        cells = [
+            r.hardware_id,
+            r.sweep,
+            _p50(r.baseline),
+            r.champion.info.run_name,
+            _p50(r.champion),
+            "n/a" if r.speedup is None else f"{r.speedup:.2f}x",
+            _megabytes(memory_mb(r.champion)),
+            _megabytes(memory_mb(r.baseline)),
+            _gates(r),
+            *(tags.get(key, "n/a") for key in MACHINE_TAGS),
+        ]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    lines += ["", f"![latency vs memory per hardware]({plot})", ""]
+    return "\n".join(lines)
+
+
+def plot(results: Sequence[HardwareResult], path: Path) -> Path:
+    """One panel per hardware: its sweep's measured trials, baseline square, champion star."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6 * max(len(results), 1), 5), layout="constrained")
+    for i, r in enumerate(results, 1):
+        ax = fig.add_subplot(1, len(results), i)
+        for run in r.trials:
+            x, y = memory_mb(run), run.data.metrics.get("latency_p50_s")
+            if x is None or y is None:
+                continue
+            style = {"marker": "o", "color": "tab:blue"}
+            if run.info.run_id == r.champion.info.run_id:
+                style = {"marker": "*", "color": "tab:red", "s": 180}
+            elif run.data.tags.get("trial_kind") == "baseline":
+                style = {"marker": "s", "color": "tab:gray"}
+            ax.scatter(x, y, zorder=3, **style)
+            ax.annotate(
+                run.info.run_name, (x, y), xytext=(5, 4), textcoords="offset points", fontsize=7
+            )
+        ax.set(title=r.hardware_id, xlabel="peak memory (MB)", ylabel="latency p50 (s)")
+        ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def compare(tracking_uri: str, experiment: str, out_dir: Path) -> Path:
+    """Write the comparison report and its plot; returns the report's path."""
+    results = collect(MlflowClient(tracking_uri=tracking_uri), experiment)
+    if not results:
+        raise ConfigError(f"no champion with hardware tags in {tracking_uri}: run a sweep first")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    png = plot(results, out_dir / f"{stamp}.png")
+    report = out_dir / f"{stamp}.md"
+    report.write_text(to_markdown(results, tracking_uri, png.name))
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    uri = args.tracking_uri or default_tracking_uri()
+    report = compare(uri, args.experiment, args.out_dir)
+    print(f"wrote {report} and {report.with_suffix('.png')}")
+    return 0
