@@ -6,7 +6,7 @@ CHECKPOINT ?= checkpoints/openaudio-s1-mini
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-browser test lint format sweep bench bench-full-size fidelity fidelity-spread serve soak ui ui-streamlit mlflow-ui clean
+.PHONY: help setup setup-browser test lint format sweep bench bench-full-size fidelity fidelity-spread serve soak ui ui-streamlit mlflow-ui mlflow-server compare clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -64,6 +64,12 @@ ui-streamlit: setup ## service + Streamlit UI (:8501)
 mlflow-ui: setup ## MLflow UI on the sweep store (MLFLOW_PORT, 5000); prints the last sweep's trials page
 	@$(RUN) python -c 'from harness.sweep.tracking import runs_url; print("last sweep, trials by p50 latency:", runs_url("http://127.0.0.1:$(or $(MLFLOW_PORT),5000)"))'
 	$(RUN) mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts --port $(or $(MLFLOW_PORT),5000) --workers 1
+
+mlflow-server: setup ## shared MLflow tracking server on PostgreSQL (MLFLOW_PORT, 5000; installs postgresql if missing)
+	MLFLOW_PORT=$(or $(MLFLOW_PORT),5000) RUN="$(RUN)" bash scripts/mlflow-server.sh
+
+compare: setup ## champions by hardware from MLFLOW_TRACKING_URI (or mlflow.db) into reports/compare/
+	$(RUN) fishbench compare $(ARGS)
 
 clean: ## remove generated checkpoints, MLflow store, caches
 	rm -rf checkpoints/tiny-synthetic mlflow.db mlartifacts .pytest_cache .ruff_cache outputs multirun .cache/torch-compile
