@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from engine.errors import ConfigError
 from harness.sweep.config import TrackingConf
+from harness.sweep.tracking import champions_url
 
 log = logging.getLogger(__name__)
 MACHINE_TAGS = ("gpu_name", "vram_mb", "driver_version", "torch_version", "cuda_version")
@@ -107,11 +108,19 @@ def _gates(result: HardwareResult) -> str:
     return tags.get("gates", "pass") + noisy
 
 
-def to_markdown(results: Sequence[HardwareResult], tracking_uri: str, plot: str) -> str:
+def ui_url(tracking_uri: str, experiment_id: str) -> str:
+    """Where the MLflow UI shows the same runs: the server itself, or ``make mlflow-ui``."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return champions_url(tracking_uri.rstrip("/"), experiment_id)
+    return champions_url("http://127.0.0.1:5000", experiment_id) + " (after `make mlflow-ui`)"
+
+
+def to_markdown(results: Sequence[HardwareResult], tracking_uri: str, plot: str, ui: str) -> str:
     lines = [
         "# Champions by hardware",
         "",
         f"- store: `{tracking_uri}`; {len(results)} hardware with a champion",
+        f"- the same runs side by side in the MLflow UI: {ui}",
         "- speed-up: the champion's p50 latency against the baseline of its own sweep; memory: "
         "peak reserved VRAM, host RSS on CPU",
         "",
@@ -166,14 +175,18 @@ def plot(results: Sequence[HardwareResult], path: Path) -> Path:
 
 def compare(tracking_uri: str, experiment: str, out_dir: Path) -> Path:
     """Write the comparison report and its plot; returns the report's path."""
-    results = collect(MlflowClient(tracking_uri=tracking_uri), experiment)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    results = collect(client, experiment)
     if not results:
         raise ConfigError(f"no champion with hardware tags in {tracking_uri}: run a sweep first")
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     png = plot(results, out_dir / f"{stamp}.png")
     report = out_dir / f"{stamp}.md"
-    report.write_text(to_markdown(results, tracking_uri, png.name))
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    report.write_text(
+        to_markdown(results, tracking_uri, png.name, ui_url(tracking_uri, experiment_id))
+    )
     return report
 
 

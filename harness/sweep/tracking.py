@@ -91,20 +91,40 @@ def _trials_query(parent_id: str) -> dict[str, Any]:
     }
 
 
-def trials_view(parent_id: str, name: str) -> str:
-    """A saved runs-table view in the envelope MLflow's UI writes: the trials query plus the
-    compared figures as columns (the UI shows no metric column until one is picked)."""
-    metrics = [f"metrics.`{key}`" for key in (*HEADLINE_METRICS, "wer")]
-    columns = [*metrics, "tags.`status`", "tags.`noisy`", "tags.`champion`"]
+METRIC_COLUMNS = tuple(f"metrics.`{key}`" for key in (*HEADLINE_METRICS, "wer"))
+CHAMPIONS_VIEW = "champions"  # the view key of every hardware's champion side by side
+
+
+def _view(name: str, query: dict[str, Any], columns: list[str]) -> str:
+    """A saved runs-table view in the envelope MLflow's UI writes: a query plus the columns to
+    show (the UI shows no metric column until one is picked)."""
     state = {
-        **_trials_query(parent_id),
+        **query,
         "selectedColumns": columns,
-        "columnOrder": columns,  # p50 first, right after the run's name
-        "runsHiddenMode": "SHOW_ALL",  # every trial in the compare charts, not the first 10
+        "columnOrder": columns,
+        "runsHiddenMode": "SHOW_ALL",  # every run in the compare charts, not the first 10
     }
     now = _now_ms()
-    envelope = {"name": f"{name}: trials by p50 latency", "createdAt": now, "updatedAt": now}
-    return json.dumps({**envelope, "state": json.dumps(state)})
+    return json.dumps(
+        {"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
+    )
+
+
+def trials_view(parent_id: str, name: str) -> str:
+    """One sweep's trials, fastest p50 first, the compared figures as columns."""
+    columns = [*METRIC_COLUMNS, "tags.`status`", "tags.`noisy`", "tags.`champion`"]
+    return _view(f"{name}: trials by p50 latency", _trials_query(parent_id), columns)
+
+
+def champions_view() -> str:
+    """Every hardware's champion side by side (``fishbench compare`` renders the same runs)."""
+    query = {
+        "searchFilter": "tags.champion = 'true'",
+        "orderByKey": "tags.`hardware_id`",
+        "orderByAsc": True,
+    }
+    columns = ["tags.`hardware_id`", *METRIC_COLUMNS, "tags.`gates`", "tags.`vram_mb`"]
+    return _view("champions by hardware", query, columns)
 
 
 def runs_url(base_url: str, conf: TrackingConf | None = None) -> str:
@@ -141,6 +161,12 @@ def _artifact_location(conf: TrackingConf) -> str | None:
     artifacts = Path(conf.artifact_root).resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
     return artifacts.as_uri()
+
+
+def champions_url(base_url: str, experiment_id: str) -> str:
+    """The MLflow UI page of the champions view (saved when a champion is first marked)."""
+    query = {**WORKFLOW, "viewStateShareKey": CHAMPIONS_VIEW}
+    return f"{base_url}/#/experiments/{experiment_id}/runs?{urlencode(query)}"
 
 
 class SweepTracker:
@@ -228,6 +254,9 @@ class SweepTracker:
                 self.client.set_tag(run.info.run_id, "champion_until", run_id)
         self.client.set_tag(run_id, "champion", "true")
         self.client.set_tag(parent_id, "champion_run_id", run_id)
+        self.client.set_experiment_tag(
+            self.experiment_id, VIEW_TAG + CHAMPIONS_VIEW, champions_view()
+        )
 
     def tag_gates(self, records: list[TrialRecord], failures: dict[str, list[str]]) -> None:
         """Each measured candidate's gate verdict (``pass`` or the reasons) as its ``gates`` tag."""
