@@ -22,7 +22,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from engine.errors import ConfigError
-from harness.sweep.config import TrackingConf
+from harness.sweep.config import LOCAL_TRACKING_URI
 from harness.sweep.tracking import champions_url
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def memory_mb(run: Run | None) -> float | None:
 
 
 def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or TrackingConf().tracking_uri
+    return os.environ.get("MLFLOW_TRACKING_URI") or LOCAL_TRACKING_URI
 
 
 def collect(client: MlflowClient, experiment: str) -> list[HardwareResult]:

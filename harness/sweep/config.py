@@ -228,11 +228,15 @@ class BaselineConf:
     compile: bool = False
 
 
+LOCAL_TRACKING_URI = "sqlite:///mlflow.db"
+
+
 @dataclass
 class TrackingConf:
     """Where MLflow writes: a sqlite store and a local artifact folder by default."""
 
-    tracking_uri: str = "sqlite:///mlflow.db"
+    # MLFLOW_TRACKING_URI (e.g. a `make mlflow-server` on another machine) wins over the local file
+    tracking_uri: str = f"${{oc.env:MLFLOW_TRACKING_URI,{LOCAL_TRACKING_URI}}}"
     artifact_root: str = "mlartifacts"
     experiment: str = "fishbench-sweep"
 

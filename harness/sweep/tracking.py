@@ -24,7 +24,7 @@ import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from harness.sweep.config import TrackingConf
+from harness.sweep.config import LOCAL_TRACKING_URI, TrackingConf
 from harness.trial.metrics import HEADLINE_METRICS
 from harness.trial.record import FAILED, OK, TrialRecord
 
@@ -132,7 +132,7 @@ def runs_url(base_url: str, conf: TrackingConf | None = None) -> str:
 
     A sweep logged before views were saved gets the same query in the URL, without the columns;
     no sweep yet gives the experiment's runs table, no experiment the UI's home page."""
-    conf = conf or TrackingConf()
+    conf = conf or TrackingConf(tracking_uri=LOCAL_TRACKING_URI)
     client = MlflowClient(tracking_uri=conf.tracking_uri)
     experiment = client.get_experiment_by_name(conf.experiment)
     if experiment is None:

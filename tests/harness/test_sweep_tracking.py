@@ -76,6 +76,11 @@ def _report(folder: Path, records: list[TrialRecord]) -> list[Path]:
         scenario="fixed",
         wer_note=None,
         profile_path=None,
+        machine=["- machine at the start: other processes used 0.01 of 2 CPU cores"],
+        search=["- search: the `quick-cpu` grid, most promising first"],
+        front=[],
+        not_run=[],
+        budget_minutes=None,
     )
     report = write_report(folder, records, selection, context)
     return [report, folder / "latency_vs_memory.png", folder / "stages.png"]
