@@ -202,6 +202,19 @@ class SearchConf:
 
 
 @dataclass
+class LauncherConf:
+    """Where trials run: one after another here (``local``), or as Ray tasks (``ray``)."""
+
+    name: str = "local"
+    address: str | None = None  # ray: a cluster to join (default: $RAY_ADDRESS, else local)
+    allow_shared_cpu: bool = False  # ray without GPUs: trials side by side on shared CPUs
+
+    def __post_init__(self) -> None:
+        if self.name not in ("local", "ray"):
+            raise ConfigError(f"launcher must be local or ray, not {self.name!r}")
+
+
+@dataclass
 class GridConf:
     """Candidates over the engine group: the product of ``axes``, then each of ``points``."""
 
@@ -251,6 +264,7 @@ class SweepConf:
     quality: QualityConf = field(default_factory=QualityConf)
     grid: GridConf = field(default_factory=GridConf)
     search: SearchConf = field(default_factory=SearchConf)
+    launcher: LauncherConf = field(default_factory=LauncherConf)
     isolation: IsolationConf = field(default_factory=IsolationConf)
     selection: SelectionConf = field(default_factory=SelectionConf)
     baseline: BaselineConf = field(default_factory=BaselineConf)
@@ -273,6 +287,11 @@ class SweepConf:
             raise ConfigError("trial_timeout_s must be positive")
         if self.budget_minutes is not None and self.budget_minutes <= 0:
             raise ConfigError("budget_minutes must be positive")
+        if self.launcher.name == "ray" and (self.budget_minutes or self.search.name != "grid"):
+            raise ConfigError(
+                "launcher=ray runs the grid's trials side by side; budget_minutes and "
+                "search=optuna choose each trial after the last, so they need launcher=local"
+            )
 
 
 def register_configs() -> None:

@@ -160,6 +160,24 @@ def _plan(sweep: OpenSweep, specs: list[TrialSpec], history: dict[str, PastTrial
     return GridPlan(order_by_promise(specs, history))
 
 
+def _context(sweep: OpenSweep, reference: str | None) -> TrialContext:
+    """What every trial shares, with absolute paths: a Ray worker starts in another folder."""
+    return TrialContext(
+        sweep.conf,
+        SweepFolder(sweep.folder.root.resolve()),
+        str(sweep.checkpoint.path.resolve()),
+        str(Path(reference).resolve()) if reference else None,
+        not sweep.checkpoint.is_synthetic,
+    )
+
+
+def _keep(sweep: OpenSweep, spec: TrialSpec, record: TrialRecord) -> None:
+    """Log a trial that just finished to MLflow and save its record (resume reads it)."""
+    trial_dir = sweep.folder.trial_dir(spec.config_hash)
+    record.run_id = sweep.tracker.log_trial(sweep.parent_id, record, sweep.tags, trial_dir)
+    sweep.folder.save_record(record)
+
+
 def run_trials(
     sweep: OpenSweep,
     plan: Plan,
@@ -169,13 +187,7 @@ def run_trials(
 ) -> TrialsRun:
     """Run or resume the plan's trials, logging each to MLflow as soon as it finishes, until the
     plan or the time budget runs out."""
-    ctx = TrialContext(
-        sweep.conf,
-        sweep.folder,
-        str(sweep.checkpoint.path),
-        reference,
-        not sweep.checkpoint.is_synthetic,
-    )
+    ctx = _context(sweep, reference)
     finished = sweep.folder.finished(sweep.conf.retry_failed)
     budget = Budget(sweep.conf.budget_minutes)
     records: list[TrialRecord] = []
@@ -200,16 +212,39 @@ def run_trials(
                 record = execute_trial(spec, ctx)
                 if spec.runs:
                     budget.ran(record.ended_at - record.started_at)
-                trial_dir = sweep.folder.trial_dir(spec.config_hash)
-                record.run_id = sweep.tracker.log_trial(
-                    sweep.parent_id, record, sweep.tags, trial_dir
-                )
-                sweep.folder.save_record(record)
+                _keep(sweep, spec, record)
             plan.done(record)
             records.append(record)
             to_run = plan.total - len(records)
             progress.update(task, advance=1, eta=budget.eta(to_run))
     return TrialsRun(records, not_run, budget.walls, plan.asked_count)
+
+
+def run_trials_on_ray(
+    sweep: OpenSweep, specs: list[TrialSpec], reference: str | None, console: Console
+) -> TrialsRun:
+    """``launcher=ray``: the grid's trials as Ray tasks (``harness.sweep.ray_launcher``)."""
+    from harness.sweep.ray_launcher import run_on_ray
+
+    finished = sweep.folder.finished(sweep.conf.retry_failed)
+    landed: dict[str, TrialRecord] = {}
+    walls: list[float] = []
+    with _progress(console) as progress:
+        task = progress.add_task("Ray trials", total=len(specs), eta="?")
+
+        def done(spec: TrialSpec, record: TrialRecord) -> None:
+            if spec.config_hash in finished:
+                log.info("resume: %s already finished (%s)", spec.name, record.status)
+            else:
+                _keep(sweep, spec, record)
+                if spec.runs:
+                    walls.append(record.ended_at - record.started_at)
+            landed[spec.config_hash] = record
+            progress.update(task, advance=1, description=f"landed: {spec.name}")
+
+        run_on_ray(_context(sweep, reference), specs, finished, done, console)
+    records = [landed[spec.config_hash] for spec in specs]
+    return TrialsRun(records, [], walls, len(specs) - 1)
 
 
 def _search_lines(
@@ -351,15 +386,19 @@ def run_sweep(cfg: DictConfig | SweepConf, console: Console | None = None) -> Sw
     history = load_history(conf.reports_dir, conf.hardware.name, sweep.folder.sweep_id)
     plan = _plan(sweep, specs, history)
     log.info(
-        "sweep %s: %d trials (%s, search=%s%s) in %s",
+        "sweep %s: %d trials (%s, search=%s, launcher=%s%s) in %s",
         sweep.folder.sweep_id,
         plan.total,
         conf.grid.name,
         conf.search.name,
+        conf.launcher.name,
         f", budget {conf.budget_minutes:g} min" if conf.budget_minutes else "",
         sweep.folder.root,
     )
-    run = run_trials(sweep, plan, history, reference, console)
+    if conf.launcher.name == "ray":
+        run = run_trials_on_ray(sweep, order_by_promise(specs, history), reference, console)
+    else:
+        run = run_trials(sweep, plan, history, reference, console)
     return conclude(sweep, specs, run, start_state, console)
 
 

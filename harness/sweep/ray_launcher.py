@@ -1,0 +1,131 @@
+"""``launcher=ray``: a sweep's trials spread over every GPU of a Ray cluster.
+
+Each trial is a Ray task that owns one whole GPU (``num_gpus=1``, so never two trials on one GPU)
+and runs in a fresh worker process (``max_calls=1``); inside it ``execute_trial`` spawns the trial
+child exactly as the local launcher does, so the timeout, the FAILED-with-reason records, the
+isolation watch and the NOISY re-run all hold. The baseline runs first and alone; candidates
+follow, as many at once as there are GPUs. One sweep targets one hardware kind (its ``hardware``
+preset): sweep each kind of GPU in the cluster separately, each against its own baseline.
+
+``RAY_ADDRESS`` (or ``launcher.address``) joins an existing cluster, whose nodes must see the
+checkpoint and reference at the same paths; without one a local Ray instance starts. A trial's
+folder travels back with its record, so the driver logs the same artifacts as a local sweep.
+Without GPUs, parallel trials would share CPUs and disturb each other's timings: one at a time,
+unless ``launcher.allow_shared_cpu=true`` (tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import ray
+from rich.console import Console
+
+from engine.errors import ConfigError
+from harness.sweep.config import SweepConf
+from harness.sweep.grid import TrialSpec
+from harness.sweep.trials import TrialContext, execute_trial
+from harness.trial.record import TrialRecord
+
+log = logging.getLogger(__name__)
+LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # records and trial folders only: a few MB each
+
+
+def run_on_worker(spec: TrialSpec, ctx: TrialContext) -> tuple[TrialRecord, dict[str, bytes], str]:
+    """The Ray task: one trial in this fresh worker, its folder's files, and where it ran."""
+    record = execute_trial(spec, ctx)
+    folder = ctx.folder.trial_dir(spec.config_hash)
+    files = {
+        path.relative_to(folder).as_posix(): path.read_bytes()
+        for path in folder.rglob("*")
+        if path.is_file()
+    }
+    return record, files, f"Ray worker pid {os.getpid()} on {socket.gethostname()}"
+
+
+def connect(conf: SweepConf) -> None:
+    """Join ``launcher.address`` / ``RAY_ADDRESS``, or start a local Ray instance."""
+    if ray.is_initialized():
+        return
+    address = conf.launcher.address or os.environ.get("RAY_ADDRESS")
+    options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    if address is None:
+        options["object_store_memory"] = LOCAL_OBJECT_STORE_BYTES
+    ray.init(address=address, **options)
+    log.info("Ray cluster: %s", ray.cluster_resources())
+
+
+def slots(conf: SweepConf) -> tuple[int, dict[str, Any]]:
+    """How many trials run at once, and the resources each task claims."""
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
+    if conf.hardware.device == "cuda":
+        if gpus == 0:
+            raise ConfigError(f"hardware={conf.hardware.name} needs GPUs; the Ray cluster has none")
+        return gpus, {"num_gpus": 1}
+    if not conf.launcher.allow_shared_cpu:
+        log.warning(
+            "no GPU in the Ray cluster: trials run one at a time, since side by side on shared "
+            "CPUs they would disturb each other's timings (launcher.allow_shared_cpu=true "
+            "overrides)"
+        )
+        return 1, {"num_cpus": cpus}
+    return cpus, {"num_cpus": 1}
+
+
+def _land(ctx: TrialContext, spec: TrialSpec, result: Any) -> TrialRecord:
+    """The record a task returned, its files written here; a lost task as a FAILED record."""
+    try:
+        record, files, worker = ray.get(result)
+    except ray.exceptions.RayError as exc:
+        record = spec.record()
+        first = str(exc).strip().splitlines()
+        record.reason = f"Ray task failed: {type(exc).__name__}: {first[0] if first else ''}"
+        log.warning("trial %s FAILED: %s", spec.name, record.headline)
+        return record
+    folder = ctx.folder.trial_dir(spec.config_hash)
+    for name, data in files.items():
+        path = folder / name
+        if not path.is_file():  # another node: bring the artifacts to the driver
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    record.notes["worker"] = worker
+    return record
+
+
+def run_on_ray(
+    ctx: TrialContext,
+    specs: list[TrialSpec],
+    finished: dict[str, TrialRecord],
+    done: Callable[[TrialSpec, TrialRecord], None],
+    console: Console,
+) -> None:
+    """Run ``specs`` (baseline first, alone) on the cluster, calling ``done`` as each lands;
+    finished (resumed) and not-runnable specs are handed to ``done`` without a task."""
+    connect(ctx.conf)
+    parallel, resources = slots(ctx.conf)
+    task = ray.remote(max_calls=1, max_retries=0)(run_on_worker).options(**resources)
+    queue: list[TrialSpec] = []
+    for spec in specs:
+        if spec.config_hash in finished:
+            done(spec, finished[spec.config_hash])
+        elif not spec.runs:
+            done(spec, execute_trial(spec, ctx))
+        else:
+            queue.append(spec)
+    if queue and queue[0].is_baseline:
+        baseline = queue.pop(0)
+        done(baseline, _land(ctx, baseline, task.remote(baseline, ctx)))
+    pending: dict[Any, TrialSpec] = {}
+    while queue or pending:
+        while queue and len(pending) < parallel:
+            spec = queue.pop(0)
+            pending[task.remote(spec, ctx)] = spec
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        spec = pending.pop(ready[0])
+        done(spec, _land(ctx, spec, ready[0]))
+    console.log(f"Ray: {len(specs)} trials, up to {parallel} at once")

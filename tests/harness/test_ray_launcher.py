@@ -1,0 +1,92 @@
+"""launcher=ray on a local Ray instance: each trial in its own fresh worker process, a trial that
+fails inside its worker recorded FAILED with the reason, and resume skipping finished trials."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+from rich.console import Console
+
+from harness.sweep.compose import build_config
+from harness.sweep.runner import SweepOutcome, run_sweep
+
+pytestmark = pytest.mark.slow
+# Its prompt alone overflows max_seq_len=256: the trial fails inside its worker.
+TEXT = " ".join(["The weather was calm that evening, so we walked along the river."] * 8)
+POINTS = "[{chunk_size:8},{max_seq_len:256}]"
+
+
+def sweep(root: Path, checkpoint: Path, reference: tuple[Path, str], *extra: str) -> SweepOutcome:
+    cfg = build_config(
+        [
+            f"checkpoint={checkpoint}",
+            f"reports_dir={root / 'reports'}",
+            f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}",
+            f"tracking.artifact_root={root / 'mlartifacts'}",
+            f"scenario.reference_audio={reference[0]}",
+            "scenario.fixed_frames=16",
+            "scenario.max_repeats=6",
+            "scenario.fidelity_frames=8",
+            "launcher=ray",
+            "launcher.allow_shared_cpu=true",
+            "isolation.max_other_cores=8",  # side-by-side trials on shared CPUs, on purpose
+            *extra,
+        ]
+    )
+    cfg.scenario.text = TEXT
+    cfg.scenario.reference_text = reference[1]
+    return run_sweep(cfg, Console(width=200))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    yield tmp_path_factory.mktemp("ray")
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def first(root: Path, tiny_checkpoint: Path, piper_reference: tuple[Path, str]) -> SweepOutcome:
+    return sweep(root, tiny_checkpoint, piper_reference, f"grid.points={POINTS}", "sweep_id=ray")
+
+
+def worker_pid(note: str) -> int:
+    return int(re.fullmatch(r"Ray worker pid (\d+) on .+", note).group(1))
+
+
+def test_each_trial_runs_in_its_own_ray_worker(first: SweepOutcome) -> None:
+    assert [(r.name, r.status) for r in first.records] == [
+        ("baseline", "OK"),
+        ("chunk_size=8", "OK"),
+        ("max_seq_len=256", "FAILED"),
+    ]
+    pids = {worker_pid(r.notes["worker"]) for r in first.records}
+    assert len(pids) == 3
+    assert all(
+        (first.folder / "trials" / r.config_hash / "sample.wav").is_file()
+        for r in first.records[:2]
+    )
+
+
+def test_a_trial_failing_in_its_worker_is_failed_with_its_reason(first: SweepOutcome) -> None:
+    failed = first.records[2]
+    assert "max_seq_len" in failed.headline
+    assert first.selection.winner.name == "chunk_size=8"
+    assert first.profile_path is not None and first.profile_path.is_file()
+
+
+def test_resume_skips_finished_trials(
+    root: Path, tiny_checkpoint: Path, piper_reference: tuple[Path, str], first: SweepOutcome
+) -> None:
+    more = "[{chunk_size:8},{max_seq_len:256},{eos_check_interval:32}]"
+    resumed = sweep(root, tiny_checkpoint, piper_reference, f"grid.points={more}", "resume=ray")
+    before = {r.name: (r.run_id, r.notes["worker"]) for r in first.records}
+    after = {r.name: (r.run_id, r.notes.get("worker")) for r in resumed.records}
+    assert {name: after[name] for name in before} == before
+    assert resumed.records[-1].name == "eos_check_interval=32" and resumed.records[-1].ok
+    assert worker_pid(after["eos_check_interval=32"][1]) not in {
+        worker_pid(note) for _, note in before.values()
+    }
