@@ -47,8 +47,8 @@ from harness.sweep.machine import busy_warning, hardware_tags, state_lines, surv
 from harness.sweep.plan import Budget, GridPlan, PastTrial, Plan, load_history, order_by_promise
 from harness.sweep.report import SweepContext, console_table, speedup, write_report
 from harness.sweep.selection import (
+    Gates,
     Selection,
-    feasible,
     fidelity_gates,
     pareto_front,
     select_winner,
@@ -297,8 +297,10 @@ def conclude(
     """Select and export the winner, tag it champion, write the report, print the table."""
     conf, checkpoint, records = sweep.conf, sweep.checkpoint, run.records
     wer_applicable = not checkpoint.is_synthetic
-    gates = (conf.quality, conf.hardware.vram_budget_mb, wer_applicable)
-    selection = select_winner(records, *gates, conf.selection.allow_noisy)
+    gates = Gates(
+        conf.quality, conf.hardware.vram_budget_mb, wer_applicable, conf.selection.allow_noisy
+    )
+    selection = select_winner(records, gates)
     baseline = next((r for r in records if r.is_baseline), None)
     sweep.tracker.tag_gates(records, selection.failures)
     artifacts, profile_path, winner_metrics = [], None, {}
@@ -318,11 +320,7 @@ def conclude(
         )
         winner_metrics = {**selection.winner.metrics, "speedup_vs_baseline": ratio}
         artifacts.append(dated)
-    candidates = [
-        r
-        for r in records
-        if not r.is_baseline and feasible(r, baseline, *gates, conf.selection.allow_noisy)
-    ]
+    candidates = [r for r in records if not r.is_baseline and gates.feasible(r, baseline)]
     front = pareto_front(candidates, conf.quality.objective, conf.quality.objective_goal)
     scenario = conf.scenario
     context = SweepContext(

@@ -27,7 +27,7 @@ from hydra_plugins.hydra_optuna_sweeper.config import NSGAIISamplerConfig
 from engine.profile import Hardware
 from harness.sweep.config import SweepConf
 from harness.sweep.grid import TrialSpec, candidate_spec
-from harness.sweep.selection import feasible
+from harness.sweep.selection import Gates
 from harness.trial.record import TrialRecord
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,9 @@ class OptunaPlan:
         wer_applicable: bool,
     ) -> None:
         self.conf, self.hw, self.base, self.inputs = conf, hw, base, inputs
-        self.wer_applicable = wer_applicable
+        self.gates = Gates(
+            conf.quality, conf.hardware.vram_budget_mb, wer_applicable, conf.selection.allow_noisy
+        )
         self.space = search_space(conf, base)
         if not self.space:
             raise ValueError(f"grid {conf.grid.name!r} varies no knob: nothing to search")
@@ -135,14 +137,7 @@ class OptunaPlan:
         if not record.ok or objective is None:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return
-        ok = feasible(
-            record,
-            self.baseline,
-            self.conf.quality,
-            self.conf.hardware.vram_budget_mb,
-            self.wer_applicable,
-            self.conf.selection.allow_noisy,
-        )
+        ok = self.gates.feasible(record, self.baseline)
         trial.set_user_attr(CONSTRAINTS, [0.0 if ok else 1.0])
         sign = 1.0 if self.conf.quality.objective_goal == "min" else -1.0
         self.study.tell(trial, [sign * objective, memory if memory is not None else 0.0])

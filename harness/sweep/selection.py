@@ -80,27 +80,36 @@ def _baseline_reasons(
     return [f"{quality.objective} {mine:.4g} does not beat the baseline's {theirs:.4g}"]
 
 
-def gate_failures(
-    trial: TrialRecord,
-    baseline: TrialRecord | None,
-    quality: QualityConf,
-    vram_budget_mb: float | None,
-    wer_applicable: bool,
-    allow_noisy: bool = False,
-) -> list[str]:
-    """Why ``trial`` may not win (empty when it passes every gate)."""
-    if not trial.ok:
-        return [f"{trial.status}: {trial.headline}"]
-    if trial.noisy and not allow_noisy:
-        return [f"NOISY: {trial.noisy} (selection.allow_noisy=true lets it win)"]
-    if trial.metric(quality.objective) is None:
-        return [f"objective {quality.objective} was not measured"]
-    reasons = _fidelity_reasons(trial, quality)
-    if wer_applicable:
-        reasons += _wer_reasons(trial, baseline, quality.max_wer_delta)
-    return (
-        reasons + _vram_reasons(trial, vram_budget_mb) + _baseline_reasons(trial, baseline, quality)
-    )
+@dataclass(frozen=True)
+class Gates:
+    """The rules a sweep judges candidates by: its quality config and the machine's limits."""
+
+    quality: QualityConf
+    vram_budget_mb: float | None
+    wer_applicable: bool
+    allow_noisy: bool = False
+
+    def failures(self, trial: TrialRecord, baseline: TrialRecord | None) -> list[str]:
+        """Why ``trial`` may not win (empty when it passes every gate)."""
+        quality = self.quality
+        if not trial.ok:
+            return [f"{trial.status}: {trial.headline}"]
+        if trial.noisy and not self.allow_noisy:
+            return [f"NOISY: {trial.noisy} (selection.allow_noisy=true lets it win)"]
+        if trial.metric(quality.objective) is None:
+            return [f"objective {quality.objective} was not measured"]
+        reasons = _fidelity_reasons(trial, quality)
+        if self.wer_applicable:
+            reasons += _wer_reasons(trial, baseline, quality.max_wer_delta)
+        reasons += _vram_reasons(trial, self.vram_budget_mb)
+        return reasons + _baseline_reasons(trial, baseline, quality)
+
+    def feasible(self, trial: TrialRecord, baseline: TrialRecord | None) -> bool:
+        """Passes every gate but the baseline comparison: a point the Pareto front may hold."""
+        relaxed = dataclasses.replace(
+            self, quality=dataclasses.replace(self.quality, must_beat_baseline=False)
+        )
+        return not relaxed.failures(trial, baseline)
 
 
 def interval(trial: TrialRecord, key: str) -> tuple[float, float] | None:
@@ -142,20 +151,12 @@ def _pick(passing: list[TrialRecord], quality: QualityConf) -> tuple[TrialRecord
     )
 
 
-def select_winner(
-    trials: Sequence[TrialRecord],
-    quality: QualityConf,
-    vram_budget_mb: float | None,
-    wer_applicable: bool,
-    allow_noisy: bool = False,
-) -> Selection:
+def select_winner(trials: Sequence[TrialRecord], gates: Gates) -> Selection:
     """Apply the gates to every candidate and pick the winner (see module docstring)."""
+    quality = gates.quality
     baseline = next((t for t in trials if t.is_baseline), None)
     candidates = [t for t in trials if not t.is_baseline]
-    failures = {
-        t.name: gate_failures(t, baseline, quality, vram_budget_mb, wer_applicable, allow_noisy)
-        for t in candidates
-    }
+    failures = {t.name: gates.failures(t, baseline) for t in candidates}
     passing = [t for t in candidates if not failures[t.name]]
     if passing:
         winner, tie = _pick(passing, quality)
@@ -168,19 +169,6 @@ def select_winner(
     if baseline is not None and baseline.ok:
         return Selection(baseline, failures, "the baseline wins: no candidate passed every gate")
     return Selection(None, failures, "no winner: no candidate passed and the baseline did not run")
-
-
-def feasible(
-    trial: TrialRecord,
-    baseline: TrialRecord | None,
-    quality: QualityConf,
-    vram_budget_mb: float | None,
-    wer_applicable: bool,
-    allow_noisy: bool = False,
-) -> bool:
-    """Passes every gate but the baseline comparison: a point the Pareto front may hold."""
-    relaxed = dataclasses.replace(quality, must_beat_baseline=False)
-    return not gate_failures(trial, baseline, relaxed, vram_budget_mb, wer_applicable, allow_noisy)
 
 
 def pareto_front(trials: Sequence[TrialRecord], objective: str, goal: str) -> list[TrialRecord]:

@@ -4,42 +4,24 @@ fails inside its worker recorded FAILED with the reason, and resume skipping fin
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import ray
-from rich.console import Console
 
-from harness.sweep.compose import build_config
-from harness.sweep.runner import SweepOutcome, run_sweep
+from harness.sweep.runner import SweepOutcome
 
 pytestmark = pytest.mark.slow
 # Its prompt alone overflows max_seq_len=256: the trial fails inside its worker.
 TEXT = " ".join(["The weather was calm that evening, so we walked along the river."] * 8)
 POINTS = "[{chunk_size:8},{max_seq_len:256}]"
-
-
-def sweep(root: Path, checkpoint: Path, reference: tuple[Path, str], *extra: str) -> SweepOutcome:
-    cfg = build_config(
-        [
-            f"checkpoint={checkpoint}",
-            f"reports_dir={root / 'reports'}",
-            f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}",
-            f"tracking.artifact_root={root / 'mlartifacts'}",
-            f"scenario.reference_audio={reference[0]}",
-            "scenario.fixed_frames=16",
-            "scenario.max_repeats=6",
-            "scenario.fidelity_frames=8",
-            "launcher=ray",
-            "launcher.allow_shared_cpu=true",
-            "isolation.max_other_cores=8",  # side-by-side trials on shared CPUs, on purpose
-            *extra,
-        ]
-    )
-    cfg.scenario.text = TEXT
-    cfg.scenario.reference_text = reference[1]
-    return run_sweep(cfg, Console(width=200))
+RAY = (
+    "launcher=ray",
+    "launcher.allow_shared_cpu=true",
+    "isolation.max_other_cores=8",  # side-by-side trials on shared CPUs, on purpose
+)
+TinySweep = Callable[..., SweepOutcome]  # the tiny_sweep fixture (tests/harness/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +31,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def first(root: Path, tiny_checkpoint: Path, piper_reference: tuple[Path, str]) -> SweepOutcome:
-    return sweep(root, tiny_checkpoint, piper_reference, f"grid.points={POINTS}", "sweep_id=ray")
+def first(root: Path, tiny_sweep: TinySweep) -> SweepOutcome:
+    return tiny_sweep(root, f"grid.points={POINTS}", "sweep_id=ray", *RAY, text=TEXT)
 
 
 def worker_pid(note: str) -> int:
@@ -79,10 +61,10 @@ def test_a_trial_failing_in_its_worker_is_failed_with_its_reason(first: SweepOut
 
 
 def test_resume_skips_finished_trials(
-    root: Path, tiny_checkpoint: Path, piper_reference: tuple[Path, str], first: SweepOutcome
+    root: Path, tiny_sweep: TinySweep, first: SweepOutcome
 ) -> None:
     more = "[{chunk_size:8},{max_seq_len:256},{eos_check_interval:32}]"
-    resumed = sweep(root, tiny_checkpoint, piper_reference, f"grid.points={more}", "resume=ray")
+    resumed = tiny_sweep(root, f"grid.points={more}", "resume=ray", *RAY, text=TEXT)
     before = {r.name: (r.run_id, r.notes["worker"]) for r in first.records}
     after = {r.name: (r.run_id, r.notes.get("worker")) for r in resumed.records}
     assert {name: after[name] for name in before} == before

@@ -6,7 +6,7 @@ import pytest
 
 from engine.fidelity import FIDELITY_GATES
 from harness.sweep.config import QualityConf
-from harness.sweep.selection import select_winner
+from harness.sweep.selection import Gates, select_winner
 from harness.trial.record import BASELINE, CANDIDATE, FAILED, OK, SKIPPED, TrialRecord
 
 FAITHFUL = {
@@ -48,7 +48,7 @@ def baseline(latency: float = 2.0, wer: float | None = None) -> TrialRecord:
 
 
 def choose(*trials: TrialRecord, budget: float | None = None, wer: bool = False, **quality):
-    return select_winner(trials, QualityConf(**quality), budget, wer)
+    return select_winner(trials, Gates(QualityConf(**quality), budget, wer))
 
 
 def test_fastest_passing_candidate_wins() -> None:
@@ -176,7 +176,7 @@ def test_a_noisy_candidate_cannot_win_unless_allowed() -> None:
     result = choose(baseline(), noisy, quiet)
     assert result.winner.name == "quiet"
     assert result.failures["noisy"][0].startswith("NOISY: other processes used 1.20 CPU cores")
-    allowed = select_winner([baseline(), noisy, quiet], QualityConf(), None, False, True)
+    allowed = select_winner([baseline(), noisy, quiet], Gates(QualityConf(), None, False, True))
     assert allowed.winner.name == "noisy"
 
 

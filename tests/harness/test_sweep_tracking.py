@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from harness.sweep.config import QualityConf, TrackingConf
 from harness.sweep.report import SweepContext, write_report
-from harness.sweep.selection import select_winner
+from harness.sweep.selection import Gates, select_winner
 from harness.sweep.tracking import (
     KIND_TAG,
     MODEL_TRAINING,
@@ -63,7 +63,7 @@ class Logged:
 
 
 def _report(folder: Path, records: list[TrialRecord]) -> list[Path]:
-    selection = select_winner(records, QualityConf(), None, wer_applicable=False)
+    selection = select_winner(records, Gates(QualityConf(), None, wer_applicable=False))
     context = SweepContext(
         sweep_id="s1",
         checkpoint="checkpoints/tiny-synthetic",

@@ -6,47 +6,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from rich.console import Console
 
-from harness.sweep.compose import build_config
-from harness.sweep.runner import SweepOutcome, run_sweep
+from harness.sweep.runner import SweepOutcome
 
 pytestmark = pytest.mark.slow
+TinySweep = Callable[..., SweepOutcome]  # the tiny_sweep fixture (tests/harness/conftest.py)
 
-QUICK = [
-    "scenario.fixed_frames=16",
-    "scenario.warmup_runs=1",
-    "scenario.repeats=6",
-    "scenario.max_repeats=6",
-    "scenario.fidelity_frames=8",
-    "trial_timeout_s=300",
-    "isolation.retry_wait_s=0.5",
-]
-
-
-def sweep(
-    root: Path, checkpoint: Path, reference: tuple[Path, str], sweep_id: str, *overrides: str
-) -> SweepOutcome:
-    cfg = build_config(
-        [
-            f"checkpoint={checkpoint}",
-            f"reports_dir={root / 'reports'}",
-            f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}",
-            f"tracking.artifact_root={root / 'mlartifacts'}",
-            f"scenario.reference_audio={reference[0]}",
-            f"sweep_id={sweep_id}",
-            *QUICK,
-            *overrides,
-        ]
-    )
-    cfg.scenario.reference_text = reference[1]
-    return run_sweep(cfg, Console(width=200))
+QUICK = ("scenario.repeats=6", "isolation.retry_wait_s=0.5")
 
 
 @contextmanager
@@ -65,40 +37,54 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("trust")
 
 
-def test_a_trial_next_to_a_cpu_hog_is_noisy_rerun_and_cannot_win(
-    root: Path, tiny_checkpoint: Path, piper_reference: tuple[Path, str]
-) -> None:
-    one_candidate = "grid.points=[{chunk_size:8}]"
+@pytest.fixture(scope="module")
+def hogged(root: Path, tiny_sweep: TinySweep) -> SweepOutcome:
+    """The baseline and the engine default, run next to a CPU hog."""
     with cpu_hog():
-        disturbed = sweep(root, tiny_checkpoint, piper_reference, "hog", one_candidate)
-    candidate = disturbed.records[1]
+        return tiny_sweep(root, "sweep_id=hog", "grid.points=[{}]", *QUICK)
+
+
+@pytest.fixture(scope="module")
+def budgeted(root: Path, tiny_sweep: TinySweep) -> SweepOutcome:
+    """The quick grid under a budget too small for more than the baseline and one candidate,
+    with no hog and no earlier sweeps (which would reorder the grid by what they measured)."""
+    return tiny_sweep(
+        root / "no-history", "sweep_id=budget", "grid=quick-cpu", "budget_minutes=0.01", *QUICK
+    )
+
+
+def test_a_trial_next_to_a_cpu_hog_is_noisy_rerun_and_cannot_win(
+    root: Path, hogged: SweepOutcome
+) -> None:
+    candidate = hogged.records[1]
     assert candidate.ok and candidate.noisy, candidate.isolation
     assert "other processes used" in candidate.noisy and "python" in candidate.noisy
     assert candidate.notes["isolation"].startswith("re-run after NOISY")
     assert candidate.metric("other_cpu_cores") > 0.5
-    assert disturbed.selection.failures[candidate.name][0].startswith("NOISY")
-    assert disturbed.selection.winner.is_baseline
-    report = disturbed.report_path.read_text()
+    assert hogged.selection.failures[candidate.name][0].startswith("NOISY")
+    assert hogged.selection.winner.is_baseline
+    report = hogged.report_path.read_text()
     assert "| OK NOISY |" in report and "## NOISY trials" in report
-
-    quiet = sweep(root, tiny_checkpoint, piper_reference, "quiet", one_candidate)
-    candidate = quiet.records[1]
-    assert candidate.ok and candidate.noisy is None, candidate.isolation
-    assert "isolation" not in candidate.notes
-    assert quiet.selection.winner.name == candidate.name
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("fishbench-sweep")
     noisy = client.search_runs([experiment.experiment_id], filter_string="tags.noisy = 'true'")
-    assert "chunk_size=8" in {run.info.run_name for run in noisy}
+    assert candidate.name in {run.info.run_name for run in noisy}
+
+
+def test_the_same_trial_without_the_hog_is_not_noisy(
+    hogged: SweepOutcome, budgeted: SweepOutcome
+) -> None:
+    disturbed, quiet = hogged.records[1], budgeted.records[1]
+    assert quiet.config_hash == disturbed.config_hash
+    assert quiet.ok and quiet.noisy is None, quiet.isolation
+    assert "isolation" not in quiet.notes
+    assert budgeted.selection.failures[quiet.name] == []
 
 
 def test_budget_stops_the_quick_grid_after_the_baseline_and_one_candidate(
-    root: Path, tiny_checkpoint: Path, piper_reference: tuple[Path, str]
+    budgeted: SweepOutcome,
 ) -> None:
-    fresh = root / "no-history"  # earlier sweeps would reorder the grid by what they measured
-    outcome = sweep(
-        fresh, tiny_checkpoint, piper_reference, "budget", "grid=quick-cpu", "budget_minutes=0.01"
-    )
+    outcome = budgeted
     assert [r.name for r in outcome.records] == ["baseline", "engine-default"]
     assert outcome.not_run == [
         "quantization=int8",
@@ -113,16 +99,15 @@ def test_budget_stops_the_quick_grid_after_the_baseline_and_one_candidate(
 
 
 def test_optuna_search_logs_its_trials_under_one_parent_and_exports(
-    root: Path, tiny_checkpoint: Path, piper_reference: tuple[Path, str]
+    root: Path, tiny_sweep: TinySweep
 ) -> None:
-    outcome = sweep(
+    outcome = tiny_sweep(
         root,
-        tiny_checkpoint,
-        piper_reference,
-        "optuna",
+        "sweep_id=optuna",
         "grid.points=[{quantization:int8},{chunk_size:8},{eos_check_interval:32}]",
         "search=optuna",
         "search.n_trials=4",
+        *QUICK,
     )
     assert outcome.records[0].is_baseline
     candidates = outcome.records[1:]

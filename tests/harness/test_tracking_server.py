@@ -11,20 +11,19 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg2
 import pytest
 from mlflow.tracking import MlflowClient
-from rich.console import Console
 
 from harness.cli import main as fishbench
-from harness.sweep.compose import build_config
-from harness.sweep.runner import SweepOutcome, run_sweep
+from harness.sweep.runner import SweepOutcome
 
 pytestmark = pytest.mark.slow
+TinySweep = Callable[..., SweepOutcome]  # the tiny_sweep fixture (tests/harness/conftest.py)
 REPO = Path(__file__).resolve().parents[2]
 START_DEADLINE_S = 180
 
@@ -82,26 +81,13 @@ def server() -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def swept(
-    server: Server,
-    tiny_checkpoint: Path,
-    piper_reference: tuple[Path, str],
-    tmp_path_factory: pytest.TempPathFactory,
+    server: Server, tiny_sweep: TinySweep, tmp_path_factory: pytest.TempPathFactory
 ) -> SweepOutcome:
-    reports = tmp_path_factory.mktemp("server-sweep")
-    cfg = build_config(
-        [
-            f"checkpoint={tiny_checkpoint}",
-            f"reports_dir={reports}",
-            f"tracking.tracking_uri={server.url}",
-            f"scenario.reference_audio={piper_reference[0]}",
-            "scenario.fixed_frames=16",
-            "scenario.max_repeats=6",
-            "scenario.fidelity_frames=8",
-            "grid.points=[{chunk_size:8},{quantization:int8}]",
-        ]
+    return tiny_sweep(
+        tmp_path_factory.mktemp("server-sweep"),
+        "grid.points=[{chunk_size:8},{quantization:int8}]",
+        tracking_uri=server.url,
     )
-    cfg.scenario.reference_text = piper_reference[1]
-    return run_sweep(cfg, Console(width=200))
 
 
 def test_a_sweep_logs_to_the_server_on_postgresql_with_served_artifacts(
