@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from engine.errors import ConfigError
 from harness.sweep.config import LOCAL_TRACKING_URI
+from harness.sweep.report import p50_text
 from harness.sweep.tracking import champions_url
 
 log = logging.getLogger(__name__)
@@ -84,20 +85,12 @@ def collect(client: MlflowClient, experiment: str) -> list[HardwareResult]:
     return sorted(results, key=lambda r: r.hardware_id)
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}g}"
-
-
 def _megabytes(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0f}"
 
 
 def _p50(run: Run | None) -> str:
-    if run is None:
-        return "n/a"
-    width = run.data.metrics.get("latency_p50_ci_pct")
-    text = _fmt(run.data.metrics.get("latency_p50_s"))
-    return text + ("" if width is None else f" ±{width:.1f}%")
+    return "n/a" if run is None else p50_text(run.data.metrics)
 
 
 def _gates(result: HardwareResult) -> str:

@@ -65,9 +65,9 @@ def _pct(fraction: float | None) -> str:
     return "n/a" if fraction is None else f"{100 * fraction:.1f}%"
 
 
-def _p50(r: TrialRecord) -> str:
+def p50_text(metrics: dict[str, float | None]) -> str:
     """The p50 latency with its 95 % interval's half width, where enough repeats gave one."""
-    p50, width = r.metric("latency_p50_s"), r.metric("latency_p50_ci_pct")
+    p50, width = metrics.get("latency_p50_s"), metrics.get("latency_p50_ci_pct")
     return _fmt(p50) + ("" if width is None else f" ±{width:.1f}%")
 
 
@@ -96,7 +96,7 @@ def table_rows(records: Sequence[TrialRecord], selection: Selection) -> list[lis
             [
                 r.name,
                 r.status + (" NOISY" if r.noisy else ""),
-                _p50(r),
+                p50_text(r.metrics),
                 _fmt(r.metric("latency_p95_s")),
                 _pct(r.metric("latency_cv")),
                 _fmt(r.metric("repeats")),

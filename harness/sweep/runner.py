@@ -258,8 +258,7 @@ def _search_lines(
     conf = sweep.conf
     measured = sum(1 for r in run.records if not r.is_baseline and r.ok)
     points = ", ".join(
-        f"{r.name} ({_fmt_metric(r.metric(conf.quality.objective))} s, {r.memory_mb:.0f} MB)"
-        for r in front
+        f"{r.name} ({r.metric(conf.quality.objective):.3g} s, {r.memory_mb:.0f} MB)" for r in front
     )
     lines = [
         f"- Pareto front of {conf.quality.objective} and peak memory among the {measured} "
@@ -281,10 +280,6 @@ def _search_lines(
         f"mean of {mean_wall:.0f} s a trial",
         *lines,
     ]
-
-
-def _fmt_metric(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3g}"
 
 
 def conclude(
