@@ -1,0 +1,211 @@
+"""Open a sweep (its folder and MLflow parent run) and run its trials: one after another as the
+plan hands them out (``launcher=local``), or side by side as Ray tasks (``launcher=ray``). Each
+finished trial is logged to MLflow and saved at once, so an interrupted sweep resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from engine.checkpoint import CheckpointFolder
+from engine.profile import Hardware
+from harness.quality.wer import SYNTHETIC_NOTE
+from harness.sweep.config import SweepConf
+from harness.sweep.grid import TrialSpec, base_knobs, trial_inputs
+from harness.sweep.machine import hardware_tags
+from harness.sweep.plan import Budget, GridPlan, PastTrial, Plan, order_by_promise
+from harness.sweep.store import SweepFolder
+from harness.sweep.trials import TrialContext, execute_trial
+from harness.trial.record import TrialRecord
+
+if TYPE_CHECKING:
+    from harness.sweep.tracking import SweepTracker
+
+log = logging.getLogger(__name__)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA {task.fields[eta]}"),
+        console=console,
+    )
+
+
+@dataclass(frozen=True)
+class OpenSweep:
+    """A sweep whose folder and MLflow parent run exist: what its trials and its end share."""
+
+    conf: SweepConf
+    hw: Hardware
+    checkpoint: CheckpointFolder
+    folder: SweepFolder
+    tracker: SweepTracker
+    parent_id: str
+    tags: dict[str, str]
+
+
+def _environment_tags(
+    conf: SweepConf, hw: Hardware, checkpoint: CheckpointFolder
+) -> dict[str, str]:
+    tags = {
+        **hardware_tags(hw),
+        "checkpoint_hash": checkpoint.content_hash,
+        "synthetic": str(checkpoint.is_synthetic).lower(),
+        "hardware": conf.hardware.name,
+    }
+    if checkpoint.is_synthetic:
+        tags["wer"] = SYNTHETIC_NOTE
+    return tags
+
+
+def open_sweep(conf: SweepConf, hw: Hardware, checkpoint: CheckpointFolder) -> OpenSweep:
+    """Create (or reopen, when resuming) the sweep folder and its MLflow parent run."""
+    from harness.sweep.tracking import SweepTracker
+
+    folder = SweepFolder.open(conf.reports_dir, conf.sweep_id, conf.resume)
+    state = folder.load_state()
+    (folder.root / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(conf)))
+    tags = _environment_tags(conf, hw, checkpoint)
+    tracker = SweepTracker(conf.tracking)
+    params = {
+        "grid": conf.grid.name,
+        "scenario": conf.scenario.name,
+        "checkpoint": str(checkpoint.path),
+    }
+    parent_id = tracker.start_parent(
+        f"sweep-{folder.sweep_id}", params, tags, state.get("parent_run_id")
+    )
+    folder.save_state({**state, "sweep_id": folder.sweep_id, "parent_run_id": parent_id})
+    return OpenSweep(conf, hw, checkpoint, folder, tracker, parent_id, tags)
+
+
+@dataclass
+class TrialsRun:
+    """What the trial loop produced: the records, and what the budget left unrun."""
+
+    records: list[TrialRecord]
+    not_run: list[str]
+    wall_s: list[float]
+    asked: int  # candidates the plan handed out (Optuna may suggest one configuration twice)
+
+
+def plan_trials(sweep: OpenSweep, specs: list[TrialSpec], history: dict[str, PastTrial]) -> Plan:
+    conf = sweep.conf
+    if conf.search.name == "optuna":
+        from harness.sweep.search import OptunaPlan
+
+        return OptunaPlan(
+            conf,
+            sweep.hw,
+            specs[0],
+            base_knobs(conf),
+            trial_inputs(conf, sweep.checkpoint.content_hash),
+            not sweep.checkpoint.is_synthetic,
+        )
+    return GridPlan(order_by_promise(specs, history))
+
+
+def _context(sweep: OpenSweep, reference: str | None) -> TrialContext:
+    """What every trial shares, with absolute paths: a Ray worker starts in another folder."""
+    return TrialContext(
+        sweep.conf,
+        SweepFolder(sweep.folder.root.resolve()),
+        str(sweep.checkpoint.path.resolve()),
+        str(Path(reference).resolve()) if reference else None,
+        not sweep.checkpoint.is_synthetic,
+    )
+
+
+def _keep(sweep: OpenSweep, spec: TrialSpec, record: TrialRecord) -> None:
+    """Log a trial that just finished to MLflow and save its record (resume reads it)."""
+    trial_dir = sweep.folder.trial_dir(spec.config_hash)
+    record.run_id = sweep.tracker.log_trial(sweep.parent_id, record, sweep.tags, trial_dir)
+    sweep.folder.save_record(record)
+
+
+def run_trials(
+    sweep: OpenSweep,
+    plan: Plan,
+    history: dict[str, PastTrial],
+    reference: str | None,
+    console: Console,
+) -> TrialsRun:
+    """Run or resume the plan's trials, logging each to MLflow as soon as it finishes, until the
+    plan or the time budget runs out."""
+    ctx = _context(sweep, reference)
+    finished = sweep.folder.finished(sweep.conf.retry_failed)
+    budget = Budget(sweep.conf.budget_minutes)
+    records: list[TrialRecord] = []
+    not_run: list[str] = []
+    with _progress(console) as progress:
+        task = progress.add_task("", total=plan.total, eta=budget.eta(plan.total))
+        while (spec := plan.next_spec()) is not None:
+            progress.update(task, description=f"trial {len(records) + 1}/{plan.total}: {spec.name}")
+            if spec.config_hash in finished:
+                record = finished[spec.config_hash]
+                log.info("resume: %s already finished (%s)", spec.name, record.status)
+            elif spec.runs and not budget.allows(history.get(spec.name)):
+                not_run = [spec.name, *plan.remaining()]
+                log.warning(
+                    "budget of %g min reached after %.1f min; not run: %s",
+                    sweep.conf.budget_minutes,
+                    budget.elapsed() / 60,
+                    ", ".join(not_run),
+                )
+                break
+            else:
+                record = execute_trial(spec, ctx)
+                if spec.runs:
+                    budget.ran(record.ended_at - record.started_at)
+                _keep(sweep, spec, record)
+            plan.done(record)
+            records.append(record)
+            to_run = plan.total - len(records)
+            progress.update(task, advance=1, eta=budget.eta(to_run))
+    return TrialsRun(records, not_run, budget.walls, plan.asked_count)
+
+
+def run_trials_on_ray(
+    sweep: OpenSweep, specs: list[TrialSpec], reference: str | None, console: Console
+) -> TrialsRun:
+    """``launcher=ray``: the grid's trials as Ray tasks (``harness.sweep.ray_launcher``)."""
+    from harness.sweep.ray_launcher import run_on_ray
+
+    finished = sweep.folder.finished(sweep.conf.retry_failed)
+    landed: dict[str, TrialRecord] = {}
+    walls: list[float] = []
+    with _progress(console) as progress:
+        task = progress.add_task("Ray trials", total=len(specs), eta="?")
+
+        def done(spec: TrialSpec, record: TrialRecord) -> None:
+            if spec.config_hash in finished:
+                log.info("resume: %s already finished (%s)", spec.name, record.status)
+            else:
+                _keep(sweep, spec, record)
+                if spec.runs:
+                    walls.append(record.ended_at - record.started_at)
+            landed[spec.config_hash] = record
+            progress.update(task, advance=1, description=f"landed: {spec.name}")
+
+        run_on_ray(_context(sweep, reference), specs, finished, done, console)
+    records = [landed[spec.config_hash] for spec in specs]
+    return TrialsRun(records, [], walls, len(specs) - 1)
