@@ -25,6 +25,7 @@ from engine.errors import ConfigError
 from harness.sweep.config import LOCAL_TRACKING_URI
 from harness.sweep.report import p50_text
 from harness.sweep.tracking import champions_url
+from harness.trial.record import memory_figure
 
 log = logging.getLogger(__name__)
 MACHINE_TAGS = ("gpu_name", "vram_mb", "driver_version", "torch_version", "cuda_version")
@@ -51,11 +52,8 @@ class HardwareResult:
 
 
 def memory_mb(run: Run | None) -> float | None:
-    """Peak reserved VRAM, or host RSS where there is none (CPU), as the sweep's table does."""
-    if run is None:
-        return None
-    metrics = run.data.metrics
-    return metrics.get("peak_reserved_mb", metrics.get("host_rss_mb"))
+    """The run's memory figure, as the sweep's table shows it."""
+    return None if run is None else memory_figure(run.data.metrics)
 
 
 def default_tracking_uri() -> str:

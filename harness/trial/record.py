@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 OK, FAILED, SKIPPED = "OK", "FAILED", "SKIPPED"
 BASELINE, CANDIDATE = "baseline", "candidate"
+
+
+def memory_figure(metrics: Mapping[str, float | None]) -> float | None:
+    """The memory a trial is judged by: peak reserved VRAM; host RSS where there is no VRAM
+    (CPU). Used for records and for MLflow runs alike."""
+    vram = metrics.get("peak_reserved_mb")
+    return vram if vram is not None else metrics.get("host_rss_mb")
 
 
 @dataclass
@@ -56,9 +64,7 @@ class TrialRecord:
 
     @property
     def memory_mb(self) -> float | None:
-        """Peak reserved VRAM; host RSS where there is no VRAM (CPU)."""
-        vram = self.metric("peak_reserved_mb")
-        return vram if vram is not None else self.metric("host_rss_mb")
+        return memory_figure(self.metrics)
 
     def save(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
