@@ -12,6 +12,7 @@ import functools
 import logging
 import time
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from engine.audio_io import SAMPLE_RATE, ReferenceAudio, load_reference
 from engine.checkpoint import CheckpointFolder
 from engine.compile_cache import configure_compilation
 from engine.profile import DTYPES, EngineProfile
+from engine.sampling import GenerateOptions, read_options
 from engine.telemetry import Measure, SynthesisReport
 from engine.upstream import load_codec
 
@@ -121,17 +123,12 @@ class UpstreamBaseline:
         text: str,
         reference_audio: ReferenceAudio | None = None,
         reference_text: str | None = None,
-        *,
-        max_new_tokens: int = 1024,
-        fixed_frames: int | None = None,
-        temperature: float = 0.8,
-        top_p: float = 0.8,
-        repetition_penalty: float = 1.1,
-        seed: int | None = None,
+        **options: Unpack[GenerateOptions],
     ) -> np.ndarray:
-        """Audio for ``text`` the way upstream makes it; ``fixed_frames`` ignores end-of-speech."""
-        if seed is not None:
-            torch.manual_seed(seed)
+        """Audio for ``text`` the way upstream makes it; ``options`` as for our engine."""
+        params, max_new_tokens, fixed_frames = read_options(options)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
         report = SynthesisReport()
         with Measure(self.device, report) as measure:
             t0 = time.perf_counter()
@@ -158,9 +155,9 @@ class UpstreamBaseline:
                 audio_masks=audio_masks,
                 audio_parts=audio_parts,
                 decode_one_token=self.decode_one_token,
-                temperature=temperature,
-                top_p=top_p,
-                repetition_penalty=repetition_penalty,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                repetition_penalty=params.repetition_penalty,
             )
             codes = y[1:, encoded.shape[1] :]
             if y[0, -1] == self.model.tokenizer.get_token_id(IM_END_TOKEN):

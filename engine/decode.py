@@ -23,7 +23,7 @@ from engine import dual_ar
 from engine.caches import PrefixKVCache
 from engine.errors import RequestError
 from engine.profile import EngineProfile, kv_bucket
-from engine.sampling import REPETITION_WINDOW, SamplingParams, sample
+from engine.sampling import DEFAULT_SAMPLING, REPETITION_WINDOW, SamplingParams, sample
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +73,7 @@ class SemanticDecoder(nn.Module):
             model.fast_output.weight.detach()[:residual_size].clone().to(dtype),
             persistent=False,
         )
-        defaults = SamplingParams()
-        self.register_buffer(
-            "settings",
-            torch.tensor(
-                [defaults.temperature, defaults.top_p, defaults.repetition_penalty], device=device
-            ),
-        )
+        self.register_buffer("settings", DEFAULT_SAMPLING.as_tensor(device))
         self.register_buffer("eos_bias", torch.zeros((), device=device))
         self.register_buffer(
             "window",
@@ -140,9 +134,7 @@ class SemanticDecoder(nn.Module):
         return self._sample_frame(hidden)
 
     def _reset(self, params: SamplingParams, allow_end: bool) -> None:
-        self.settings.copy_(
-            torch.tensor([params.temperature, params.top_p, params.repetition_penalty])
-        )
+        self.settings.copy_(params.as_tensor())
         self.eos_bias.fill_(0.0 if allow_end else -float("inf"))
         self.window.zero_()
         if params.seed is not None:

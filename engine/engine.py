@@ -9,6 +9,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from engine.errors import GenerationCancelled, RequestError
 from engine.perf_model import FrameBytes
 from engine.profile import EngineProfile, Hardware, resolve_profile, torch_dtype
 from engine.quantize import apply_quantization
-from engine.sampling import SamplingParams
+from engine.sampling import GenerateOptions, SamplingParams, read_options
 from engine.telemetry import Measure, SynthesisReport
 from engine.upstream import load_codec, load_dual_ar
 
@@ -260,16 +261,15 @@ class OptimizedFishSpeech:
         reference_audio: ReferenceAudio | None = None,
         reference_text: str | None = None,
         *,
-        max_new_tokens: int = 1024,
-        fixed_frames: int | None = None,
-        temperature: float = 0.8,
-        top_p: float = 0.8,
-        repetition_penalty: float = 1.1,
-        seed: int | None = None,
         should_stop: StopCheck | None = None,
+        **options: Unpack[GenerateOptions],
     ) -> np.ndarray:
-        """Generate all frames, decode once; float32 mono audio at 44.1 kHz."""
-        params = SamplingParams(temperature, top_p, repetition_penalty, seed)
+        """Generate all frames, decode once; float32 mono audio at 44.1 kHz.
+
+        ``options`` are ``GenerateOptions``; ``should_stop`` is asked between blocks (see
+        ``iter_codes``).
+        """
+        params, max_new_tokens, fixed_frames = read_options(options)
         report = SynthesisReport()
         with Measure(self.device, report) as measure:
             prompt, prefix_len = self._prepare(text, reference_audio, reference_text, report)
@@ -300,13 +300,8 @@ class OptimizedFishSpeech:
         reference_audio: ReferenceAudio | None = None,
         reference_text: str | None = None,
         *,
-        max_new_tokens: int = 1024,
-        fixed_frames: int | None = None,
-        temperature: float = 0.8,
-        top_p: float = 0.8,
-        repetition_penalty: float = 1.1,
-        seed: int | None = None,
         should_stop: StopCheck | None = None,
+        **options: Unpack[GenerateOptions],
     ) -> Iterator[np.ndarray]:
         """Yield audio chunks while later frames are still generated: the first chunk of
         ``first_chunk_size`` frames as soon as those frames exist, then ``chunk_size`` frames each.
@@ -315,7 +310,7 @@ class OptimizedFishSpeech:
         generation of the next frames; the main stream's event orders it after its codes.
         ``should_stop`` works as in ``synthesize``.
         """
-        params = SamplingParams(temperature, top_p, repetition_penalty, seed)
+        params, max_new_tokens, fixed_frames = read_options(options)
         report = SynthesisReport()
         first, chunk = self._profile.first_chunk_size, self._profile.chunk_size
         side = (

@@ -21,6 +21,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from engine.audio_io import MAX_REFERENCE_SECONDS, SAMPLE_RATE
 from engine.errors import ConfigError
+from engine.sampling import MAX_NEW_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,6 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 SAMPLES_PER_FRAME = 2048  # S1-mini's codec hop: 21.53 frames per second of audio
 KV_BUCKET_MIN = 256
-MAX_NEW_TOKENS = 1024
 PROMPT_TEXT_ALLOWANCE = 512  # tokens of reference transcript + request text a prompt may hold
 MAX_REFERENCE_FRAMES = math.ceil(MAX_REFERENCE_SECONDS * SAMPLE_RATE / SAMPLES_PER_FRAME)
 

@@ -40,16 +40,12 @@ def _synth(args: argparse.Namespace) -> int:
     from engine.engine import OptimizedFishSpeech
 
     engine = OptimizedFishSpeech.from_checkpoint(args.checkpoint, _load_profile(args.profile))
-    audio = engine.synthesize(
-        args.text,
-        args.reference,
-        args.reference_text,
-        max_new_tokens=args.max_new_tokens,
-        fixed_frames=args.fixed_frames,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-    )
+    options = {
+        name: getattr(args, name)
+        for name in ("max_new_tokens", "fixed_frames", "temperature", "top_p", "seed")
+        if getattr(args, name) is not None
+    }
+    audio = engine.synthesize(args.text, args.reference, args.reference_text, **options)
     write_wav(args.output, audio, engine.sample_rate)
     report = engine.last_report
     print(
@@ -179,9 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-text", help="transcript of the reference recording")
     p.add_argument("--profile", help="profile YAML (default: built-in defaults + env overrides)")
     p.add_argument("--fixed-frames", type=int, help="ignore end-of-speech; exactly N frames")
-    p.add_argument("--max-new-tokens", type=int, default=1024)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-p", type=float, default=0.8)
+    p.add_argument("--max-new-tokens", type=int, help="frame budget (default: the engine's)")
+    p.add_argument("--temperature", type=float, help="(default: the engine's)")
+    p.add_argument("--top-p", type=float, help="(default: the engine's)")
     p.add_argument("--seed", type=int)
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(func=_synth)

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from engine.sampling import DEFAULT_SAMPLING, TEMPERATURE_MAX, TOP_P_MAX
 
 AudioFormat = Literal["wav", "pcm", "mp3", "opus", "flac", "aac"]
 
 SEED_MAX = 2**31 - 1
+
+Temperature = Annotated[float, Field(gt=0, le=TEMPERATURE_MAX, description="sampling temperature")]
+TopP = Annotated[float, Field(gt=0, le=TOP_P_MAX, description="nucleus sampling mass")]
+Speed = Annotated[float, Field(ge=0.25, le=4.0, description="tempo factor; pitch is kept")]
+Seed = Annotated[
+    int | None, Field(ge=0, le=SEED_MAX, description="chunk i uses seed + i; random if unset")
+]
 
 
 class ErrorBody(BaseModel):
@@ -37,12 +46,10 @@ class TTSForm(BaseModel):
         max_length=16,
         description="accepted for compatibility; S1 infers the language from the text",
     )
-    temperature: float = Field(0.8, gt=0, le=2)
-    top_p: float = Field(0.8, gt=0, le=1)
-    speed: float = Field(1.0, ge=0.25, le=4.0, description="tempo factor; pitch is kept")
-    seed: int | None = Field(
-        None, ge=0, le=SEED_MAX, description="chunk i uses seed + i; random if unset"
-    )
+    temperature: Temperature = DEFAULT_SAMPLING.temperature
+    top_p: TopP = DEFAULT_SAMPLING.top_p
+    speed: Speed = 1.0
+    seed: Seed = None
     optimize_for_memory: bool = Field(
         False, description="decode audio in bounded chunks, free cached VRAM"
     )
@@ -68,14 +75,14 @@ class SpeechRequest(BaseModel):
         description="a voice-library id; 'default' or an OpenAI voice name = unconditioned",
     )
     response_format: AudioFormat = "mp3"
-    speed: float = Field(1.0, ge=0.25, le=4.0)
+    speed: Speed = 1.0
     stream_format: Literal["audio", "sse"] = "audio"
     instructions: str | None = Field(
         None, description="ignored; use S1 markers in the input instead"
     )
-    temperature: float = Field(0.8, gt=0, le=2)
-    top_p: float = Field(0.8, gt=0, le=1)
-    seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    temperature: Temperature = DEFAULT_SAMPLING.temperature
+    top_p: TopP = DEFAULT_SAMPLING.top_p
+    seed: Seed = None
 
 
 class ModelCard(BaseModel):
@@ -119,6 +126,29 @@ class Deleted(BaseModel):
     deleted: bool = True
 
 
+class ControlRange(BaseModel):
+    """One numeric request field's default and bounds, for a client to build its slider."""
+
+    default: float
+    minimum: float = Field(description="lowest value; excluded when exclusive_minimum is set")
+    maximum: float
+    exclusive_minimum: bool = False
+
+
+def control_ranges(model: type[BaseModel], names: tuple[str, ...]) -> dict[str, ControlRange]:
+    """The ranges of ``names`` as ``model`` validates them, so clients never restate them."""
+    properties = model.model_json_schema()["properties"]
+    return {
+        name: ControlRange(
+            default=spec["default"],
+            minimum=spec.get("exclusiveMinimum", spec.get("minimum")),
+            maximum=spec["maximum"],
+            exclusive_minimum="exclusiveMinimum" in spec,
+        )
+        for name, spec in ((name, properties[name]) for name in names)
+    }
+
+
 class ServiceLimits(BaseModel):
     """The input limits this server enforces: ``Settings`` values under the engine's ceilings."""
 
@@ -127,6 +157,9 @@ class ServiceLimits(BaseModel):
     max_upload_mb: float = Field(description="largest reference upload (MAX_UPLOAD_MB)")
     max_body_mb: float = Field(description="largest JSON request body (MAX_BODY_MB)")
     max_text_chars: int = Field(description="longest text per request (MAX_TEXT_CHARS)")
+    controls: dict[str, ControlRange] = Field(
+        description="defaults and bounds of temperature, top_p and speed (the UIs' sliders)"
+    )
 
 
 class HealthResponse(BaseModel):

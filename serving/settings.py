@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from engine.audio_io import MAX_REFERENCE_SECONDS
+from engine.sampling import MAX_NEW_TOKENS
 
 
 class Settings(BaseSettings):
@@ -46,7 +47,7 @@ class Settings(BaseSettings):
     )
     max_text_chars: int = Field(5000, ge=1, description="longest text one request may carry")
     text_chunk_chars: int = Field(300, ge=20, le=2000, description="sentence-packed chunk size")
-    max_new_tokens: int = Field(1024, ge=1, description="frame budget per text chunk")
+    max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1, description="frame budget per text chunk")
     rate_limit_per_minute: int = Field(0, ge=0, description="requests per key per minute; 0 = off")
     auth_failures_per_minute: int = Field(
         10, ge=1, description="wrong-key attempts per client address per minute before 429"

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from engine.audio_io import AudioInputError
 from engine.errors import ConfigError, RequestError
-from engine.sampling import SamplingParams
+from engine.sampling import DEFAULT_SAMPLING, MAX_NEW_TOKENS, SamplingParams, read_options
 from harness.cli import _user_error
 from serving.errors import install_error_handlers
 
@@ -69,6 +69,14 @@ def test_a_plain_value_error_is_a_bug_500_with_a_request_id_in_body_and_log(
 def test_engine_input_errors_are_request_errors() -> None:
     with pytest.raises(RequestError, match="temperature"):
         SamplingParams(temperature=5.0)
+
+
+def test_synthesis_options_default_from_sampling_params_and_refuse_unknown_keys() -> None:
+    assert read_options({}) == (DEFAULT_SAMPLING, MAX_NEW_TOKENS, None)
+    params, budget, fixed = read_options({"seed": 3, "top_p": 0.5, "fixed_frames": 8})
+    assert params == SamplingParams(top_p=0.5, seed=3) and (budget, fixed) == (MAX_NEW_TOKENS, 8)
+    with pytest.raises(TypeError, match="temprature"):
+        read_options({"temprature": 0.5})
 
 
 def test_cli_exits_2_on_user_errors_and_keeps_tracebacks_for_bugs() -> None:

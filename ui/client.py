@@ -80,9 +80,9 @@ class SynthesisRequest:
     reference_text: str = ""
     voice_id: str = ""
     language: str = ""
-    temperature: float = 0.8
-    top_p: float = 0.8
-    speed: float = 1.0
+    temperature: float | None = None  # None: the service's default
+    top_p: float | None = None
+    speed: float | None = None
     seed: int | None = None
     optimize_for_memory: bool = False
 

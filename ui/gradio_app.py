@@ -20,12 +20,15 @@ from ui.view import (
     CSS_PATH,
     FAVICON_PATH,
     LANGUAGES,
+    SLIDER_STEP,
+    SLIDERS,
     banner_html,
     insert_marker,
     metric_cells,
     metrics_html,
     notes_html,
     profile_line,
+    slider_range,
     synthetic_warning,
     unavailable_features,
     voice_choices,
@@ -55,6 +58,23 @@ def load_status() -> tuple[str, str]:
         + f'<p class="fb-profile">{html.escape(profile_line(health))}</p>{notes_html(notes)}'
     )
     return status, _metrics_bar(client, Figures(), health)
+
+
+def load_sliders() -> list[dict]:
+    """Each slider's range and default as the service validates them; left disabled until then."""
+    try:
+        health = ServiceClient().health()
+    except ServiceError:
+        return [gr.skip() for _ in SLIDERS]
+    updates = []
+    for name in SLIDERS:
+        bounds = slider_range(health, name)
+        updates.append(
+            gr.skip()
+            if bounds is None
+            else gr.update(minimum=bounds[0], maximum=bounds[1], value=bounds[2], interactive=True)
+        )
+    return updates
 
 
 def refresh_voices(selected: str | None = None) -> tuple[gr.Dropdown, str]:
@@ -117,9 +137,9 @@ def synthesize(
         reference_text=(reference_text or "").strip(),
         voice_id="" if reference else voice_id or "",
         language=language or "",
-        temperature=float(temperature),
-        top_p=float(top_p),
-        speed=float(speed),
+        temperature=_number(temperature),
+        top_p=_number(top_p),
+        speed=_number(speed),
         seed=None if seed is None or seed < 0 else int(seed),
         optimize_for_memory=bool(optimize_for_memory),
     )
@@ -157,6 +177,10 @@ def _metrics_bar(client: ServiceClient, figures: Figures, health: dict | None = 
     return metrics_html(metric_cells(figures, health))
 
 
+def _number(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
 def _now_ms() -> float:
     return time.perf_counter() * 1000
 
@@ -188,6 +212,7 @@ def build() -> gr.Blocks:
         quiet = {"show_progress": "hidden"}
         for event in (page.load, refresh.click):
             event(load_status, outputs=[status, metrics], **quiet)
+            event(load_sliders, outputs=sampling[1:4], **quiet)
             event(refresh_voices, inputs=voice, outputs=[voice, message], **quiet)
             event(refresh_emotions, outputs=marker, **quiet)
         theme.click(None, js=TOGGLE_THEME_JS)
@@ -229,10 +254,11 @@ def _sampling_controls() -> list[gr.components.Component]:
         language = gr.Dropdown(label="Language", choices=LANGUAGES, value="", elem_id="fb-lang")
         seed = gr.Number(label="Seed (-1 = random)", value=-1, precision=0, elem_id="fb-seed")
     with gr.Row():
-        plain = {"step": 0.05, "buttons": [], "min_width": 140}
-        temperature = gr.Slider(0.1, 1.5, 0.8, label="Temperature", elem_id="fb-temp", **plain)
-        top_p = gr.Slider(0.1, 1.0, 0.8, label="Top-p", elem_id="fb-top-p", **plain)
-        speed = gr.Slider(0.5, 2.0, 1.0, label="Speed", elem_id="fb-speed", **plain)
+        plain = {"step": SLIDER_STEP, "buttons": [], "min_width": 140, "interactive": False}
+        temperature, top_p, speed = (
+            gr.Slider(label=label, elem_id=f"fb-{name.replace('_', '-')}", **plain)
+            for name, label in SLIDERS.items()
+        )
     optimize = gr.Checkbox(label="Optimize for memory (low-VRAM variant)", elem_id="fb-optimize")
     return [language, temperature, top_p, speed, seed, optimize]
 

@@ -19,11 +19,14 @@ from ui.view import (
     CSS_PATH,
     FAVICON_PATH,
     LANGUAGES,
+    SLIDER_STEP,
+    SLIDERS,
     insert_marker,
     metric_cells,
     metrics_html,
     notes_html,
     profile_line,
+    slider_range,
     synthetic_warning,
     unavailable_features,
     voice_choices,
@@ -82,15 +85,16 @@ def voice_controls(client: ServiceClient) -> None:
     st.text_area("Reference transcript", key="reference_text", height=68)
 
 
-def sampling_controls() -> None:
-    """Language, seed, temperature / top-p / speed sliders and the memory toggle."""
+def sampling_controls(health: dict[str, Any]) -> None:
+    """Language, seed, temperature / top-p / speed sliders (ranges and defaults from the
+    service's ``/health``; left out while it has not answered) and the memory toggle."""
     left, right = st.columns(2)
     left.selectbox("Language", list(LANGUAGE_NAMES), key="language", format_func=LANGUAGE_NAMES.get)
     right.number_input("Seed (-1 = random)", min_value=-1, value=-1, step=1, key="seed")
-    temperature, top_p, speed = st.columns(3)
-    temperature.slider("Temperature", 0.1, 1.5, 0.8, 0.05, key="temperature")
-    top_p.slider("Top-p", 0.1, 1.0, 0.8, 0.05, key="top_p")
-    speed.slider("Speed", 0.5, 2.0, 1.0, 0.05, key="speed")
+    for column, (name, label) in zip(st.columns(len(SLIDERS)), SLIDERS.items(), strict=True):
+        bounds = slider_range(health, name)
+        if bounds is not None:
+            column.slider(label, *bounds, SLIDER_STEP, key=name)
     st.toggle("Optimize for memory (low-VRAM variant)", key="optimize_for_memory")
 
 
@@ -122,9 +126,9 @@ def synthesize(client: ServiceClient) -> None:
             reference_text=state.reference_text.strip(),
             voice_id="" if reference else state.voice_id or "",
             language=state.language,
-            temperature=state.temperature,
-            top_p=state.top_p,
-            speed=state.speed,
+            temperature=state.get("temperature"),
+            top_p=state.get("top_p"),
+            speed=state.get("speed"),
             seed=None if state.seed < 0 else int(state.seed),
             optimize_for_memory=state.optimize_for_memory,
         )
@@ -164,7 +168,7 @@ def main() -> None:
     st.caption("Voice cloning, tuned for your GPU.")
     text_controls(client)
     voice_controls(client)
-    sampling_controls()
+    sampling_controls(health)
     st.button(
         "Synthesize",
         type="primary",

@@ -140,6 +140,20 @@ def voice_id_for(name: str, fallback: str = "") -> str:
     return slug[:64] or f"voice-{int(time.time())}"
 
 
+SLIDER_STEP = 0.05
+SLIDERS = {"temperature": "Temperature", "top_p": "Top-p", "speed": "Speed"}
+
+
+def slider_range(health: Mapping[str, Any], name: str) -> tuple[float, float, float] | None:
+    """``(minimum, maximum, default)`` of request field ``name`` as the service validates it (from
+    ``/health``'s ``limits.controls``), or None while the service has not answered."""
+    control = health.get("limits", {}).get("controls", {}).get(name)
+    if control is None:
+        return None
+    low = control["minimum"] + (SLIDER_STEP if control["exclusive_minimum"] else 0.0)
+    return low, control["maximum"], control["default"]
+
+
 def insert_marker(text: str, marker: str | None) -> str:
     """``text`` with an emotion marker such as ``(excited)`` appended, space-separated."""
     if not marker:

@@ -6,11 +6,12 @@ from fastapi import APIRouter, Response
 
 from engine.audio_io import MIN_REFERENCE_SECONDS
 from serving.dependencies import ServicesDep
-from serving.schemas import HealthResponse, ServiceLimits
+from serving.schemas import HealthResponse, ServiceLimits, TTSForm, control_ranges
 from serving.services.loading import describe
 from serving.settings import Settings
 
 router = APIRouter(tags=["health"])
+CONTROLS = control_ranges(TTSForm, ("temperature", "top_p", "speed"))
 
 
 @router.get(
@@ -40,4 +41,5 @@ def limits(settings: Settings) -> ServiceLimits:
         max_upload_mb=settings.max_upload_mb,
         max_body_mb=settings.max_body_mb,
         max_text_chars=settings.max_text_chars,
+        controls=CONTROLS,
     )

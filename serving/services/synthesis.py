@@ -42,15 +42,15 @@ class SynthesisSpec:
 
     chunks: list[str]
     seed: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
     reference_audio: np.ndarray | None = None
     reference_text: str | None = None
     reference_codes: torch.Tensor | None = None
-    temperature: float = 0.8
-    top_p: float = 0.8
     speed: float = 1.0
     chunked_decode: bool = False
     release_memory: bool = False
-    max_new_tokens: int = 1024
     route: str = "tts"
 
 

@@ -20,6 +20,7 @@ from starlette.datastructures import UploadFile
 
 import serving.services.speech as speech_module
 from engine.audio_io import MAX_REFERENCE_SECONDS, MIN_REFERENCE_SECONDS, SAMPLE_RATE, decode_audio
+from engine.sampling import DEFAULT_SAMPLING, TEMPERATURE_MAX, TOP_P_MAX
 from serving.services.asr import Transcriber
 from serving.services.metrics import MetricsStore
 from serving.services.speech import SpeechService
@@ -71,6 +72,21 @@ def test_health_states_the_limits_the_service_applies(client: httpx.Client) -> N
         "max_upload_mb": 2.0,  # the test server's MAX_UPLOAD_MB
         "max_body_mb": Settings.model_fields["max_body_mb"].default,
         "max_text_chars": Settings.model_fields["max_text_chars"].default,
+        "controls": {
+            "temperature": {
+                "default": DEFAULT_SAMPLING.temperature,
+                "minimum": 0.0,
+                "maximum": TEMPERATURE_MAX,
+                "exclusive_minimum": True,
+            },
+            "top_p": {
+                "default": DEFAULT_SAMPLING.top_p,
+                "minimum": 0.0,
+                "maximum": TOP_P_MAX,
+                "exclusive_minimum": True,
+            },
+            "speed": {"default": 1.0, "minimum": 0.25, "maximum": 4.0, "exclusive_minimum": False},
+        },
     }
     assert Settings.model_fields["max_reference_seconds"].default == MAX_REFERENCE_SECONDS
 

@@ -28,7 +28,7 @@ MAIN_CONTROLS = [
     "fb-ref-text",
     "fb-lang",
     "fb-seed",
-    "fb-temp",
+    "fb-temperature",
     "fb-top-p",
     "fb-speed",
     "fb-optimize",

@@ -13,10 +13,12 @@ import pytest
 from ui.audio import WavChunker, wav_chunks
 from ui.client import Figures, ServiceClient, ServiceError, SynthesisRequest, _refusal
 from ui.view import (
+    SLIDER_STEP,
     banner_html,
     insert_marker,
     metric_cells,
     profile_line,
+    slider_range,
     synthetic_warning,
     unavailable_features,
     voice_choices,
@@ -134,6 +136,17 @@ def test_request_form_leaves_out_unset_fields() -> None:
     form = SynthesisRequest("Hi", seed=None, optimize_for_memory=True).form(stream=True)
     assert form["optimize_for_memory"] == "true" and form["stream"] == "true"
     assert "seed" not in form and "voice_id" not in form
+
+
+def test_sliders_take_the_service_ranges_and_skip_an_excluded_minimum() -> None:
+    controls = {
+        "temperature": {"default": 0.8, "minimum": 0.0, "maximum": 2.0, "exclusive_minimum": True},
+        "speed": {"default": 1.0, "minimum": 0.25, "maximum": 4.0, "exclusive_minimum": False},
+    }
+    health = {"limits": {"controls": controls}}
+    assert slider_range(health, "temperature") == (SLIDER_STEP, 2.0, 0.8)
+    assert slider_range(health, "speed") == (0.25, 4.0, 1.0)
+    assert slider_range({}, "temperature") is None  # no answer yet: no slider to guess
 
 
 def test_error_body_becomes_the_message() -> None:
