@@ -4,6 +4,11 @@ UV ?= uv
 RUN := $(UV) run --frozen
 CHECKPOINT ?= checkpoints/openaudio-s1-mini
 PYTEST_ARGS ?=
+export MLFLOW_PORT ?= 5000
+# The service reads HOST and PORT from here, else .env, else its defaults; a UI started beside it
+# is pointed at PORT when one is given here (else at API_URL or the service's default address).
+SERVICE = $(if $(HOST),HOST=$(HOST)) $(if $(PORT),PORT=$(PORT)) $(RUN) python -m serving
+UI_ENV = $(if $(PORT),API_URL=http://127.0.0.1:$(PORT))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup setup-browser test lint format sweep bench bench-full-size fidelity fidelity-spread serve soak ui ui-streamlit mlflow-ui mlflow-server compare clean
@@ -46,27 +51,25 @@ fidelity: setup ## teacher-forced fidelity of PROFILE against fp32
 fidelity-spread: setup ## bf16, int8, int4, nf4 and fp32 int8 against fp32, into reports/fidelity/
 	$(RUN) fishbench fidelity --checkpoint $(CHECKPOINT) --spread --frames 64 -o reports/fidelity
 
-serve: setup ## the REST service (HOST, PORT from .env or here; default 127.0.0.1:8000)
-	$(if $(HOST),HOST=$(HOST)) $(if $(PORT),PORT=$(PORT)) $(RUN) python -m serving
+serve: setup ## the REST service (HOST, PORT from here, else .env, else 127.0.0.1:8000)
+	$(SERVICE)
 
 soak: setup ## MINUTES (10) of mixed requests at RATE (2)/s against URL= or a tiny server; RSS, statuses, p50/p95
 	@test -n "$(URL)" || test -d checkpoints/tiny-synthetic || $(RUN) fishbench make-checkpoint --preset tiny checkpoints/tiny-synthetic
 	$(RUN) python -m harness.soak --minutes $(or $(MINUTES),10) --rate $(or $(RATE),2) $(if $(URL),--url $(URL)) $(if $(PID),--pid $(PID))
 
-ui: setup ## service + Gradio UI (:7860)
-	@trap 'kill 0' EXIT; $(RUN) uvicorn serving.app:app --host 127.0.0.1 --port $(or $(PORT),8000) & \
-	  $(RUN) python ui/gradio_app.py
+ui: setup ## service + Gradio UI (:7860); PORT= moves both
+	@trap 'kill 0' EXIT; $(SERVICE) & $(UI_ENV) $(RUN) python ui/gradio_app.py
 
-ui-streamlit: setup ## service + Streamlit UI (:8501)
-	@trap 'kill 0' EXIT; $(RUN) uvicorn serving.app:app --host 127.0.0.1 --port $(or $(PORT),8000) & \
-	  $(RUN) streamlit run ui/streamlit_app.py
+ui-streamlit: setup ## service + Streamlit UI (:8501); PORT= moves both
+	@trap 'kill 0' EXIT; $(SERVICE) & $(UI_ENV) $(RUN) streamlit run ui/streamlit_app.py
 
 mlflow-ui: setup ## MLflow UI on the sweep store (MLFLOW_PORT, 5000); prints the last sweep's trials page
-	@$(RUN) python -c 'from harness.sweep.tracking import runs_url; print("last sweep, trials by p50 latency:", runs_url("http://127.0.0.1:$(or $(MLFLOW_PORT),5000)"))'
-	$(RUN) mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts --port $(or $(MLFLOW_PORT),5000) --workers 1
+	@$(RUN) python -c 'from harness.sweep.tracking import LOCAL_UI_URL, runs_url; print("last sweep, trials by p50 latency:", runs_url(LOCAL_UI_URL))'
+	$(RUN) mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts --port $(MLFLOW_PORT) --workers 1
 
 mlflow-server: setup ## shared MLflow tracking server on PostgreSQL (MLFLOW_PORT, 5000; installs postgresql if missing)
-	MLFLOW_PORT=$(or $(MLFLOW_PORT),5000) RUN="$(RUN)" bash scripts/mlflow-server.sh
+	RUN="$(RUN)" bash scripts/mlflow-server.sh
 
 compare: setup ## champions by hardware from MLFLOW_TRACKING_URI (or mlflow.db) into reports/compare/
 	$(RUN) fishbench compare $(ARGS)

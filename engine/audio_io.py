@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 44_100
+WHISPER_RATE = 16_000  # what faster-whisper transcribes; ASR input is resampled to it
 MAX_REFERENCE_SECONDS = 90.0
 MIN_REFERENCE_SECONDS = 0.25
 MAX_SOURCE_RATE = 192_000

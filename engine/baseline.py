@@ -24,7 +24,7 @@ from engine import perf_model
 from engine.audio_io import SAMPLE_RATE, ReferenceAudio, load_reference
 from engine.checkpoint import CheckpointFolder
 from engine.compile_cache import configure_compilation
-from engine.profile import DTYPES, EngineProfile
+from engine.profile import DTYPES, EngineProfile, upstream_precision
 from engine.sampling import GenerateOptions, read_options
 from engine.telemetry import Measure, SynthesisReport
 from engine.upstream import load_codec
@@ -59,7 +59,7 @@ class UpstreamBaseline:
     ) -> None:
         self.checkpoint = checkpoint
         self.device = device
-        self.precision = "bf16" if device.type == "cuda" else "fp32"  # upstream's own choice
+        self.precision = upstream_precision(device.type)
         self.dtype = DTYPES[self.precision]
         self.compiled = compile
         if compile:

@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 from engine.errors import UserError
+from engine.paths import CONF_DIR
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,6 @@ REQUIRED_FILES = (
     "special_tokens.json",
 )
 SYNTHETIC_MARKER = "SYNTHETIC.json"
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 class CheckpointError(UserError):

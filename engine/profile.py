@@ -37,6 +37,11 @@ PROMPT_TEXT_ALLOWANCE = 512  # tokens of reference transcript + request text a p
 MAX_REFERENCE_FRAMES = math.ceil(MAX_REFERENCE_SECONDS * SAMPLE_RATE / SAMPLES_PER_FRAME)
 
 
+def upstream_precision(device_type: str) -> str:
+    """What upstream's ``init_model`` runs in: bf16 on a GPU, fp32 on the CPU."""
+    return "bf16" if device_type == "cuda" else "fp32"
+
+
 def kv_bucket(tokens: int, limit: int) -> int:
     """The smallest ``256 * 2**k`` holding ``tokens``, capped at ``limit`` (the cache length)."""
     bucket = KV_BUCKET_MIN
@@ -186,7 +191,7 @@ class EngineProfile(BaseModel):
         env = dict(os.environ if env is None else env)
         data = (base or cls()).model_dump()
         sources: dict[str, str] = {}  # knob -> "VAR=value" that set it
-        for var, apply in _ENV_OVERRIDES.items():
+        for var, apply in ENV_OVERRIDES.items():
             raw = env.get(var, "").strip()
             if not raw:
                 continue
@@ -269,7 +274,7 @@ def _enable_compile(data: dict[str, Any], raw: str) -> None:
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
-_ENV_OVERRIDES = {
+ENV_OVERRIDES = {
     "MIXED_PRECISION": _set("precision", str.lower),
     "QUANTIZATION": _quantization,
     "ENABLE_TORCH_COMPILE": _enable_compile,

@@ -26,8 +26,11 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from engine.audio_io import SAMPLE_RATE
+from engine.paths import CONF_DIR
 from harness.launcher import run_in_child
-from harness.sweep.compose import CONF_DIR, detect_hardware_preset
+from harness.sweep.compose import detect_hardware_preset
+from harness.sweep.config import HardwareConf
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +93,7 @@ CPU_ROWS = [
 ]
 
 
-def reference_signal(seconds: float = 10.0, rate: int = 44_100) -> np.ndarray:
+def reference_signal(seconds: float = 10.0, rate: int = SAMPLE_RATE) -> np.ndarray:
     """A deterministic 10 s speech-like signal; with random weights only its length matters."""
     t = np.arange(int(seconds * rate)) / rate
     envelope = 0.5 * (1 + np.sin(2 * np.pi * 3 * t))
@@ -269,7 +272,8 @@ def _device_name() -> str:
 def _preset(device: str) -> dict[str, Any]:
     """The ``conf/hardware`` preset that matches this device."""
     name = "cpu" if device == "cpu" else detect_hardware_preset(device)
-    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "hardware" / f"{name}.yaml"))
+    preset = OmegaConf.load(CONF_DIR / "hardware" / f"{name}.yaml")
+    return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(HardwareConf), preset))
 
 
 def fidelity_verdicts(fidelity_dir: Path, device: str, checkpoint: str) -> dict[str, dict]:
@@ -467,7 +471,7 @@ def run_bench(
         "frames": frames,
         "repeats": repeats,
         "threads": threads or torch.get_num_threads(),
-        "reference_s": len(ref) / 44_100,
+        "reference_s": len(ref) / SAMPLE_RATE,
         "torch": torch.__version__,
         "probe_gbs": probe,
         "bandwidth_ceiling_gbs": preset.get("bandwidth_gb_s"),

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from engine.errors import ConfigError
 from harness.sweep.config import LOCAL_TRACKING_URI
 from harness.sweep.report import p50_text
-from harness.sweep.tracking import champions_url
+from harness.sweep.tracking import LOCAL_UI_URL, champions_url
 from harness.trial.record import memory_figure
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def ui_url(tracking_uri: str, experiment_id: str) -> str:
     """Where the MLflow UI shows the same runs: the server itself, or ``make mlflow-ui``."""
     if tracking_uri.startswith(("http://", "https://")):
         return champions_url(tracking_uri.rstrip("/"), experiment_id)
-    return champions_url("http://127.0.0.1:5000", experiment_id) + " (after `make mlflow-ui`)"
+    return champions_url(LOCAL_UI_URL, experiment_id) + " (after `make mlflow-ui`)"
 
 
 def to_markdown(results: Sequence[HardwareResult], tracking_uri: str, plot: str, ui: str) -> str:

@@ -2,7 +2,7 @@
 # A shared MLflow tracking server on PostgreSQL, with artifacts served by the server itself, so a
 # sweep on another machine logs with only MLFLOW_TRACKING_URI=http://<this host>:<MLFLOW_PORT>.
 #
-#   MLFLOW_PORT (5000)            the server's port
+#   MLFLOW_PORT                   the server's port (the Makefile sets it, 5000 by default)
 #   MLFLOW_HOST (0.0.0.0)         the address it listens on
 #   MLFLOW_SERVER_DIR (.mlflow-server)  PostgreSQL data, its socket, the artifact store (git-ignored)
 #   MLFLOW_PG_PORT (5433)         PostgreSQL's port (localhost only)
@@ -11,7 +11,7 @@
 # run as root, so under root the cluster belongs to the `postgres` user. Ctrl-C stops both.
 set -euo pipefail
 
-PORT=${MLFLOW_PORT:-5000}
+PORT=${MLFLOW_PORT:?set MLFLOW_PORT, or start this with make mlflow-server}
 HOST=${MLFLOW_HOST:-0.0.0.0}
 DIR=$(realpath -m "${MLFLOW_SERVER_DIR:-.mlflow-server}")
 PG_PORT=${MLFLOW_PG_PORT:-5433}

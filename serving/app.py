@@ -11,7 +11,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -43,7 +42,7 @@ def _version() -> str:
 
 def build_services(settings: Settings) -> Services:
     """Check the profile and checkpoint, then wire the services; the engine loads later."""
-    profile, source = load_profile(settings.profile_path, Path(".env"))
+    profile, source = load_profile(settings.profile_path, settings.engine_env())
     model_dir, reason = choose_checkpoint(settings.model_dir, profile)
     check_checkpoint(model_dir)
     log.info("checkpoint %s (%s)", model_dir, reason)

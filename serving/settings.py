@@ -6,27 +6,38 @@ by the engine's own variables (MIXED_PRECISION, QUANTIZATION, ...; see ``EngineP
 
 from __future__ import annotations
 
+import logging
+import os
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from engine.audio_io import MAX_REFERENCE_SECONDS
+from engine.paths import ACTIVE_PROFILE
+from engine.profile import ENV_OVERRIDES
 from engine.sampling import MAX_NEW_TOKENS
+
+log = logging.getLogger(__name__)
 
 
 class Settings(BaseSettings):
-    """Service configuration; field names are the environment variables, case-insensitive."""
+    """Service configuration; field names are the environment variables, case-insensitive.
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    The one reader of ``.env``: it also carries the engine's profile overrides (``engine_env``)
+    and warns about a key that looks like a misspelt setting instead of dropping it silently.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", extra="allow", case_sensitive=False)
 
     model_dir: Path | None = Field(
         None,
         description="checkpoint folder; unset = the released folder, else the profile's, else "
         "the tiny synthetic one",
     )
-    profile_path: Path = Field(Path("reports/profile.yaml"), description="exported engine profile")
+    profile_path: Path = Field(ACTIVE_PROFILE, description="exported engine profile")
     voices_dir: Path = Field(Path("voices"), description="persistent voice library")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -66,6 +77,26 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _warn_misspelt(self) -> Settings:
+        known = [name.upper() for name in type(self).model_fields] + list(ENV_OVERRIDES)
+        for key in self.model_extra or {}:
+            key = key.upper()
+            if key not in ENV_OVERRIDES and (close := get_close_matches(key, known, 1, 0.8)):
+                log.warning(
+                    "%s in .env is not a setting and is ignored; did you mean %s?", key, close[0]
+                )
+        return self
+
+    def engine_env(self) -> dict[str, str]:
+        """The engine's overrides (MIXED_PRECISION, ...): the process environment over ``.env``."""
+        from_file = {
+            key.upper(): str(value)
+            for key, value in (self.model_extra or {}).items()
+            if key.upper() in ENV_OVERRIDES and value is not None
+        }
+        return from_file | dict(os.environ)
 
     @property
     def api_keys(self) -> frozenset[str]:

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from engine.audio_io import WHISPER_RATE
 from engine.errors import RequestError
 from harness.launcher import run_in_child
 from harness.sweep.config import AsrConf
 
-ASR_RATE = 16_000
 SYNTHETIC_NOTE = "n/a: synthetic checkpoint (random weights speak noise, so WER would mean nothing)"
 
 
@@ -51,7 +51,7 @@ def _load_16k(path: str) -> np.ndarray:
 
     audio, rate = sf.read(path, dtype="float32", always_2d=True)
     mono = torch.from_numpy(np.ascontiguousarray(audio.mean(axis=1)))
-    return AF.resample(mono, rate, ASR_RATE).numpy() if rate != ASR_RATE else mono.numpy()
+    return AF.resample(mono, rate, WHISPER_RATE).numpy() if rate != WHISPER_RATE else mono.numpy()
 
 
 def _faster_whisper(audio: np.ndarray, asr: dict[str, Any]) -> str:

@@ -19,9 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from engine.checkpoint import CheckpointError, CheckpointFolder
 from engine.errors import ConfigError
+from engine.paths import CONF_DIR
 from harness.sweep.config import register_configs
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 AUTO_GROUPS = ("hardware", "grid", "scenario")
 
 

@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args, get_origin
 from hydra.core.config_store import ConfigStore
 
 from engine.errors import ConfigError
+from engine.paths import REPORTS_DIR
 from engine.profile import EngineProfile
 from engine.sampling import SamplingParams
 
@@ -273,7 +274,7 @@ class SweepConf:
     synthetic_checkpoint: str = (
         "checkpoints/tiny-synthetic"  # made and used when ``checkpoint`` has no weights
     )
-    reports_dir: str = "reports"
+    reports_dir: str = str(REPORTS_DIR)
     trial_timeout_s: float = 900.0
     # Stop starting trials once this many minutes have passed (the baseline and one candidate
     # always run); the best so far is exported and the trials not run are listed.

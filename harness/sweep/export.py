@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from engine.checkpoint import CheckpointFolder
+from engine.paths import ACTIVE_PROFILE
 from engine.profile import EngineProfile, Hardware, Provenance, resolve_profile
 from harness.trial.metrics import HEADLINE_METRICS
 from harness.trial.record import TrialRecord
@@ -55,7 +56,7 @@ def export_profile(
     )
     profile = winning_profile(winner, hw).model_copy(update={"provenance": provenance})
     dated = profile.save(reports_dir / "profiles" / f"{hardware_name}-{stamp}.yaml")
-    active = reports_dir / "profile.yaml"
+    active = reports_dir / ACTIVE_PROFILE.name
     shutil.copyfile(dated, active)
     log.info("exported %s profile to %s and %s", winner.name, dated, active)
     return dated, active

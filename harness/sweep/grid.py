@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from engine.errors import ConfigError
-from engine.profile import EngineProfile, Hardware, resolve_profile
+from engine.profile import EngineProfile, Hardware, resolve_profile, upstream_precision
 from harness.sweep.config import SweepConf
 from harness.trial.record import BASELINE, CANDIDATE, FAILED, SKIPPED, TrialRecord
 
@@ -86,7 +86,7 @@ def _skip_reason(requested: EngineProfile, swept: dict[str, Any], hw: Hardware) 
 def baseline_spec(conf: SweepConf, hw: Hardware, inputs: dict[str, Any]) -> TrialSpec:
     knobs = {
         "device": hw.device,
-        "precision": "bf16" if hw.device == "cuda" else "fp32",
+        "precision": upstream_precision(hw.device),
         "compile": conf.baseline.compile,
     }
     return TrialSpec("baseline", BASELINE, knobs, config_hash(BASELINE, knobs, inputs))

@@ -36,6 +36,7 @@ WORKFLOW = {"workflowType": "machine_learning"}  # the UI's "Model training" sid
 VIEW_TAG = "mlflow.sharedViewState."  # + key: a saved runs-table view, opened by ?viewStateShareKey
 SORT_METRIC = HEADLINE_METRICS[0]
 TRIALS_TABLE = "trials.json"
+LOCAL_UI_URL = f"http://127.0.0.1:{os.environ.get('MLFLOW_PORT', '5000')}"  # make mlflow-ui
 
 
 def _now_ms() -> int:

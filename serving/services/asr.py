@@ -14,11 +14,10 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
+from engine.audio_io import WHISPER_RATE
 from serving.errors import Unavailable
 
 log = logging.getLogger(__name__)
-
-WHISPER_RATE = 16_000
 
 
 class Transcriber:

@@ -8,11 +8,9 @@ the worker thread while ``/health`` says ``loading``.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
-from dotenv import dotenv_values
 from pydantic import ValidationError
 
 from engine.checkpoint import CheckpointError, CheckpointFolder
@@ -27,15 +25,9 @@ class StartupError(RuntimeError):
     """The service cannot start; the message says what to fix."""
 
 
-def engine_env(env_file: Path | None) -> dict[str, str]:
-    """The process environment over ``.env``: the engine's overrides may live in either."""
-    from_file = dotenv_values(env_file) if env_file and env_file.is_file() else {}
-    return {**{k: v for k, v in from_file.items() if v is not None}, **os.environ}
-
-
-def load_profile(path: Path, env_file: Path | None = None) -> tuple[EngineProfile, str]:
-    """The exported profile (or safe defaults, with one warning) under the engine's env overrides
-    (MIXED_PRECISION, QUANTIZATION, ENABLE_TORCH_COMPILE, ...)."""
+def load_profile(path: Path, env: dict[str, str]) -> tuple[EngineProfile, str]:
+    """The exported profile (or safe defaults, with one warning) under the engine's overrides in
+    ``env`` (MIXED_PRECISION, QUANTIZATION, ENABLE_TORCH_COMPILE, ...)."""
     if path.is_file():
         try:
             profile, source = EngineProfile.load(path), str(path)
@@ -45,7 +37,7 @@ def load_profile(path: Path, env_file: Path | None = None) -> tuple[EngineProfil
         log.warning("no profile at %s (PROFILE_PATH); serving with safe engine defaults", path)
         profile, source = EngineProfile(), "defaults"
     try:
-        return EngineProfile.from_env(base=profile, env=engine_env(env_file)), source
+        return EngineProfile.from_env(base=profile, env=env), source
     except (ValidationError, ValueError) as exc:
         raise StartupError(f"engine overrides in the environment are invalid: {exc}") from exc
 

@@ -22,6 +22,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from engine.audio_io import SAMPLE_RATE
 from serving.errors import Conflict, InvalidInput, NotFound
 from serving.schemas import VoiceInfo
 
@@ -73,7 +74,7 @@ class Voice:
 class VoiceLibrary:
     """CRUD over the voice folders; one lock serialises writers."""
 
-    def __init__(self, root: Path, sample_rate: int = 44_100) -> None:
+    def __init__(self, root: Path, sample_rate: int = SAMPLE_RATE) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.sample_rate = sample_rate

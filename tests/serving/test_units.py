@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import threading
+from pathlib import Path
 
 import av
 import numpy as np
@@ -120,6 +122,23 @@ def test_settings_parse_lists_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.cors_origins == ["http://a", "http://b"]
     assert settings.api_keys == {"k1", "k2"}
     assert "k1" not in repr(settings)
+
+
+def test_one_env_file_reader_carries_engine_overrides_and_flags_misspellings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "PORT=9000\nMIXED_PRECISION=bf16\nCHUNK_SIZE=32\nQUANTISATION=int8\nAPI_URL=http://ui\n"
+    )
+    monkeypatch.setenv("CHUNK_SIZE", "8")  # the process environment wins over the file
+    with caplog.at_level(logging.WARNING, logger="serving.settings"):
+        settings = Settings(_env_file=env_file)
+    engine = settings.engine_env()
+    assert settings.port == 9000
+    assert engine["MIXED_PRECISION"] == "bf16" and engine["CHUNK_SIZE"] == "8"
+    (warning,) = caplog.messages  # the UI's API_URL is someone else's key, not a typo
+    assert "QUANTISATION" in warning and "QUANTIZATION" in warning
 
 
 def test_worker_rejects_when_full_and_skips_cancelled_jobs() -> None:

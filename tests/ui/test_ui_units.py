@@ -10,8 +10,16 @@ import httpx
 import numpy as np
 import pytest
 
+from serving.settings import Settings
 from ui.audio import WavChunker, wav_chunks
-from ui.client import Figures, ServiceClient, ServiceError, SynthesisRequest, _refusal
+from ui.client import (
+    DEFAULT_API_URL,
+    Figures,
+    ServiceClient,
+    ServiceError,
+    SynthesisRequest,
+    _refusal,
+)
 from ui.view import (
     SLIDER_STEP,
     banner_html,
@@ -147,6 +155,12 @@ def test_sliders_take_the_service_ranges_and_skip_an_excluded_minimum() -> None:
     assert slider_range(health, "temperature") == (SLIDER_STEP, 2.0, 0.8)
     assert slider_range(health, "speed") == (0.25, 4.0, 1.0)
     assert slider_range({}, "temperature") is None  # no answer yet: no slider to guess
+
+
+def test_the_default_service_address_is_the_services_own_default() -> None:
+    defaults = Settings.model_fields
+    host, port = defaults["host"].default, defaults["port"].default
+    assert f"http://{host}:{port}" == DEFAULT_API_URL
 
 
 def test_error_body_becomes_the_message() -> None:
