@@ -21,8 +21,8 @@ from engine.caches import LRUCache, ReferenceCodeCache
 from engine.checkpoint import CheckpointFolder
 from engine.codec import CodecRunner
 from engine.compile_cache import configure_compilation
-from engine.decode import DecodeTimings, SemanticDecoder
 from engine.errors import GenerationCancelled, RequestError
+from engine.generation import DecodeTimings, SemanticDecoder
 from engine.perf_model import FrameBytes
 from engine.profile import EngineProfile, Hardware, resolve_profile, torch_dtype
 from engine.quantize import apply_quantization

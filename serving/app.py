@@ -19,13 +19,13 @@ from serving.dependencies import Services, authorize
 from serving.errors import install_error_handlers
 from serving.guard import RequestGuard, open_paths
 from serving.routers import cache, emotions, health, metrics, openai, tts, voices
-from serving.routers.common import METRIC_HEADERS
+from serving.routers.responses import METRIC_HEADERS
 from serving.services.asr import Transcriber
 from serving.services.checkpoint_choice import choose_checkpoint, warn_if_synthetic
-from serving.services.loading import StartupError, build_engine, check_checkpoint, load_profile
 from serving.services.metrics import MetricsStore
 from serving.services.ratelimit import RateLimiter
 from serving.services.speech import SpeechService
+from serving.services.startup import StartupError, build_engine, check_checkpoint, load_profile
 from serving.services.voices import VoiceLibrary
 from serving.services.worker import EngineWorker
 from serving.settings import Settings

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from engine.audio_io import MIN_REFERENCE_SECONDS
+from engine.engine import OptimizedFishSpeech
 from serving.dependencies import ServicesDep
 from serving.schemas import HealthResponse, ServiceLimits, TTSForm, control_ranges
-from serving.services.loading import describe
 from serving.settings import Settings
 
 router = APIRouter(tags=["health"])
@@ -42,4 +42,27 @@ def limits(settings: Settings) -> ServiceLimits:
         max_body_mb=settings.max_body_mb,
         max_text_chars=settings.max_text_chars,
         controls=CONTROLS,
+    )
+
+
+def describe(engine: OptimizedFishSpeech | None, **fields: object) -> HealthResponse:
+    """``/health``: what runs, on what, compiled and quantized how."""
+    if engine is None:
+        return HealthResponse(**fields)
+    profile = engine.active_profile
+    return HealthResponse(
+        **fields,
+        device=engine.hardware.device,
+        device_name=engine.hardware.name,
+        compute_capability=engine.hardware.capability_str,
+        dtype=str(engine.dtype).removeprefix("torch."),
+        compiled=profile.compiled,
+        compile_decode=profile.compile_decode,
+        compile_codec=profile.compile_codec,
+        quantization=profile.quantization,
+        profile=profile.knobs(),
+        provenance=profile.provenance.model_dump() if profile.provenance else None,
+        fallbacks=engine.fallbacks,
+        synthetic_checkpoint=engine.checkpoint.is_synthetic,
+        warmup_s=engine.compile_seconds,
     )

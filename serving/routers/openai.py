@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter, Request, Response
 
 from serving.dependencies import ServicesDep
-from serving.routers.common import (
+from serving.routers.responses import (
     AUDIO_RESPONSES,
     CLIENT_CLOSED,
     audio_response,

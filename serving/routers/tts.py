@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
 from serving.dependencies import ServicesDep
-from serving.routers.common import (
+from serving.routers.responses import (
     AUDIO_RESPONSES,
     CLIENT_CLOSED,
     audio_response,

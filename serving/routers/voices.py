@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile, status
 
 from serving.dependencies import ServicesDep
-from serving.routers.common import ERROR_RESPONSES
+from serving.routers.responses import ERROR_RESPONSES
 from serving.schemas import Deleted, VoiceInfo, VoiceList
 
 router = APIRouter(prefix="/voices", tags=["voices"], responses=ERROR_RESPONSES)

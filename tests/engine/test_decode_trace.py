@@ -41,8 +41,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from engine import dual_ar
-from engine.decode import SemanticDecoder
 from engine.engine import OptimizedFishSpeech
+from engine.generation import SemanticDecoder
 from engine.profile import EngineProfile, kv_bucket
 from engine.sampling import SamplingParams
 from engine.synthetic import S1_MINI_CONFIG

@@ -51,7 +51,7 @@ def test_a_60_s_reference_synthesizes_with_the_default_profile(
     """The tiny checkpoint allows 2,048 positions: 1,292 reference frames + 1,024 new frames do
     not fit, so the frame budget is clamped with one warning instead of failing."""
     engine = OptimizedFishSpeech.from_checkpoint(tiny_checkpoint, EngineProfile())
-    with caplog.at_level(logging.WARNING, logger="engine.decode"):
+    with caplog.at_level(logging.WARNING, logger="engine.generation"):
         audio = engine.synthesize(TEXT, reference_signal(60.0), "A long reference.", seed=3)
     clamps = [r for r in caplog.records if "max_new_tokens 1024 ->" in r.getMessage()]
     assert len(clamps) == 1

@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request, Response
 
 from engine.errors import RequestError
 from serving.errors import install_error_handlers
-from serving.routers.common import audio_response, sse_response
+from serving.routers.responses import audio_response, sse_response
 from serving.services.synthesis import RequestStats, SynthesisStream
 from serving.services.worker import EngineWorker, Job
 

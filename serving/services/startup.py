@@ -16,7 +16,6 @@ from pydantic import ValidationError
 from engine.checkpoint import CheckpointError, CheckpointFolder
 from engine.engine import OptimizedFishSpeech
 from engine.profile import EngineProfile
-from serving.schemas import HealthResponse
 
 log = logging.getLogger(__name__)
 
@@ -67,26 +66,3 @@ def build_engine(model_dir: Path, profile: EngineProfile, warmup: bool) -> Optim
     if warmup:
         log.info("warm-up took %.1f s", engine.warmup())
     return engine
-
-
-def describe(engine: OptimizedFishSpeech | None, **fields: object) -> HealthResponse:
-    """``/health``: what runs, on what, compiled and quantized how."""
-    if engine is None:
-        return HealthResponse(**fields)
-    profile = engine.active_profile
-    return HealthResponse(
-        **fields,
-        device=engine.hardware.device,
-        device_name=engine.hardware.name,
-        compute_capability=engine.hardware.capability_str,
-        dtype=str(engine.dtype).removeprefix("torch."),
-        compiled=profile.compiled,
-        compile_decode=profile.compile_decode,
-        compile_codec=profile.compile_codec,
-        quantization=profile.quantization,
-        profile=profile.knobs(),
-        provenance=profile.provenance.model_dump() if profile.provenance else None,
-        fallbacks=engine.fallbacks,
-        synthetic_checkpoint=engine.checkpoint.is_synthetic,
-        warmup_s=engine.compile_seconds,
-    )
