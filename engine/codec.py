@@ -41,7 +41,6 @@ class CodecRunner:
         self.sample_rate = int(codec.sample_rate)
         self.semantic_size = int(codec.quantizer.semantic_quantizer.codebook_size)
         self.residual_size = int(codec.quantizer.quantizer.codebook_size)
-        self.num_codebooks = 1 + int(codec.quantizer.quantizer.n_codebooks)
         self._decode = self._decode_eager
         if profile.compile_codec != "none":
             mode = None if profile.compile_codec == "default" else profile.compile_codec

@@ -106,15 +106,14 @@ def slow_hidden(
     inp: Tensor,
     input_pos: Tensor,
     kv_len: int,
-    *,
-    last_only: bool = True,
 ) -> Tensor:
     """Slow transformer over ``inp`` at ``input_pos``, attending over the cache's first
-    ``kv_len`` positions (which must cover ``input_pos``); pre-norm hidden states."""
+    ``kv_len`` positions (which must cover ``input_pos``); the last position's pre-norm hidden
+    state, the only one sampling needs."""
     x = embed(model, inp)
     mask = model.causal_mask[None, None, input_pos, :kv_len]
     x = run_layers(model.layers, x, model.freqs_cis[input_pos], mask, input_pos, kv_len)
-    return x[:, -1:] if last_only else x
+    return x[:, -1:]
 
 
 def slow_hidden_uncached(model: DualARTransformer, inp: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from engine.audio_io import MAX_REFERENCE_SECONDS, SAMPLE_RATE
@@ -119,7 +119,6 @@ class EngineProfile(BaseModel):
     )
     num_streams: int = Field(1, ge=1, le=3)
     cache_limit: int = Field(64, ge=0)
-    kv_cache: bool = True
     eos_check_interval: int = Field(
         8, ge=1, le=256, description="frames between end-of-speech checks"
     )
@@ -135,14 +134,17 @@ class EngineProfile(BaseModel):
             )
         return value
 
-    @field_validator("kv_cache")
+    @model_validator(mode="before")
     @classmethod
-    def _kv_cache_required(cls, value: bool) -> bool:
-        if not value:
-            raise ValueError(
-                "kv_cache=false is not supported: AR decoding without a KV cache is quadratic"
-            )
-        return value
+    def _drop_kv_cache(cls, data: Any) -> Any:
+        """Older exported profiles carry ``kv_cache: true``, which was never a choice: drop it."""
+        if isinstance(data, dict) and "kv_cache" in data:
+            data = dict(data)
+            if not data.pop("kv_cache"):
+                raise ValueError(
+                    "kv_cache=false is not supported: AR decoding without a KV cache is quadratic"
+                )
+        return data
 
     @property
     def compiled(self) -> bool:

@@ -7,13 +7,20 @@ import logging
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import psutil
 import torch
 
 log = logging.getLogger(__name__)
+
+MISSING = "n/a"
+
+
+def figure(value: float | None, spec: str = ".3g", unit: str = "") -> str:
+    """A measurement as text, or ``n/a`` where it was not measured (absent, never zero)."""
+    return MISSING if value is None else format(value, spec) + unit
 
 
 @dataclass
@@ -38,7 +45,6 @@ class SynthesisReport:
     gpu_util_pct: float | None = None
     energy_j: float | None = None
     host_rss_mb: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def frames_per_s(self) -> float | None:

@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 
 from engine.audio_io import SAMPLE_RATE
 from engine.paths import CONF_DIR
+from engine.telemetry import figure
 from harness.launcher import run_in_child
 from harness.sweep.compose import detect_hardware_preset
 from harness.sweep.config import HardwareConf
@@ -301,10 +302,6 @@ def _verdict(result: dict[str, Any], device: str, verdicts: dict[str, dict]) -> 
     return "pass" if found["passes_gates"] else f"fail ({failures})"
 
 
-def _fmt(value: Any, spec: str = ".2f") -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
 def _compile_cell(r: dict[str, Any]) -> str:
     if r.get("cold_compile_s") is None:
         return "eager"
@@ -351,16 +348,16 @@ def to_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             r["row"],
             f"{r['frames_per_s']:.2f}",
             f"{r['frames_per_s_spread']:.1%}",
-            f"{_fmt(r.get('speedup'))}x",
+            figure(r.get("speedup"), ".2f", "x"),
             f"{r['ms_per_frame']:.1f}",
             f"{r['ttfa_p50_s'] * 1000:.0f}",
             f"{r['rtf']:.2f}",
-            _fmt(r["peak_allocated_mb"], ".0f"),
-            _fmt(r["peak_reserved_mb"] or r["host_rss_mb"], ".0f"),
-            _fmt(r["gpu_util_pct"], ".0f"),
+            figure(r["peak_allocated_mb"], ".0f"),
+            figure(r["peak_reserved_mb"] or r["host_rss_mb"], ".0f"),
+            figure(r["gpu_util_pct"], ".0f"),
             f"{gb:.3f}",
             f"{r['achieved_gbs']:.1f}",
-            _fmt(r.get("probe_fraction"), ".0%"),
+            figure(r.get("probe_fraction"), ".0%"),
             _compile_cell(r),
             r.get("fidelity", "n/a"),
         ]

@@ -22,6 +22,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from engine.errors import ConfigError
+from engine.telemetry import MISSING, figure
 from harness.sweep.config import LOCAL_TRACKING_URI
 from harness.sweep.report import p50_text
 from harness.sweep.tracking import LOCAL_UI_URL, champions_url
@@ -83,12 +84,8 @@ def collect(client: MlflowClient, experiment: str) -> list[HardwareResult]:
     return sorted(results, key=lambda r: r.hardware_id)
 
 
-def _megabytes(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.0f}"
-
-
 def _p50(run: Run | None) -> str:
-    return "n/a" if run is None else p50_text(run.data.metrics)
+    return MISSING if run is None else p50_text(run.data.metrics)
 
 
 def _gates(result: HardwareResult) -> str:
@@ -127,9 +124,9 @@ def to_markdown(results: Sequence[HardwareResult], tracking_uri: str, plot: str,
             _p50(r.baseline),
             r.champion.info.run_name,
             _p50(r.champion),
-            "n/a" if r.speedup is None else f"{r.speedup:.2f}x",
-            _megabytes(memory_mb(r.champion)),
-            _megabytes(memory_mb(r.baseline)),
+            figure(r.speedup, ".2f", "x"),
+            figure(memory_mb(r.champion), ".0f"),
+            figure(memory_mb(r.baseline), ".0f"),
             _gates(r),
             *(tags.get(key, "n/a") for key in MACHINE_TAGS),
         ]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.telemetry import figure
 from harness.soak.load import LATE_S, Result
 
 MAX_RSS_GROWTH = 0.10
@@ -37,11 +38,11 @@ def statuses(results: list[Result]) -> str:
 
 
 def _seconds(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f} s"
+    return figure(value, ".2f", " s")
 
 
 def megabytes(value: int | None) -> str:
-    return "n/a" if value is None else f"{value / 2**20:.1f} MB"
+    return figure(None if value is None else value / 2**20, ".1f", " MB")
 
 
 def format_tick(tick: Tick) -> str:
@@ -90,7 +91,7 @@ def summary(ticks: list[Tick], results: list[Result], failures: list[str]) -> li
     growth = rss_growth(rss)
     lines.append(
         f"rss after first interval {megabytes(first)}, last {megabytes(last)}, "
-        f"peak {megabytes(peak)}, growth {'n/a' if growth is None else f'{growth:+.1%}'}"
+        f"peak {megabytes(peak)}, growth {figure(growth, '+.1%')}"
     )
     late = sum(r.late_s > LATE_S for r in results)
     lines.append(f"requests {len(results)} [{statuses(results)}], late starts {late}")

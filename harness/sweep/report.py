@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from engine.telemetry import figure
 from harness.sweep.plots import memory_axis, plot_latency_vs_memory, plot_stages
 from harness.sweep.selection import Selection
 from harness.trial.record import FAILED, SKIPPED, TrialRecord
@@ -57,18 +58,10 @@ class SweepContext:
     budget_minutes: float | None
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}g}"
-
-
-def _pct(fraction: float | None) -> str:
-    return "n/a" if fraction is None else f"{100 * fraction:.1f}%"
-
-
 def p50_text(metrics: dict[str, float | None]) -> str:
     """The p50 latency with its 95 % interval's half width, where enough repeats gave one."""
     p50, width = metrics.get("latency_p50_s"), metrics.get("latency_p50_ci_pct")
-    return _fmt(p50) + ("" if width is None else f" ±{width:.1f}%")
+    return figure(p50) + ("" if width is None else f" ±{width:.1f}%")
 
 
 def speedup(trial: TrialRecord, baseline: TrialRecord | None) -> float | None:
@@ -97,16 +90,16 @@ def table_rows(records: Sequence[TrialRecord], selection: Selection) -> list[lis
                 r.name,
                 r.status + (" NOISY" if r.noisy else ""),
                 p50_text(r.metrics),
-                _fmt(r.metric("latency_p95_s")),
-                _pct(r.metric("latency_cv")),
-                _fmt(r.metric("repeats")),
-                _fmt(r.metric("ttfa_p50_s")),
-                _fmt(r.metric("frames_per_s")),
-                _fmt(r.metric("rtf")),
-                "n/a" if r.memory_mb is None else f"{r.memory_mb:.0f}",
-                _fmt(r.metric("compile_s")),
-                "n/a" if ratio is None else f"{ratio:.2f}x",
-                _fmt(r.wer),
+                figure(r.metric("latency_p95_s")),
+                figure(r.metric("latency_cv"), ".1%"),
+                figure(r.metric("repeats")),
+                figure(r.metric("ttfa_p50_s")),
+                figure(r.metric("frames_per_s")),
+                figure(r.metric("rtf")),
+                figure(r.memory_mb, ".0f"),
+                figure(r.metric("compile_s")),
+                figure(ratio, ".2f", "x"),
+                figure(r.wer),
                 gates,
             ]
         )

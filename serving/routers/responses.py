@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Send
 
+from engine.telemetry import figure
 from serving.errors import error_body
 from serving.schemas import AudioFormat, ErrorBody
 from serving.services.audio import MEDIA_TYPES, encode_all, make_encoder
@@ -43,19 +44,15 @@ AUDIO_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _figure(value: float | None, digits: int = 1) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def metric_headers(stats: RequestStats) -> dict[str, str]:
     """Per-request figures; GPU ones read ``n/a`` on CPU (absent, not zero)."""
     s = stats.summary()
     return {
-        "x-latency-ms": _figure(s["latency_ms"]),
-        "x-ttfa-ms": _figure(s["ttfa_ms"]),
-        "x-peak-vram-mb": _figure(s["peak_vram_mb"]),
-        "x-gpu-util-pct": _figure(s["gpu_util_pct"]),
-        "x-rtf": _figure(s["rtf"], 3),
+        "x-latency-ms": figure(s["latency_ms"], ".1f"),
+        "x-ttfa-ms": figure(s["ttfa_ms"], ".1f"),
+        "x-peak-vram-mb": figure(s["peak_vram_mb"], ".1f"),
+        "x-gpu-util-pct": figure(s["gpu_util_pct"], ".1f"),
+        "x-rtf": figure(s["rtf"], ".3f"),
         "x-seed": str(stats.seed),
     }
 

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import io
 import struct
-from typing import Literal, Protocol
+from typing import Protocol
 
 import av
 import librosa
 import numpy as np
-
-AudioFormat = Literal["wav", "pcm", "mp3", "opus", "flac", "aac"]
 
 MEDIA_TYPES: dict[str, str] = {
     "wav": "audio/wav",

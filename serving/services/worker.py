@@ -103,10 +103,6 @@ class EngineWorker(Generic[E]):
         """Jobs waiting plus the one running."""
         return self._queue.qsize() + (self._current is not None)
 
-    @property
-    def idle(self) -> bool:
-        return self.depth == 0
-
     def retry_after_s(self) -> float:
         """A guess at when a slot frees up: the queue ahead times the mean job time."""
         return max(1.0, self.depth * self._mean_job_s)

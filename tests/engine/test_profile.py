@@ -45,6 +45,7 @@ def test_unknown_or_invalid_knobs_are_rejected() -> None:
         EngineProfile.model_validate({"not_a_knob": 1})
     with pytest.raises(ValidationError, match="kv_cache=false"):
         EngineProfile(kv_cache=False)
+    assert "kv_cache" not in EngineProfile.model_validate({"kv_cache": True}).knobs()  # old files
 
 
 def test_env_overrides_match_env_example() -> None:
