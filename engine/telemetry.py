@@ -3,6 +3,7 @@ background thread. On CPU the GPU figures are None (reported as absent, never as
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -16,6 +17,12 @@ import torch
 log = logging.getLogger(__name__)
 
 MISSING = "n/a"
+
+
+@functools.cache
+def _note_once(message: str) -> None:
+    """Log a fallback the first time it happens, not on every 20 ms sample."""
+    log.info(message)
 
 
 def figure(value: float | None, spec: str = ".3g", unit: str = "") -> str:
@@ -114,7 +121,8 @@ class NvmlSampler:
     def _energy_mj(self) -> int | None:
         try:
             return self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
-        except Exception:
+        except Exception as exc:  # pre-Volta GPUs and some drivers have no energy counter
+            _note_once(f"NVML has no energy counter here ({exc}); energy is reported as n/a")
             return None
 
     def _process_mb(self) -> float | None:
@@ -122,14 +130,21 @@ class NvmlSampler:
             procs = self.nvml.nvmlDeviceGetComputeRunningProcesses(self.handle)
             used = [p.usedGpuMemory for p in procs if p.pid == os.getpid() and p.usedGpuMemory]
             return used[0] / 2**20 if used else None
-        except Exception:
+        except Exception as exc:  # e.g. no permission to list processes in a container
+            _note_once(f"NVML cannot list processes ({exc}); process memory is reported as n/a")
             return None
 
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):
             try:
                 self.samples.append(float(self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu))
-            except Exception:
+            except Exception as exc:
+                log.warning(
+                    "NVML stopped answering after %d samples; GPU utilization for this request "
+                    "uses those only: %s",
+                    len(self.samples),
+                    exc,
+                )
                 return
             mb = self._process_mb()
             if mb is not None:
