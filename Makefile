@@ -11,7 +11,7 @@ SERVICE = $(if $(HOST),HOST=$(HOST)) $(if $(PORT),PORT=$(PORT)) $(RUN) python -m
 UI_ENV = $(if $(PORT),API_URL=http://127.0.0.1:$(PORT))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-browser test lint format sweep bench bench-full-size fidelity fidelity-spread serve soak ui ui-streamlit mlflow-ui mlflow-server compare clean
+.PHONY: help setup setup-browser test test-fast lint format sweep bench bench-full-size fidelity fidelity-spread serve soak ui ui-streamlit mlflow-ui mlflow-server compare clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -27,6 +27,10 @@ test: setup setup-browser ## ruff + the whole pytest suite (what CI runs)
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) pytest $(PYTEST_ARGS)
+
+test-fast: setup ## ruff + the unit layer only (pure tests, under a minute)
+	$(RUN) ruff check .
+	$(RUN) pytest -m unit -q $(PYTEST_ARGS)
 
 lint: setup ## ruff check
 	$(RUN) ruff check .

@@ -1,4 +1,12 @@
-"""Shared fixtures: one tiny synthetic checkpoint and one real Piper recording per test session."""
+"""Shared fixtures (one tiny synthetic checkpoint and one real Piper recording per test session)
+and the test layers.
+
+Layers are markers set here, so a new test lands in the right one without remembering to:
+``engine``, ``harness``, ``service`` and ``ui`` follow the folder (top-level files are the CLI's:
+``harness``), ``journey`` is the fresh-clone walk, and ``unit`` is every test that needs none of
+the heavy fixtures below and is not marked ``slow`` (``make test-fast``; a test that starts a
+process itself is marked ``slow``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,31 @@ from pathlib import Path
 import pytest
 
 REFERENCE_TEXT = "This is the reference recording of the speaker."
+
+
+LAYERS = {"engine": "engine", "harness": "harness", "serving": "service", "ui": "ui"}
+HEAVY_FIXTURES = frozenset(
+    {
+        "tiny_checkpoint",  # builds a checkpoint; everything that loads a model depends on it
+        "piper_reference",  # speaks with Piper
+        "server",  # a live uvicorn process
+        "tiny_sweep",  # a whole sweep
+        "browser",  # headless Chromium
+    }
+)
+NOT_UNIT = frozenset({"slow", "journey", "ui"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give every test its layer marker, and ``unit`` to the pure ones."""
+    tests_dir = Path(__file__).resolve().parent
+    for item in items:
+        folder = item.path.relative_to(tests_dir).parts[0]
+        layer = LAYERS.get(folder, "harness" if folder.startswith("test_") else folder)
+        item.add_marker(layer)
+        marks = {mark.name for mark in item.iter_markers()}
+        if not (set(getattr(item, "fixturenames", ())) & HEAVY_FIXTURES or marks & NOT_UNIT):
+            item.add_marker("unit")
 
 
 def pytest_configure(config: pytest.Config) -> None:

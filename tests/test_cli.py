@@ -19,6 +19,7 @@ def _fishbench(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # two fishbench processes
 def test_make_checkpoint_and_synth_write_a_44k_wav(tmp_path: Path) -> None:
     made = _fishbench("make-checkpoint", "--preset", "tiny", "--seed", "2", str(tmp_path / "ck"))
     assert made.returncode == 0, made.stderr

@@ -111,6 +111,7 @@ ops.warning("an unrelated bitsandbytes warning")
 """
 
 
+@pytest.mark.slow  # a fresh interpreter imports the engine
 def test_startup_noise_is_silenced_and_other_warnings_are_kept() -> None:
     loud = _run("-c", NOISE)
     assert loud.returncode == 0, loud.stderr

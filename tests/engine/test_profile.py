@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -10,12 +11,14 @@ from pydantic import ValidationError
 
 from engine.profile import (
     DEFAULT_MAX_SEQ_LEN,
+    ENV_OVERRIDES,
     EngineProfile,
     Hardware,
     Provenance,
     describe_validation_error,
     resolve_profile,
 )
+from serving.settings import Settings
 
 CPU = Hardware("cpu", "cpu", None, False)
 CPU_BNB = Hardware("cpu", "cpu", None, True)
@@ -48,7 +51,7 @@ def test_unknown_or_invalid_knobs_are_rejected() -> None:
     assert "kv_cache" not in EngineProfile.model_validate({"kv_cache": True}).knobs()  # old files
 
 
-def test_env_overrides_match_env_example() -> None:
+def test_every_env_override_sets_its_knob() -> None:
     env = {
         "MIXED_PRECISION": "fp16",
         "QUANTIZATION": "4bit",
@@ -59,6 +62,7 @@ def test_env_overrides_match_env_example() -> None:
         "NUM_STREAMS": "2",
         "CACHE_LIMIT": "5",
     }
+    assert set(env) == set(ENV_OVERRIDES)  # a new override needs a line here
     profile = EngineProfile.from_env(env=env)
     assert profile.precision == "fp16"
     assert profile.quantization == "nf4"
@@ -72,20 +76,23 @@ def test_env_overrides_match_env_example() -> None:
     assert profile.first_chunk_size == 2
 
 
-def test_env_example_lists_every_profile_override() -> None:
+def _example_sections() -> dict[str, set[str]]:
+    """Variables named in ``.env.example`` (set or commented out), by ``# --- x ---`` section."""
+    sections: dict[str, set[str]] = {}
+    current = ""
+    for line in (Path(__file__).resolve().parents[2] / ".env.example").read_text().splitlines():
+        if line.startswith("# ---"):
+            current = line.strip("# -").split(" (")[0]
+        elif match := re.fullmatch(r"#? ?([A-Z][A-Z0-9_]*)=.*", line):
+            sections.setdefault(current, set()).add(match.group(1))
+    return sections
+
+
+def test_env_example_lists_exactly_the_profile_overrides_and_the_service_settings() -> None:
+    sections = _example_sections()
+    assert sections["engine profile overrides"] == set(ENV_OVERRIDES)
+    assert sections["REST service"] == {name.upper() for name in Settings.model_fields}
     example = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
-    for var in (
-        "MODEL_DIR",
-        "MIXED_PRECISION",
-        "QUANTIZATION",
-        "ENABLE_TORCH_COMPILE",
-        "MAX_SEQ_LEN",
-        "CHUNK_SIZE",
-        "FIRST_CHUNK_SIZE",
-        "NUM_STREAMS",
-        "CACHE_LIMIT",
-    ):
-        assert f"{var}=" in example, var
     assert f"MAX_SEQ_LEN={DEFAULT_MAX_SEQ_LEN}\n" in example
 
 

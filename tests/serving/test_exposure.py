@@ -36,6 +36,7 @@ def test_other_hosts_need_a_key_or_an_explicit_open_server(host: str) -> None:
     assert check_exposure(settings(host=host, allow_no_auth=True)) is None
 
 
+@pytest.mark.slow  # a python -m serving process
 def test_python_m_serving_refuses_an_open_public_host_before_loading(tmp_path: Path) -> None:
     dropped = {"API_KEY", "ALLOW_NO_AUTH", "MODEL_DIR", "PROFILE_PATH"}
     env = {key: value for key, value in os.environ.items() if key not in dropped}

@@ -37,6 +37,7 @@ def _scratch(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.name.startswith("."))
 
 
+@pytest.mark.slow  # a writer process killed with SIGKILL
 def test_kill_9_mid_write_is_cleaned_at_the_next_start(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
