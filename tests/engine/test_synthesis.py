@@ -115,9 +115,14 @@ def test_empty_text_and_bad_sampling_are_refused(engine) -> None:
         engine.synthesize(TEXT, fixed_frames=2, temperature=5.0)
 
 
-def test_baseline_and_engine_agree_on_output_length(
+def test_baseline_and_engine_both_make_exactly_the_fixed_frame_count(
     tiny_checkpoint: Path, engine, piper_reference
 ) -> None:
+    """Speed ratios compare equal work only if both honour ``fixed_frames`` with a voice prompt.
+
+    End-of-speech lengths are not compared: on random weights the slow head's top logits lie
+    within 0.01 of each other, so the two samplers' different random streams end speech at
+    different frames even under top_p=0.01 (measured: 31 vs 64 frames for one text)."""
     path, transcript = piper_reference
     baseline = UpstreamBaseline.from_checkpoint(tiny_checkpoint)
     upstream_audio = baseline.synthesize(TEXT, path, transcript, fixed_frames=9, seed=0)
