@@ -71,6 +71,7 @@ class OptimizedFishSpeech:
         self.semantic_cache: LRUCache[torch.Tensor] = LRUCache(profile.cache_limit)
         self.last_report = SynthesisReport()
         self.compile_seconds: float | None = None
+        self.frames_generated = 0  # lifetime count of frames the decoder made (not cache hits)
         self.compile_cache: Path | None = None
         if profile.compiled:
             self.compile_cache = configure_compilation(
@@ -241,6 +242,7 @@ class OptimizedFishSpeech:
             prefix_len=prefix_len,
             first_block=first_block,
         ):
+            self.frames_generated += block.shape[1]
             if should_stop is not None and should_stop():
                 raise GenerationCancelled(f"stopped after {sum(b.shape[1] for b in blocks)} frames")
             blocks.append(block)

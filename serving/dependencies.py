@@ -46,7 +46,8 @@ class Services:
                 "voice_prefix": engine.decoder.prefix_cache.stats(),
             }
         )
-        return self.metrics.snapshot(self.worker.depth, self.worker.queue_size, caches)
+        frames = None if engine is None else engine.frames_generated
+        return self.metrics.snapshot(self.worker.depth, self.worker.queue_size, caches, frames)
 
     def clear_caches(self) -> dict[str, int]:
         """Empty the engine's in-memory caches (they are locked, so no worker round trip)."""

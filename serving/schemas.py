@@ -216,6 +216,9 @@ class MetricsResponse(BaseModel):
     queue_depth: int
     queue_capacity: int
     caches: dict[str, CacheStats]
+    frames_generated: int | None = Field(
+        None, description="frames the decoder made since start (cache hits excluded); null loading"
+    )
     last: dict[str, Any] | None = Field(None, description="the latest request's own figures")
 
 

@@ -88,7 +88,11 @@ class MetricsStore:
         self._requests.labels(route, "rejected").inc()
 
     def snapshot(
-        self, queue_depth: int, queue_capacity: int, caches: dict[str, dict[str, Any]]
+        self,
+        queue_depth: int,
+        queue_capacity: int,
+        caches: dict[str, dict[str, Any]],
+        frames_generated: int | None = None,
     ) -> MetricsResponse:
         recent = list(self._recent)
         vram = [s.peak_vram_mb for s in recent if s.peak_vram_mb is not None]
@@ -107,6 +111,7 @@ class MetricsStore:
             queue_depth=queue_depth,
             queue_capacity=queue_capacity,
             caches={name: CacheStats(**stats) for name, stats in caches.items()},
+            frames_generated=frames_generated,
             last=recent[-1].summary() if recent else None,
         )
 
@@ -144,6 +149,12 @@ def _gauges(m: MetricsResponse) -> Iterator[Metric]:
         "gpu_utilization_ratio", f"Mean GPU utilization over the last {m.window} requests.", util
     )
     yield from _cache_gauges(m.caches)
+    if m.frames_generated is not None:
+        yield CounterMetricFamily(
+            "fishbench_frames_generated",
+            "Frames the decoder made (cache hits excluded); rate() is the engine's throughput.",
+            value=m.frames_generated,
+        )
 
 
 def _cache_gauges(caches: dict[str, CacheStats]) -> Iterator[Metric]:

@@ -146,6 +146,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> I
 
 
 @pytest.fixture(scope="session")
+def frame_budget() -> int:
+    """The shared server's frames per text chunk (its MAX_NEW_TOKENS)."""
+    return int(BASE_ENV["MAX_NEW_TOKENS"])
+
+
+@pytest.fixture(scope="session")
 def client(server: LiveServer) -> Iterator[httpx.Client]:
     with server.client() as http:
         yield http

@@ -97,6 +97,9 @@ def test_prometheus_histograms_and_counters_match_json(client: httpx.Client) -> 
         value(families["fishbench_queue_capacity"][1], "fishbench_queue_capacity")
         == (metrics["queue_capacity"])
     )
+    kind, frames = families["fishbench_frames_generated"]
+    assert kind == "counter" and metrics["frames_generated"] > 0
+    assert value(frames, "fishbench_frames_generated_total") >= metrics["frames_generated"]
     assert "fishbench_peak_vram_bytes" not in families  # CPU: absent, not zero
     assert "fishbench_gpu_utilization_ratio" not in families
 
