@@ -11,7 +11,7 @@ SERVICE = $(if $(HOST),HOST=$(HOST)) $(if $(PORT),PORT=$(PORT)) $(RUN) python -m
 UI_ENV = $(if $(PORT),API_URL=http://127.0.0.1:$(PORT))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-browser test test-fast lint format sweep bench bench-full-size fidelity fidelity-spread serve soak ui ui-streamlit mlflow-ui mlflow-server compare clean
+.PHONY: help setup setup-system test test-fast lint format sweep bench serve-replicas bench-full-size fidelity fidelity-spread serve soak ui ui-streamlit mlflow-ui mlflow-server compare clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -20,10 +20,10 @@ setup: ## install uv (with pip) if missing, then the locked environment
 	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	$(UV) sync --frozen
 
-setup-browser: ## Debian chromium for the headless UI tests (skipped if present)
-	@bash scripts/install-chromium.sh
+setup-system: ## Debian chromium, ffmpeg and haproxy for the tests (only what is missing)
+	@bash scripts/install-system-packages.sh
 
-test: setup setup-browser ## ruff + the whole pytest suite (what CI runs)
+test: setup setup-system ## ruff + the whole pytest suite (what CI runs)
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) pytest $(PYTEST_ARGS)
@@ -57,6 +57,10 @@ fidelity-spread: setup ## bf16, int8, int4, nf4 and fp32 int8 against fp32, into
 
 serve: setup ## the REST service (HOST, PORT from here, else .env, else 127.0.0.1:8000)
 	$(SERVICE)
+
+serve-replicas: setup ## REPLICAS (2) service processes behind HAProxy on HOST:PORT; restarts dead ones
+	@bash scripts/install-system-packages.sh >/dev/null
+	$(if $(HOST),HOST=$(HOST)) $(if $(PORT),PORT=$(PORT)) $(RUN) python -m serving.replicas --replicas $(or $(REPLICAS),2)
 
 soak: setup ## MINUTES (10) of mixed requests at RATE (2)/s against URL= or a tiny server; RSS, statuses, p50/p95
 	@test -n "$(URL)" || test -d checkpoints/tiny-synthetic || $(RUN) fishbench make-checkpoint --preset tiny checkpoints/tiny-synthetic

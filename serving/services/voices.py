@@ -8,12 +8,15 @@ none can name a path outside the library.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
 import shutil
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 VOICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 AUDIO_FILE, CODES_FILE, META_FILE = "reference.wav", "codes.pt", "meta.json"
 _TMP_PREFIX, _TRASH_PREFIX = ".tmp-", ".trash-"
+LOCK_FILE = ".lock"  # flock()ed by every writer, in this process and in other replicas
 
 
 def check_voice_id(voice_id: str) -> str:
@@ -72,7 +76,9 @@ class Voice:
 
 
 class VoiceLibrary:
-    """CRUD over the voice folders; one lock serialises writers."""
+    """CRUD over the voice folders. Writers are serialised by a thread lock plus an ``flock`` on
+    ``.lock`` in the folder, so replicas sharing one library (on local disk or NFS with locking)
+    see each create and delete whole, and two creating the same id get one 409."""
 
     def __init__(self, root: Path, sample_rate: int = SAMPLE_RATE) -> None:
         self.root = Path(root)
@@ -107,6 +113,15 @@ class VoiceLibrary:
             self.root,
             ", ".join(path.name for path in leftovers),
         )
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        with self._lock, (self.root / LOCK_FILE).open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _folder(self, voice_id: str) -> Path:
         return self.root / check_voice_id(voice_id)
@@ -167,7 +182,7 @@ class VoiceLibrary:
             sf.write(tmp / AUDIO_FILE, audio, self.sample_rate, subtype="FLOAT")
             torch.save(codes.cpu(), tmp / CODES_FILE)
             (tmp / META_FILE).write_text(info.model_dump_json(indent=2), encoding="utf-8")
-            with self._lock:
+            with self._exclusive():
                 self.ensure_new(voice_id)
                 tmp.rename(folder)
         finally:
@@ -179,7 +194,7 @@ class VoiceLibrary:
         """Move the folder aside (atomic), then remove it."""
         folder = self._folder(voice_id)
         trash = self.root / _scratch_name(_TRASH_PREFIX)
-        with self._lock:
+        with self._exclusive():
             if not (folder / META_FILE).is_file():
                 raise NotFound(f"unknown voice {voice_id!r}")
             folder.rename(trash)

@@ -46,7 +46,7 @@ pytestmark = [
     pytest.mark.ui,
     pytest.mark.skipif(
         not CHROMIUM.exists(),
-        reason="/usr/bin/chromium is missing: run scripts/install-chromium.sh",
+        reason="/usr/bin/chromium is missing: run scripts/install-system-packages.sh",
     ),
 ]
 

@@ -1,0 +1,268 @@
+"""Two service replicas behind a real HAProxy (``python -m serving.replicas``) on the tiny
+checkpoint: a shared voice library, streaming through the balancer, a replica killed with SIGKILL
+taken out and back in, and Prometheus counters that add up across replicas."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = [pytest.mark.service, pytest.mark.slow]
+
+STARTUP_TIMEOUT_S = 240.0
+ENV = {"MAX_NEW_TOKENS": "16", "QUEUE_SIZE": "4", "LOG_LEVEL": "INFO", "WARMUP": "false"}
+LONG_TEXT = " ".join(
+    f"Sentence {i} is long enough to be a text chunk of its own, so that the request as a whole "
+    "takes many engine calls and is still running when its replica is killed."
+    for i in range(12)
+)
+
+
+@dataclass
+class Cluster:
+    url: str
+    stats_url: str
+    replicas: dict[str, str]  # name -> url
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def status(self) -> dict[str, str]:
+        """HAProxy's view of each replica: UP, DOWN, or a transition such as "DOWN 1/2"."""
+        rows = csv.DictReader(io.StringIO(httpx.get(f"{self.stats_url};csv").text.lstrip("# ")))
+        return {row["svname"]: row["status"] for row in rows if row["svname"] in self.replicas}
+
+    def pid(self, name: str) -> int:
+        """The replica process serving ``name``'s port (the launcher sets PORT per replica)."""
+        port = self.replicas[name].rsplit(":", 1)[1]
+        children = psutil.Process(self.process.pid).children()
+        return next(c.pid for c in children if c.environ().get("PORT") == port)
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float, what: str, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"{what} not within {timeout_s:.0f} s:\n{log_path.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("replicas")
+    port, stats_port, base = _free_ports(3)  # the replicas take base and base + 1
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in {"API_KEY", "PORT", "HOST"}},
+        **ENV,
+        "MODEL_DIR": str(tiny_checkpoint),
+        "VOICES_DIR": str(root / "voices"),
+        "PROFILE_PATH": str(root / "none.yaml"),
+    }
+    log_path = root / "replicas.log"
+    command = [
+        sys.executable,
+        "-m",
+        "serving.replicas",
+        "--replicas",
+        "2",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--base-port",
+        str(base),
+        "--stats-port",
+        str(stats_port),
+        "--state-dir",
+        str(root / "state"),
+    ]
+    with log_path.open("wb") as sink:
+        process = subprocess.Popen(command, cwd=root, env=env, stdout=sink, stderr=sink)
+    live = Cluster(
+        f"http://127.0.0.1:{port}",
+        f"http://127.0.0.1:{stats_port}/stats",
+        {"r1": f"http://127.0.0.1:{base}", "r2": f"http://127.0.0.1:{base + 1}"},
+        process,
+        log_path,
+    )
+    try:
+        wait_for(
+            lambda: set(live.status().values()) == {"UP"}, STARTUP_TIMEOUT_S, "both UP", log_path
+        )
+        yield live
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def test_a_voice_saved_through_one_replica_is_listed_and_used_through_the_other(
+    cluster: Cluster, spoken_wav: bytes
+) -> None:
+    saved = httpx.post(
+        f"{cluster.replicas['r1']}/voices",
+        data={"voice_id": "shared", "name": "Shared", "transcript": "A shared voice."},
+        files={"audio": ("ref.wav", spoken_wav, "audio/wav")},
+        timeout=120,
+    )
+    assert saved.status_code in (200, 201), saved.text
+    listed = httpx.get(f"{cluster.replicas['r2']}/voices", timeout=30).json()
+    assert "shared" in json.dumps(listed)
+    spoken = httpx.post(
+        f"{cluster.replicas['r2']}/tts",
+        data={"text": "Through the other replica.", "voice_id": "shared", "seed": "1"},
+        timeout=120,
+    )
+    assert spoken.status_code == 200 and spoken.content[:4] == b"RIFF"
+
+
+def test_two_replicas_creating_one_id_at_once_give_one_voice_and_one_409(
+    cluster: Cluster, spoken_wav: bytes
+) -> None:
+    results: dict[str, int] = {}
+
+    def create(name: str) -> None:
+        response = httpx.post(
+            f"{cluster.replicas[name]}/voices",
+            data={"voice_id": "raced", "transcript": "Raced."},
+            files={"audio": ("ref.wav", spoken_wav, "audio/wav")},
+            timeout=120,
+        )
+        results[name] = response.status_code
+
+    threads = [threading.Thread(target=create, args=(name,)) for name in cluster.replicas]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results.values())[-1] == 409 and sorted(results.values())[0] in (200, 201)
+
+
+def test_streaming_passes_through_the_balancer_as_raw_audio_and_sse(cluster: Cluster) -> None:
+    body = {"input": "Streamed through HAProxy.", "voice": "default", "seed": 2}
+    with httpx.stream(
+        "POST", f"{cluster.url}/v1/audio/speech", json=body | {"response_format": "pcm"}
+    ) as raw:
+        assert raw.status_code == 200 and raw.headers["x-replica"] in cluster.replicas
+        pieces = [piece for piece in raw.iter_bytes() if piece]
+    assert sum(map(len, pieces)) > 0
+    events = []
+    with httpx.stream(
+        "POST", f"{cluster.url}/v1/audio/speech", json=body | {"stream_format": "sse"}
+    ) as sse:
+        assert sse.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line[6:]) for line in sse.iter_lines() if line.startswith("data: ")]
+    deltas = [e for e in events if e["type"] == "speech.audio.delta"]
+    assert (
+        deltas
+        and base64.b64decode(deltas[0]["audio"])
+        and events[-1]["type"] == ("speech.audio.done")
+    )
+
+
+def _scrape(url: str) -> dict[str, float]:
+    """Counter and histogram-count samples of one replica, by name and labels."""
+    text = httpx.get(f"{url}/metrics/prometheus", timeout=30).text
+    return {
+        f"{s.name}{sorted(s.labels.items())}": s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name in ("fishbench_requests_total", "fishbench_latency_seconds_count")
+    }
+
+
+def _summed(cluster: Cluster) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for url in cluster.replicas.values():
+        for key, value in _scrape(url).items():
+            totals[key] = totals.get(key, 0.0) + value
+    return totals
+
+
+def test_prometheus_counters_and_histograms_add_up_across_replicas(cluster: Cluster) -> None:
+    ok = "fishbench_requests_total[('outcome', 'ok'), ('route', 'tts')]"
+    count = "fishbench_latency_seconds_count[('route', 'tts')]"
+    before = _summed(cluster)
+    served = set()
+    for i in range(6):
+        response = httpx.post(f"{cluster.url}/tts", data={"text": f"Request {i}."}, timeout=120)
+        assert response.status_code == 200
+        served.add(response.headers["x-replica"])
+    after = _summed(cluster)
+    assert served == set(cluster.replicas)  # both took requests
+    assert after[ok] - before[ok] == 6
+    assert after[count] - before[count] == 6  # one histogram observation per request, summed
+
+
+def test_a_replica_killed_with_sigkill_is_taken_out_and_back_in(cluster: Cluster) -> None:
+    outcome: dict[str, object] = {}
+
+    def long_request() -> None:
+        try:
+            response = httpx.post(f"{cluster.url}/tts", data={"text": LONG_TEXT}, timeout=120)
+            outcome["status"] = response.status_code
+        except httpx.HTTPError as exc:
+            outcome["error"] = type(exc).__name__
+
+    thread = threading.Thread(target=long_request)
+    thread.start()
+    busy = None
+    deadline = time.monotonic() + 30
+    while busy is None and time.monotonic() < deadline:
+        for name, url in cluster.replicas.items():
+            if httpx.get(f"{url}/health", timeout=5).json()["queue_depth"]:
+                busy = name
+        time.sleep(0.05)
+    assert busy is not None, "the long request never reached a replica"
+    os.kill(cluster.pid(busy), signal.SIGKILL)
+    thread.join(60)
+    assert not thread.is_alive()
+    assert outcome.get("status", 502) >= 500 or "error" in outcome  # failed, and promptly
+
+    for i in range(4):  # new requests keep succeeding, on the other replica
+        response = httpx.post(f"{cluster.url}/tts", data={"text": f"After {i}."}, timeout=120)
+        assert response.status_code == 200
+    wait_for(
+        lambda: cluster.status()[busy].startswith("DOWN"), 30, f"{busy} DOWN", cluster.log_path
+    )
+    wait_for(
+        lambda: cluster.status()[busy] == "UP",
+        STARTUP_TIMEOUT_S,
+        f"{busy} back UP",
+        cluster.log_path,
+    )
+    assert "restart 1" in cluster.log_path.read_text()
