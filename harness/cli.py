@@ -1,5 +1,5 @@
-"""The ``fishbench`` command line: make and check checkpoints, synthesize, measure fidelity,
-bench, sweep."""
+"""The ``fishbench`` command line: make and check checkpoints, synthesize, normalise text, measure
+fidelity, bench, sweep."""
 
 from __future__ import annotations
 
@@ -52,6 +52,14 @@ def _synth(args: argparse.Namespace) -> int:
         f"wrote {args.output}: {report.audio_s:.2f} s of audio, "
         f"{report.frames} frames in {report.total_s:.2f} s"
     )
+    return 0
+
+
+def _normalize(args: argparse.Namespace) -> int:
+    from engine.spoken_form import Pronunciations, SpokenForm
+
+    listed = Pronunciations.load(args.pronunciations) if args.pronunciations else None
+    print(SpokenForm(listed)(args.text, normalize=not args.no_normalize))
     return 0
 
 
@@ -181,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(func=_synth)
+
+    p = sub.add_parser(
+        "normalize", help="print the spoken form of a text (numbers, dates, money as words)"
+    )
+    p.add_argument("text")
+    p.add_argument("--pronunciations", type=Path, help="a YAML list of written: spoken entries")
+    p.add_argument("--no-normalize", action="store_true", help="apply only the pronunciations")
+    p.set_defaults(func=_normalize)
 
     p = sub.add_parser(
         "fidelity", help="teacher-forced agreement and codec SNR of a profile vs fp32"

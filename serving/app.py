@@ -18,14 +18,30 @@ from fastapi.middleware.cors import CORSMiddleware
 from serving.dependencies import Services, authorize
 from serving.errors import install_error_handlers
 from serving.guard import RequestGuard, open_paths
-from serving.routers import cache, emotions, health, metrics, openai, tts, voices
+from serving.routers import (
+    cache,
+    emotions,
+    health,
+    metrics,
+    openai,
+    speech_socket,
+    text,
+    tts,
+    voices,
+)
 from serving.routers.responses import METRIC_HEADERS
 from serving.services.asr import Transcriber
 from serving.services.checkpoint_choice import choose_checkpoint, warn_if_synthetic
 from serving.services.metrics import MetricsStore
 from serving.services.ratelimit import RateLimiter
 from serving.services.speech import SpeechService
-from serving.services.startup import StartupError, build_engine, check_checkpoint, load_profile
+from serving.services.startup import (
+    StartupError,
+    build_engine,
+    check_checkpoint,
+    load_profile,
+    load_spoken_form,
+)
 from serving.services.voices import VoiceLibrary
 from serving.services.worker import EngineWorker
 from serving.settings import Settings
@@ -52,7 +68,9 @@ def build_services(settings: Settings) -> Services:
     )
     library = VoiceLibrary(settings.voices_dir)
     store = MetricsStore()
-    speech = SpeechService(settings, worker, library, store, Transcriber())
+    speech = SpeechService(
+        settings, worker, library, store, Transcriber(), load_spoken_form(settings.pronunciations)
+    )
     limiter = RateLimiter(settings.rate_limit_per_minute)
     return Services(settings, worker, library, store, limiter, speech, source, model_dir)
 
@@ -102,8 +120,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     guarded = [Depends(authorize)]
-    for module in (tts, openai, voices, metrics, cache, emotions):
+    for module in (tts, openai, text, voices, metrics, cache, emotions):
         app.include_router(module.router, dependencies=guarded)
+    app.include_router(speech_socket.router)  # the guard checks its key; it limits its own rate
     return app
 
 

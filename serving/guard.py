@@ -116,6 +116,9 @@ class RequestGuard:
         self.form_limit, self.body_limit = body_limits(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._guard_websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -127,6 +130,16 @@ class RequestGuard:
             await _reject(exc, scope, receive, send)
             return
         await self._run_capped(scope, receive, send, limit, setting)
+
+    async def _guard_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The same key check before the handshake; a refusal closes it (HTTP 403)."""
+        try:
+            self._authenticate(scope, Headers(scope=scope))
+        except ServiceError as exc:
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})
+            return
+        await self.app(scope, receive, send)
 
     def _authenticate(self, scope: Scope, headers: Headers) -> None:
         if not self.keys or _route_path(scope) in self.open_paths:

@@ -15,6 +15,10 @@ SEED_MAX = 2**31 - 1
 Temperature = Annotated[float, Field(gt=0, le=TEMPERATURE_MAX, description="sampling temperature")]
 TopP = Annotated[float, Field(gt=0, le=TOP_P_MAX, description="nucleus sampling mass")]
 Speed = Annotated[float, Field(ge=0.25, le=4.0, description="tempo factor; pitch is kept")]
+Normalize = Annotated[
+    bool | None,
+    Field(description="speak numbers, money, dates, units as words; unset: the server's NORMALIZE"),
+]
 Seed = Annotated[
     int | None, Field(ge=0, le=SEED_MAX, description="chunk i uses seed + i; random if unset")
 ]
@@ -55,6 +59,7 @@ class TTSForm(BaseModel):
     )
     format: AudioFormat = "wav"
     stream: bool = Field(False, description="stream audio as it is generated (no metric headers)")
+    normalize: Normalize = None
 
 
 class VoiceRef(BaseModel):
@@ -83,6 +88,40 @@ class SpeechRequest(BaseModel):
     temperature: Temperature = DEFAULT_SAMPLING.temperature
     top_p: TopP = DEFAULT_SAMPLING.top_p
     seed: Seed = None
+    normalize: Normalize = None
+
+
+class SpeechStreamStart(BaseModel):
+    """The optional first message of ``WS /v1/audio/speech/stream`` (without its ``type``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    voice: str = Field("default", description="a voice-library id, or 'default'")
+    temperature: Temperature = DEFAULT_SAMPLING.temperature
+    top_p: TopP = DEFAULT_SAMPLING.top_p
+    speed: Speed = 1.0
+    seed: Seed = None
+    normalize: Normalize = None
+
+
+class NormalizeRequest(BaseModel):
+    """POST /normalize: the text a request would speak, without speaking it."""
+
+    text: str = Field(description="written text")
+    voice_id: str | None = Field(None, description="also apply this voice's pronunciations")
+    normalize: Normalize = None
+
+
+class NormalizedText(BaseModel):
+    text: str = Field(description="the spoken form the engine would receive")
+    normalized: bool = Field(description="whether spoken-form normalisation ran")
+
+
+class PronunciationList(BaseModel):
+    """A voice's ``written: spoken`` entries (rules: whole words; lower-case entries match any
+    case, entries with a capital match exactly; longer entries first)."""
+
+    entries: dict[str, str] = Field(default_factory=dict, examples=[{"SQL": "sequel"}])
 
 
 class ModelCard(BaseModel):

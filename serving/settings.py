@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     )
     max_text_chars: int = Field(5000, ge=1, description="longest text one request may carry")
     text_chunk_chars: int = Field(300, ge=20, le=2000, description="sentence-packed chunk size")
+    normalize: bool = Field(
+        True, description="speak numbers, dates, money as words; a request's normalize overrides"
+    )
+    pronunciations: Path | None = Field(
+        None, description="YAML of written: spoken entries applied to every request"
+    )
     max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1, description="frame budget per text chunk")
     rate_limit_per_minute: int = Field(0, ge=0, description="requests per key per minute; 0 = off")
     auth_failures_per_minute: int = Field(

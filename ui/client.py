@@ -84,6 +84,7 @@ class SynthesisRequest:
     top_p: float | None = None
     speed: float | None = None
     seed: int | None = None
+    normalize: bool | None = None  # None: the service's NORMALIZE
     optimize_for_memory: bool = False
 
     def form(self, *, stream: bool) -> dict[str, str]:
@@ -97,6 +98,7 @@ class SynthesisRequest:
             "top_p": self.top_p,
             "speed": self.speed,
             "seed": self.seed,
+            "normalize": self.normalize,
             "optimize_for_memory": self.optimize_for_memory,
             "format": "wav",
             "stream": stream,
@@ -159,6 +161,20 @@ class ServiceClient:
         with open(audio_path, "rb") as audio:
             files = {"audio": (Path(audio_path).name, audio, "application/octet-stream")}
             return self._json("POST", "/voices", data=data, files=files)
+
+    def spoken_form(self, text: str, voice_id: str = "", normalize: bool | None = None) -> str:
+        """``POST /normalize``: what the engine would be asked to say for ``text``."""
+        body = {"text": text, "voice_id": voice_id or None, "normalize": normalize}
+        return str(self._json("POST", "/normalize", json=body).get("text", ""))
+
+    def pronunciations(self, voice_id: str) -> dict[str, str]:
+        """``GET /voices/{id}/pronunciations``: the voice's ``written: spoken`` entries."""
+        return dict(self._json("GET", f"/voices/{voice_id}/pronunciations").get("entries", {}))
+
+    def set_pronunciations(self, voice_id: str, entries: dict[str, str]) -> dict[str, str]:
+        """``PUT /voices/{id}/pronunciations``: replace the voice's list."""
+        body = {"entries": entries}
+        return dict(self._json("PUT", f"/voices/{voice_id}/pronunciations", json=body)["entries"])
 
     def synthesize(self, request: SynthesisRequest) -> SynthesisResult:
         """``POST /tts`` without streaming: the whole file plus the service's figures."""

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import gradio as gr
+import yaml
 
 from ui.audio import wav_chunks
 from ui.client import Figures, ServiceClient, ServiceError, SynthesisRequest, api_url
@@ -115,6 +116,42 @@ def save_voice(reference: str | None, name: str, transcript: str) -> tuple[gr.Dr
     return dropdown, message or _info(f"Saved voice “{voice.get('name') or voice_id}”.")
 
 
+def preview_spoken(text: str, voice_id: str | None, as_written: bool) -> str:
+    """The spoken form the service would generate for ``text`` (numbers as words, ...)."""
+    if not (text or "").strip():
+        return ""
+    try:
+        return ServiceClient().spoken_form(text, voice_id or "", False if as_written else None)
+    except ServiceError as error:
+        return f"(no preview: {error})"
+
+
+def load_pronunciations(voice_id: str | None) -> str:
+    """The selected voice's pronunciation list as YAML lines (empty for none)."""
+    if not voice_id:
+        return ""
+    try:
+        entries = ServiceClient().pronunciations(voice_id)
+    except ServiceError as error:
+        return f"# {error}"
+    return yaml.safe_dump(entries, allow_unicode=True) if entries else ""
+
+
+def save_pronunciations(voice_id: str | None, listed: str) -> tuple[str, str]:
+    """Replace the selected voice's list with the YAML in the box."""
+    if not voice_id:
+        return gr.skip(), _error("Pick a saved voice first.")
+    try:
+        entries = yaml.safe_load(listed or "") or {}
+        if not isinstance(entries, dict):
+            raise ValueError("write one `written: spoken` entry per line")
+        saved = ServiceClient().set_pronunciations(voice_id, entries)
+    except (ServiceError, ValueError, yaml.YAMLError) as error:
+        return gr.skip(), _error(f"Pronunciations not saved: {error}")
+    text = yaml.safe_dump(saved, allow_unicode=True) if saved else ""
+    return text, _info(f"Saved {len(saved)} pronunciation(s) for “{voice_id}”.")
+
+
 def synthesize(
     text: str,
     reference: str | None,
@@ -126,6 +163,7 @@ def synthesize(
     speed: float,
     seed: float,
     optimize_for_memory: bool,
+    as_written: bool,
 ) -> Iterator[Outputs]:
     """Yield ``(audio, metrics bar, message)`` as the audio arrives; errors become the message."""
     if not (text or "").strip():
@@ -142,6 +180,7 @@ def synthesize(
         speed=_number(speed),
         seed=None if seed is None or seed < 0 else int(seed),
         optimize_for_memory=bool(optimize_for_memory),
+        normalize=False if as_written else None,
     )
     client = ServiceClient()
     try:
@@ -201,6 +240,7 @@ def build() -> gr.Blocks:
         marker = gr.Dropdown(label="Insert an emotion marker", choices=[], elem_id="fb-marker")
         reference, voice, voice_name, save = _voice_controls()
         reference_text = gr.Textbox(label="Reference transcript", lines=2, elem_id="fb-ref-text")
+        as_written, spoken, pronunciations, save_pronunciation = _spoken_form_controls()
         sampling = _sampling_controls()
         go = gr.Button("Synthesize", variant="primary", elem_id="fb-synthesize")
         message = gr.HTML(elem_classes="fb-message", elem_id="fb-message")
@@ -218,9 +258,15 @@ def build() -> gr.Blocks:
         theme.click(None, js=TOGGLE_THEME_JS)
         marker.input(add_marker, inputs=[text, marker], outputs=[text, marker], **quiet)
         save.click(save_voice, [reference, voice_name, reference_text], [voice, message])
+        for event in (text.blur, voice.change, as_written.change):
+            event(preview_spoken, inputs=[text, voice, as_written], outputs=spoken, **quiet)
+        voice.change(load_pronunciations, inputs=voice, outputs=pronunciations, **quiet)
+        save_pronunciation.click(
+            save_pronunciations, inputs=[voice, pronunciations], outputs=[pronunciations, message]
+        ).then(preview_spoken, inputs=[text, voice, as_written], outputs=spoken, **quiet)
         go.click(
             synthesize,
-            inputs=[text, reference, voice, reference_text, *sampling],
+            inputs=[text, reference, voice, reference_text, *sampling, as_written],
             outputs=[audio, metrics, message],
         )
     return page
@@ -246,6 +292,28 @@ def _voice_controls() -> tuple[gr.Audio, gr.Dropdown, gr.Textbox, gr.Button]:
             voice_name = gr.Textbox(label="Name for this voice", max_lines=1, elem_id="fb-name")
             save = gr.Button("Save this voice", size="sm", elem_id="fb-save-voice")
     return reference, voice, voice_name, save
+
+
+def _spoken_form_controls() -> tuple[gr.Checkbox, gr.Textbox, gr.Textbox, gr.Button]:
+    """The spoken-form preview, the as-written switch and the voice's pronunciation list."""
+    as_written = gr.Checkbox(
+        label="Read as written (no number/date normalisation)", elem_id="fb-as-written"
+    )
+    spoken = gr.Textbox(
+        label="Spoken form (what the model is asked to say)",
+        lines=2,
+        interactive=False,
+        elem_id="fb-spoken",
+    )
+    with gr.Row(equal_height=True):
+        pronunciations = gr.Textbox(
+            label="This voice's pronunciations (YAML, one `written: spoken` per line)",
+            lines=3,
+            placeholder="SQL: sequel",
+            elem_id="fb-pronunciations",
+        )
+        save = gr.Button("Save pronunciations", size="sm", scale=0, elem_id="fb-save-pron")
+    return as_written, spoken, pronunciations, save
 
 
 def _sampling_controls() -> list[gr.components.Component]:

@@ -40,6 +40,7 @@ async def create_speech(request: Request, body: SpeechRequest, services: Service
         top_p=body.top_p,
         seed=body.seed,
         speed=body.speed,
+        normalize=body.normalize,
         chunked_decode=True,
         route="openai",
     )

@@ -37,6 +37,7 @@ async def tts(
         top_p=form.top_p,
         seed=form.seed,
         speed=form.speed,
+        normalize=form.normalize,
         chunked_decode=form.stream,
         low_memory=form.optimize_for_memory,
     )

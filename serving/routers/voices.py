@@ -1,14 +1,16 @@
-"""The voice library: list, inspect, add (with ASR when no transcript is sent), delete."""
+"""The voice library: list, inspect, add (with ASR when no transcript is sent), delete, and each
+voice's pronunciation list."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile, status
+from starlette.concurrency import run_in_threadpool
 
 from serving.dependencies import ServicesDep
 from serving.routers.responses import ERROR_RESPONSES
-from serving.schemas import Deleted, VoiceInfo, VoiceList
+from serving.schemas import Deleted, PronunciationList, VoiceInfo, VoiceList
 
 router = APIRouter(prefix="/voices", tags=["voices"], responses=ERROR_RESPONSES)
 
@@ -41,3 +43,25 @@ async def add_voice(
 async def delete_voice(voice_id: str, services: ServicesDep) -> Deleted:
     services.voices.delete(voice_id)
     return Deleted(id=voice_id)
+
+
+@router.get("/{voice_id}/pronunciations")
+async def get_pronunciations(voice_id: str, services: ServicesDep) -> PronunciationList:
+    """The voice's own ``written: spoken`` entries (the global PRONUNCIATIONS list is apart)."""
+    return PronunciationList(entries=services.voices.pronunciations(voice_id).entries)
+
+
+@router.put("/{voice_id}/pronunciations")
+async def put_pronunciations(
+    voice_id: str, body: PronunciationList, services: ServicesDep
+) -> PronunciationList:
+    """Replace the voice's list; it applies to the next request that uses the voice."""
+    listed = await run_in_threadpool(services.voices.set_pronunciations, voice_id, body.entries)
+    return PronunciationList(entries=listed.entries)
+
+
+@router.delete("/{voice_id}/pronunciations")
+async def delete_pronunciations(voice_id: str, services: ServicesDep) -> PronunciationList:
+    """Remove the voice's list."""
+    await run_in_threadpool(services.voices.set_pronunciations, voice_id, {})
+    return PronunciationList()

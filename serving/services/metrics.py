@@ -23,7 +23,7 @@ from serving.schemas import CacheStats, MetricsResponse, Percentiles
 from serving.services.synthesis import RequestStats
 
 OUTCOMES = ("ok", "error", "cancelled", "rejected")
-ROUTES = ("tts", "openai")
+ROUTES = ("tts", "openai", "stream")
 # A saved voice answers in tens of milliseconds on a GPU; a long text on a CPU takes minutes.
 SECONDS_BUCKETS = (0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -84,8 +84,15 @@ class MetricsStore:
 
     def reject(self, route: str = "unknown") -> None:
         """A request refused before it was queued (429)."""
-        self.outcomes["rejected"] += 1
-        self._requests.labels(route, "rejected").inc()
+        self._unqueued(route, "rejected")
+
+    def cancel(self, route: str) -> None:
+        """A request whose client left before it was queued (while its text was prepared)."""
+        self._unqueued(route, "cancelled")
+
+    def _unqueued(self, route: str, outcome: str) -> None:
+        self.outcomes[outcome] += 1
+        self._requests.labels(route, outcome).inc()
 
     def snapshot(
         self,

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from engine.audio_io import SAMPLE_RATE, decode_audio
 from engine.engine import OptimizedFishSpeech
+from engine.spoken_form import SpokenForm
 from serving.errors import InvalidInput, PayloadTooLarge, QueueFull
 from serving.schemas import SEED_MAX, VoiceInfo
 from serving.services.asr import Transcriber
@@ -45,8 +46,10 @@ class SpeechService:
         voices: VoiceLibrary,
         metrics: MetricsStore,
         transcriber: Transcriber,
+        spoken_form: SpokenForm,
     ) -> None:
         self.settings = settings
+        self.spoken_form = spoken_form
         self.worker = worker
         self.voices = voices
         self.metrics = metrics
@@ -90,6 +93,17 @@ class SpeechService:
             return None
         return self.voices.get(check_voice_id(voice_id))
 
+    async def spoken(self, text: str, normalize: bool | None, voice: Voice | None) -> str:
+        """What the engine will be asked to say: normalised unless ``normalize`` (else the
+        server's NORMALIZE) says not, then the global and the voice's pronunciations applied.
+        Off the event loop: the grammars take about 1.5 ms a character on two CPU cores."""
+        return await run_in_threadpool(
+            self.spoken_form,
+            check_text(text, self.settings.max_text_chars),
+            normalize=self.settings.normalize if normalize is None else normalize,
+            voice=voice.pronunciations if voice else None,
+        )
+
     async def speak(
         self,
         text: str,
@@ -101,15 +115,19 @@ class SpeechService:
         reference_text: str | None = None,
         seed: int | None = None,
         speed: float = 1.0,
+        normalize: bool | None = None,
         chunked_decode: bool = False,
         low_memory: bool = False,
         route: str = "tts",
     ) -> SynthesisStream:
-        """Split the text, queue the request and wait for its first audio."""
+        """Put the text in spoken form, split it, queue the request, wait for its first audio."""
         received_at = time.perf_counter()
-        chunks = split_text(
-            check_text(text, self.settings.max_text_chars), self.settings.text_chunk_chars
-        )
+        try:
+            spoken = await self.spoken(text, normalize, voice)
+        except asyncio.CancelledError:
+            self.metrics.cancel(route)
+            raise
+        chunks = split_text(spoken, self.settings.text_chunk_chars)
         if not chunks:
             raise InvalidInput("text has nothing to speak")
         if voice is not None and reference is not None:

@@ -1,4 +1,5 @@
-"""Startup: the profile, the checkpoint check, and building + warming the engine.
+"""Startup: the profile, the pronunciation list, the checkpoint check, and building + warming the
+engine.
 
 Cheap checks (profile file, checkpoint folder layout) run before the server accepts connections
 so a wrong MODEL_DIR stops it at once with a clear message; loading weights and warming up run on
@@ -15,7 +16,9 @@ from pydantic import ValidationError
 
 from engine.checkpoint import CheckpointError, CheckpointFolder
 from engine.engine import OptimizedFishSpeech
+from engine.errors import ConfigError
 from engine.profile import EngineProfile
+from engine.spoken_form import Pronunciations, SpokenForm
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,14 @@ def load_profile(path: Path, env: dict[str, str]) -> tuple[EngineProfile, str]:
         return EngineProfile.from_env(base=profile, env=env), source
     except (ValidationError, ValueError) as exc:
         raise StartupError(f"engine overrides in the environment are invalid: {exc}") from exc
+
+
+def load_spoken_form(pronunciations: Path | None) -> SpokenForm:
+    """Normalisation with the global pronunciation list (PRONUNCIATIONS), checked now."""
+    try:
+        return SpokenForm(Pronunciations.load(pronunciations) if pronunciations else None)
+    except ConfigError as exc:
+        raise StartupError(f"{exc} (PRONUNCIATIONS)") from exc
 
 
 def check_checkpoint(model_dir: Path) -> CheckpointFolder:

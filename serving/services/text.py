@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 
+from engine.spoken_form import SENTENCE_END
 from serving.errors import InvalidInput
 
-_SENTENCE_END = re.compile(r"(?<=[.!?…;])[\"'”’)\]]*\s+|(?<=[。！？；])|\n\s*")
 _CLAUSE_END = re.compile(r"(?<=[,:，、：—])\s*")
 
 
@@ -50,7 +50,7 @@ def _hard_wrap(text: str, limit: int) -> list[str]:
 
 def _units(text: str, limit: int) -> list[str]:
     units = []
-    for sentence in _pieces(text, _SENTENCE_END):
+    for sentence in _pieces(text, SENTENCE_END):
         if len(sentence) <= limit:
             units.append(sentence)
             continue

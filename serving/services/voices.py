@@ -1,9 +1,10 @@
 """The voice library: reference audio, transcript, cached reference codes and metadata on disk.
 
 Each voice is a folder ``VOICES_DIR/<id>/`` holding ``reference.wav`` (mono float32, 44.1 kHz),
-``codes.pt`` and ``meta.json``. A voice is written into a temporary folder and renamed into place,
-so a crash never leaves a half-written voice, and ids are checked against a strict pattern so
-none can name a path outside the library.
+``codes.pt``, ``meta.json`` and, when it has one, its pronunciation list ``pronunciations.yaml``.
+A voice is written into a temporary folder and renamed into place, so a crash never leaves a
+half-written voice, and ids are checked against a strict pattern so none can name a path outside
+the library.
 """
 
 from __future__ import annotations
@@ -17,15 +18,18 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
+import yaml
 
 from engine.audio_io import SAMPLE_RATE
+from engine.errors import ConfigError
+from engine.spoken_form import Pronunciations, check_entries
 from serving.errors import Conflict, InvalidInput, NotFound
 from serving.schemas import VoiceInfo
 
@@ -33,6 +37,7 @@ log = logging.getLogger(__name__)
 
 VOICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 AUDIO_FILE, CODES_FILE, META_FILE = "reference.wav", "codes.pt", "meta.json"
+PRONUNCIATIONS_FILE = "pronunciations.yaml"  # the voice's own written: spoken entries
 _TMP_PREFIX, _TRASH_PREFIX = ".tmp-", ".trash-"
 LOCK_FILE = ".lock"  # flock()ed by every writer, in this process and in other replicas
 
@@ -73,6 +78,7 @@ class Voice:
     info: VoiceInfo
     audio: np.ndarray
     codes: torch.Tensor | None
+    pronunciations: Pronunciations = field(default_factory=Pronunciations)
 
 
 class VoiceLibrary:
@@ -151,7 +157,34 @@ class VoiceLibrary:
         audio, _ = sf.read(folder / AUDIO_FILE, dtype="float32")
         codes_path = folder / CODES_FILE
         codes = torch.load(codes_path, weights_only=True) if codes_path.is_file() else None
-        return Voice(info, audio, codes)
+        return Voice(info, audio, codes, self.pronunciations(voice_id))
+
+    def pronunciations(self, voice_id: str) -> Pronunciations:
+        """The voice's pronunciation list (empty when it has none)."""
+        folder = self._folder(voice_id)
+        if not (folder / META_FILE).is_file():
+            raise NotFound(f"unknown voice {voice_id!r}; GET /voices lists the saved ones")
+        path = folder / PRONUNCIATIONS_FILE
+        return Pronunciations.load(path) if path.is_file() else Pronunciations()
+
+    def set_pronunciations(self, voice_id: str, entries: dict[str, str]) -> Pronunciations:
+        """Replace the voice's list (an empty one removes the file); written whole, atomically."""
+        try:
+            listed = Pronunciations(check_entries(entries, f"voice {voice_id!r}"))
+        except ConfigError as exc:
+            raise InvalidInput(str(exc)) from exc
+        folder = self._folder(voice_id)
+        tmp = folder / f"{_TMP_PREFIX}{PRONUNCIATIONS_FILE}"
+        with self._exclusive():
+            if not (folder / META_FILE).is_file():
+                raise NotFound(f"unknown voice {voice_id!r}; GET /voices lists the saved ones")
+            if not listed.entries:
+                (folder / PRONUNCIATIONS_FILE).unlink(missing_ok=True)
+                return listed
+            tmp.write_text(yaml.safe_dump(listed.entries, allow_unicode=True), encoding="utf-8")
+            tmp.replace(folder / PRONUNCIATIONS_FILE)
+        log.info("voice %s: %d pronunciation entries", voice_id, len(listed.entries))
+        return listed
 
     def ensure_new(self, voice_id: str) -> None:
         if self._folder(voice_id).exists():

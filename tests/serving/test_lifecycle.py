@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 pytestmark = pytest.mark.service
 
@@ -85,3 +88,14 @@ def test_rate_limit_per_key(secured) -> None:
     assert statuses[:6] == [200] * 6 and statuses[6:] == [429, 429]
     with secured.client(headers={"Authorization": f"Bearer {KEY}"}) as http:
         assert http.get("/emotions").status_code == 200  # another key has its own budget
+
+
+def test_the_speech_socket_needs_the_key_too(secured) -> None:
+    url = secured.url.replace("http://", "ws://") + "/v1/audio/speech/stream"
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(url, additional_headers=headers, open_timeout=30)
+        assert refused.value.response.status_code == 403
+    with connect(url, additional_headers={"Authorization": f"Bearer {KEY}"}) as ws:
+        ws.send(json.dumps({"type": "end"}))
+        assert json.loads(ws.recv(30)) == {"type": "done", "sentences": 0}

@@ -25,6 +25,8 @@ SENTENCE = (
 )
 LONG_TEXT = " ".join(SENTENCE.format(i) for i in range(8))
 CHUNKS = 8
+# Hang-up times below are set by generation; normalising LONG_TEXT first takes seconds here.
+AS_WRITTEN = {"normalize": "false"}
 
 
 def metrics(client: httpx.Client) -> dict[str, Any]:
@@ -45,7 +47,8 @@ def chunk_seconds(client: httpx.Client) -> float:
     durations = []
     for _ in range(3):
         t0 = time.perf_counter()
-        assert client.post("/tts", data={"text": SENTENCE.format(99)}).status_code == 200
+        response = client.post("/tts", data={"text": SENTENCE.format(99), **AS_WRITTEN})
+        assert response.status_code == 200
         durations.append(time.perf_counter() - t0)
     return statistics.median(durations)
 
@@ -80,7 +83,9 @@ def test_disconnect_mid_stream_stops_generation_within_a_block(
     before = metrics(client)
     with (
         server.client() as other,
-        other.stream("POST", "/tts", data={"text": LONG_TEXT, "stream": "true"}) as response,
+        other.stream(
+            "POST", "/tts", data={"text": LONG_TEXT, "stream": "true", **AS_WRITTEN}
+        ) as response,
     ):
         assert response.status_code == 200
         next(response.iter_bytes())  # the first chunk arrived; now hang up
@@ -102,9 +107,28 @@ def test_disconnect_before_a_whole_file_cancels_it(
         server.client(timeout=httpx.Timeout(60, read=hang_up_after_s)) as impatient,
         pytest.raises(httpx.ReadTimeout),
     ):
-        impatient.post("/tts", data={"text": LONG_TEXT})
+        impatient.post("/tts", data={"text": LONG_TEXT, **AS_WRITTEN})
     wait_idle(client)
     after = metrics(client)
     assert after["requests"]["cancelled"] == before["requests"]["cancelled"] + 1
     made = after["frames_generated"] - before["frames_generated"]
     assert 0 < made <= 4 * frame_budget < CHUNKS * frame_budget, made  # about 2 of 8 chunks
+
+
+def test_a_client_gone_while_its_text_is_normalised_counts_as_cancelled(
+    server, client: httpx.Client
+) -> None:
+    before = metrics(client)
+    with (
+        server.client(timeout=httpx.Timeout(60, read=0.1)) as impatient,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        impatient.post("/tts", data={"text": LONG_TEXT.replace("Sentence", "On 3/4/2025, 12")})
+    deadline = time.monotonic() + 60
+    while metrics(client)["requests"]["cancelled"] == before["requests"]["cancelled"]:
+        assert time.monotonic() < deadline, "the hang-up was never counted"
+        time.sleep(0.2)
+    wait_idle(client)
+    after = metrics(client)
+    assert after["requests"]["cancelled"] == before["requests"]["cancelled"] + 1
+    assert after["frames_generated"] == before["frames_generated"]  # never reached the engine

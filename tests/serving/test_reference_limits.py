@@ -21,6 +21,7 @@ from starlette.datastructures import UploadFile
 import serving.services.speech as speech_module
 from engine.audio_io import MAX_REFERENCE_SECONDS, MIN_REFERENCE_SECONDS, SAMPLE_RATE, decode_audio
 from engine.sampling import DEFAULT_SAMPLING, TEMPERATURE_MAX, TOP_P_MAX
+from engine.spoken_form import SpokenForm
 from serving.services.asr import Transcriber
 from serving.services.metrics import MetricsStore
 from serving.services.speech import SpeechService
@@ -140,6 +141,7 @@ def test_at_most_decode_concurrency_uploads_are_decoded_at_once(
         VoiceLibrary(tmp_path / "voices"),
         MetricsStore(),
         Transcriber(),
+        SpokenForm(),
     )
     lock, running, peak = threading.Lock(), [0], [0]
 

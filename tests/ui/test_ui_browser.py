@@ -32,6 +32,9 @@ MAIN_CONTROLS = [
     "fb-top-p",
     "fb-speed",
     "fb-optimize",
+    "fb-as-written",
+    "fb-spoken",
+    "fb-pronunciations",
     "fb-synthesize",
     "fb-audio",
     "fb-metrics",
@@ -41,6 +44,7 @@ LOADED = "() => (document.querySelector('#fb-status')?.innerText || '').includes
 PLAYED = """() => [...document.querySelectorAll('#fb-audio audio')]
     .some(a => a.src && a.duration > 0 && a.ended)"""
 MEASURED = "() => / ms/.test(document.querySelector('#fb-metrics').innerText)"
+SPOKEN = "() => document.querySelector('#fb-spoken textarea')?.value.includes('two times')"
 
 pytestmark = [
     pytest.mark.ui,
@@ -95,7 +99,9 @@ def test_page_shows_controls_in_theme(page, gradio_url: str, screenshots: Path, 
 
 def test_synthesis_plays_in_the_audio_element(page, gradio_url: str, screenshots: Path) -> None:
     open_page(page, gradio_url, "light")
-    page.fill("#fb-text textarea", "Hello from the browser test.")
+    page.fill("#fb-text textarea", "Hello from the browser test, 2 times.")
+    page.locator("#fb-text textarea").blur()
+    page.wait_for_function(SPOKEN, timeout=30_000)  # the spoken-form preview, numbers as words
     page.click("#fb-synthesize")
     page.wait_for_function(PLAYED, timeout=90_000)  # autoplay ran the streamed audio to its end
     page.wait_for_function(MEASURED, timeout=30_000)

@@ -33,6 +33,7 @@ def run_synthesis(
             settings["speed"],
             settings["seed"],
             False,
+            settings.get("as_written", False),
         )
     )
 
@@ -91,6 +92,22 @@ def test_save_list_and_use_a_voice(use_service: str, reference_wav: Path) -> Non
 
     outputs = run_synthesis("Cloned.", voice_id="test-voice")
     assert audio_seconds(outputs) > 0
+
+
+def test_spoken_form_preview_and_a_voices_pronunciations(
+    use_service: str, reference_wav: Path
+) -> None:
+    assert gradio_app.preview_spoken("Room 12.", None, False) == "Room twelve."
+    assert gradio_app.preview_spoken("Room 12.", None, True) == "Room 12."
+    gradio_app.save_voice(str(reference_wav), "Lister", REFERENCE_TRANSCRIPT)
+    assert gradio_app.load_pronunciations("lister") == ""
+    shown, message = gradio_app.save_pronunciations("lister", "Room: chamber\n")
+    assert shown == "Room: chamber\n" and "Saved 1 pronunciation" in message
+    assert gradio_app.load_pronunciations("lister") == "Room: chamber\n"
+    assert gradio_app.preview_spoken("Room 12.", "lister", False) == "chamber twelve."
+    _, refused = gradio_app.save_pronunciations("lister", "- not a mapping")
+    assert "not saved" in refused
+    assert run_synthesis("Room 12.", voice_id="lister", as_written=True)[-1][2] == ""
 
 
 def test_synthesize_with_an_uploaded_reference(use_service: str, reference_wav: Path) -> None:
