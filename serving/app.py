@@ -62,14 +62,20 @@ def build_services(settings: Settings) -> Services:
     model_dir, reason = choose_checkpoint(settings.model_dir, profile)
     check_checkpoint(model_dir)
     log.info("checkpoint %s (%s)", model_dir, reason)
-    warn_if_synthetic(model_dir)
+    synthetic = warn_if_synthetic(model_dir)
     worker = EngineWorker(
         lambda: build_engine(model_dir, profile, settings.warmup), settings.queue_size
     )
     library = VoiceLibrary(settings.voices_dir)
     store = MetricsStore()
     speech = SpeechService(
-        settings, worker, library, store, Transcriber(), load_spoken_form(settings.pronunciations)
+        settings,
+        worker,
+        library,
+        store,
+        Transcriber(),
+        load_spoken_form(settings.pronunciations),
+        synthetic,
     )
     limiter = RateLimiter(settings.rate_limit_per_minute)
     return Services(settings, worker, library, store, limiter, speech, source, model_dir)

@@ -60,6 +60,10 @@ class TTSForm(BaseModel):
     format: AudioFormat = "wav"
     stream: bool = Field(False, description="stream audio as it is generated (no metric headers)")
     normalize: Normalize = None
+    timestamps: bool = Field(
+        False,
+        description="word timings in the x-words header (base64url JSON); not with stream",
+    )
 
 
 class VoiceRef(BaseModel):
@@ -89,6 +93,27 @@ class SpeechRequest(BaseModel):
     top_p: TopP = DEFAULT_SAMPLING.top_p
     seed: Seed = None
     normalize: Normalize = None
+
+
+class WordTiming(BaseModel):
+    word: str
+    start: float = Field(description="seconds into the returned audio")
+    end: float
+    aligned: bool = Field(description="false: not heard by the aligner, placed between neighbours")
+
+
+class CaptionedSpeech(BaseModel):
+    """POST /v1/audio/speech/captioned: the audio and when each word is spoken in it."""
+
+    audio: str = Field(description="the audio file in ``format``, base64")
+    format: AudioFormat
+    sample_rate: int
+    duration_s: float
+    text: str = Field(description="the spoken form the engine was asked to say")
+    words: list[WordTiming]
+    alignment: str = Field(
+        description="how the times were found, or 'unavailable: <why>' with no words"
+    )
 
 
 class SpeechStreamStart(BaseModel):

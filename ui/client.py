@@ -6,11 +6,13 @@ down, still loading or refused the request; optional fields in the answers may b
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,7 @@ class SynthesisRequest:
     speed: float | None = None
     seed: int | None = None
     normalize: bool | None = None  # None: the service's NORMALIZE
+    timestamps: bool = False  # word timings (whole-file answers only)
     optimize_for_memory: bool = False
 
     def form(self, *, stream: bool) -> dict[str, str]:
@@ -99,6 +102,7 @@ class SynthesisRequest:
             "speed": self.speed,
             "seed": self.seed,
             "normalize": self.normalize,
+            "timestamps": True if self.timestamps and not stream else None,
             "optimize_for_memory": self.optimize_for_memory,
             "format": "wav",
             "stream": stream,
@@ -113,6 +117,8 @@ class SynthesisResult:
     audio: bytes
     media_type: str
     figures: Figures
+    words: list[dict[str, Any]] = field(default_factory=list)  # {word, start, end, aligned}
+    alignment: str = ""  # how the words were timed, or why there are none; "" when not asked
 
 
 class ServiceClient:
@@ -183,10 +189,13 @@ class ServiceClient:
             response = self._request("POST", "/tts", data=request.form(stream=False), files=files)
         measured = Figures(latency_ms=(time.perf_counter() - started) * 1000)
         media_type = response.headers.get("content-type", "audio/wav").split(";")[0]
+        words = response.headers.get("x-words")
         return SynthesisResult(
             response.content,
             media_type,
             Figures.from_headers(response.headers).filled_from(measured),
+            json.loads(base64.urlsafe_b64decode(words)) if words else [],
+            response.headers.get("x-alignment", ""),
         )
 
     def stream(self, request: SynthesisRequest) -> Iterator[bytes]:

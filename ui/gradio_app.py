@@ -34,6 +34,7 @@ from ui.view import (
     unavailable_features,
     voice_choices,
     voice_id_for,
+    words_html,
 )
 
 STREAMING = shutil.which("ffmpeg") is not None
@@ -43,7 +44,7 @@ PLACEHOLDER = "What should the voice say? Emotion markers such as (excited) go b
 TOGGLE_THEME_JS = "() => { document.body.classList.toggle('dark'); }"
 
 # (audio, metrics bar, message); a dict is gr.skip(), which leaves that output as it is
-Outputs = tuple[bytes | dict | None, str | dict, str]
+Outputs = tuple[bytes | dict | None, str | dict, str, str | dict]
 
 
 def load_status() -> tuple[str, str]:
@@ -164,10 +165,12 @@ def synthesize(
     seed: float,
     optimize_for_memory: bool,
     as_written: bool,
+    timings: bool,
 ) -> Iterator[Outputs]:
-    """Yield ``(audio, metrics bar, message)`` as the audio arrives; errors become the message."""
+    """Yield ``(audio, metrics bar, message, word timings)`` as the audio arrives (the whole file
+    at once when word timings are asked for); errors become the message."""
     if not (text or "").strip():
-        yield gr.skip(), gr.skip(), _error("Type some text to speak.")
+        yield gr.skip(), gr.skip(), _error("Type some text to speak."), gr.skip()
         return
     request = SynthesisRequest(
         text=text,
@@ -181,12 +184,13 @@ def synthesize(
         seed=None if seed is None or seed < 0 else int(seed),
         optimize_for_memory=bool(optimize_for_memory),
         normalize=False if as_written else None,
+        timestamps=bool(timings),
     )
     client = ServiceClient()
     try:
-        yield from (_streamed if STREAMING else _whole)(client, request)
+        yield from (_streamed if STREAMING and not timings else _whole)(client, request)
     except (ServiceError, ValueError) as error:
-        yield gr.skip(), gr.skip(), _error(str(error))
+        yield gr.skip(), gr.skip(), _error(str(error)), ""
 
 
 def _streamed(client: ServiceClient, request: SynthesisRequest) -> Iterator[Outputs]:
@@ -195,15 +199,16 @@ def _streamed(client: ServiceClient, request: SynthesisRequest) -> Iterator[Outp
     ttfa_ms = None
     for piece in wav_chunks(client.stream(request)):
         ttfa_ms = ttfa_ms if ttfa_ms is not None else _now_ms() - started
-        yield piece, gr.skip(), ""
+        yield piece, gr.skip(), "", ""
     measured = Figures(latency_ms=_now_ms() - started, ttfa_ms=ttfa_ms)
-    yield None, _metrics_bar(client, measured), ""
+    yield None, _metrics_bar(client, measured), "", ""
 
 
 def _whole(client: ServiceClient, request: SynthesisRequest) -> Iterator[Outputs]:
     """One non-streaming request: the whole file, with the service's own figures."""
     result = client.synthesize(request)
-    yield result.audio, _metrics_bar(client, result.figures), ""
+    captions = words_html(result.words, result.alignment)
+    yield result.audio, _metrics_bar(client, result.figures), "", captions
 
 
 def _metrics_bar(client: ServiceClient, figures: Figures, health: dict | None = None) -> str:
@@ -241,12 +246,16 @@ def build() -> gr.Blocks:
         reference, voice, voice_name, save = _voice_controls()
         reference_text = gr.Textbox(label="Reference transcript", lines=2, elem_id="fb-ref-text")
         as_written, spoken, pronunciations, save_pronunciation = _spoken_form_controls()
+        timings = gr.Checkbox(
+            label="Word timings under the player (whole file, no streaming)", elem_id="fb-timings"
+        )
         sampling = _sampling_controls()
         go = gr.Button("Synthesize", variant="primary", elem_id="fb-synthesize")
         message = gr.HTML(elem_classes="fb-message", elem_id="fb-message")
         audio = gr.Audio(
             label="Audio", streaming=STREAMING, autoplay=True, interactive=False, elem_id="fb-audio"
         )
+        words = gr.HTML(elem_id="fb-words")
         metrics = gr.HTML(metrics_html(metric_cells(Figures(), {})), elem_id="fb-metrics")
 
         quiet = {"show_progress": "hidden"}
@@ -266,8 +275,8 @@ def build() -> gr.Blocks:
         ).then(preview_spoken, inputs=[text, voice, as_written], outputs=spoken, **quiet)
         go.click(
             synthesize,
-            inputs=[text, reference, voice, reference_text, *sampling, as_written],
-            outputs=[audio, metrics, message],
+            inputs=[text, reference, voice, reference_text, *sampling, as_written, timings],
+            outputs=[audio, metrics, message, words],
         )
     return page
 

@@ -15,6 +15,22 @@ from typing import Any
 
 from ui.client import Figures
 
+
+def words_html(words: list[dict[str, Any]], alignment: str) -> str:
+    """The word timings under the player, or why there are none ("" when none were asked)."""
+    if not alignment:
+        return ""
+    if not words:
+        return f'<p class="fb-words-none">No word timings: {html.escape(alignment)}</p>'
+    rows = "".join(
+        f"<tr><td>{html.escape(str(w['word']))}</td><td>{float(w['start']):.2f}</td>"
+        f"<td>{float(w['end']):.2f}</td></tr>"
+        for w in words
+    )
+    head = "<tr><th>word</th><th>start s</th><th>end s</th></tr>"
+    return f'<table class="fb-words">{head}{rows}</table>'
+
+
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "public" / "assets"
 CSS_PATH = ASSETS_DIR / "fishbench.css"
 FAVICON_PATH = ASSETS_DIR / "favicon.png"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import time
 
 from fastapi import APIRouter, Request, Response
@@ -11,16 +13,19 @@ from serving.routers.responses import (
     AUDIO_RESPONSES,
     CLIENT_CLOSED,
     audio_response,
+    captioned_file,
     sse_response,
     unless_disconnected,
 )
 from serving.schemas import (
+    CaptionedSpeech,
     ModelCard,
     ModelList,
     OpenAIVoiceList,
     SpeechRequest,
     VoiceName,
     VoiceRef,
+    WordTiming,
 )
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -63,3 +68,39 @@ async def list_voices(services: ServicesDep) -> OpenAIVoiceList:
     """``default`` (no reference) plus every saved voice."""
     saved = [VoiceName(id=v.id, name=v.name) for v in services.voices.list()]
     return OpenAIVoiceList(voices=[VoiceName(id="default", name="default (unconditioned)"), *saved])
+
+
+@router.post("/audio/speech/captioned", response_model=CaptionedSpeech)
+async def create_captioned_speech(
+    request: Request, body: SpeechRequest, services: ServicesDep
+) -> CaptionedSpeech | Response:
+    """The whole audio (base64, in ``response_format``) and when each word is spoken in it."""
+    voice_id = body.voice.id if isinstance(body.voice, VoiceRef) else body.voice
+    speaking = services.speech.speak(
+        body.input,
+        voice=services.speech.resolve_voice(voice_id),
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        speed=body.speed,
+        normalize=body.normalize,
+        route="openai",
+    )
+    stream = await unless_disconnected(request, speaking)
+    captioned = (
+        None
+        if stream is None
+        else await captioned_file(request, stream, body.response_format, services.speech)
+    )
+    if stream is None or captioned is None:
+        return Response(status_code=CLIENT_CLOSED)
+    audio_bytes, audio, words, alignment = captioned
+    return CaptionedSpeech(
+        audio=base64.b64encode(audio_bytes).decode(),
+        format=body.response_format,
+        sample_rate=stream.stats.sample_rate,
+        duration_s=round(len(audio) / stream.stats.sample_rate, 3),
+        text=stream.text,
+        words=[WordTiming(**dataclasses.asdict(word)) for word in words],
+        alignment=alignment,
+    )

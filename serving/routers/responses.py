@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
+import numpy as np
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -18,6 +20,8 @@ from engine.telemetry import figure
 from serving.errors import error_body
 from serving.schemas import AudioFormat, ErrorBody
 from serving.services.audio import MEDIA_TYPES, encode_all, make_encoder
+from serving.services.captions import WordTime
+from serving.services.speech import SpeechService
 from serving.services.synthesis import RequestStats, SynthesisStream
 
 log = logging.getLogger(__name__)
@@ -31,6 +35,8 @@ METRIC_HEADERS = (
     "x-gpu-util-pct",
     "x-rtf",
     "x-seed",
+    "x-words",
+    "x-alignment",
 )
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (401, 404, 413, 422, 429, 503)
@@ -133,6 +139,25 @@ async def _sse(stream: SynthesisStream, fmt: str) -> AsyncIterator[str]:
     frames = stream.stats.frames
     usage = {"input_tokens": 0, "output_tokens": frames, "total_tokens": frames}
     yield _event({"type": "speech.audio.done", "usage": usage, "metrics": stream.stats.summary()})
+
+
+def words_header(words: list[WordTime]) -> str:
+    """Word timings in a header: base64url of the captioned route's ``words`` JSON."""
+    payload = json.dumps([dataclasses.asdict(word) for word in words], separators=(",", ":"))
+    return base64.urlsafe_b64encode(payload.encode()).decode()
+
+
+async def captioned_file(
+    request: Request, stream: SynthesisStream, fmt: AudioFormat, speech: SpeechService
+) -> tuple[bytes, np.ndarray, list[WordTime], str] | None:
+    """The whole file, its samples, its word timings and how they were found; None when the
+    client left while it was generated."""
+    audio = await unless_disconnected(request, stream.collect())
+    if audio is None:
+        return None
+    body = await run_in_threadpool(encode_all, fmt, audio, stream.stats.sample_rate)
+    words, alignment = await speech.caption(stream.text, audio)
+    return body, audio, words, alignment
 
 
 async def audio_response(

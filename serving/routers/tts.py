@@ -7,13 +7,18 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
 from serving.dependencies import ServicesDep
+from serving.errors import InvalidInput
 from serving.routers.responses import (
     AUDIO_RESPONSES,
     CLIENT_CLOSED,
     audio_response,
+    captioned_file,
+    metric_headers,
     unless_disconnected,
+    words_header,
 )
 from serving.schemas import TTSForm
+from serving.services.audio import MEDIA_TYPES
 
 router = APIRouter(tags=["speech"])
 
@@ -27,6 +32,8 @@ async def tts(
 ) -> Response:
     """Clone the voice of ``speaker_file`` (or ``voice_id``) speaking ``text``."""
     speech = services.speech
+    if form.timestamps and form.stream:
+        raise InvalidInput("timestamps need the whole audio: send stream=false")
     reference = await speech.read_reference(speaker_file)
     speaking = speech.speak(
         form.text,
@@ -44,4 +51,14 @@ async def tts(
     stream = await unless_disconnected(request, speaking)
     if stream is None:
         return Response(status_code=CLIENT_CLOSED)
-    return await audio_response(request, stream, form.format, streaming=form.stream)
+    if not form.timestamps:
+        return await audio_response(request, stream, form.format, streaming=form.stream)
+    captioned = await captioned_file(request, stream, form.format, speech)
+    if captioned is None:
+        return Response(status_code=CLIENT_CLOSED)
+    body, _, words, alignment = captioned
+    headers = metric_headers(stream.stats) | {
+        "x-words": words_header(words),
+        "x-alignment": alignment,
+    }
+    return Response(body, media_type=MEDIA_TYPES[form.format], headers=headers)

@@ -19,6 +19,7 @@ from engine.spoken_form import SpokenForm
 from serving.errors import InvalidInput, PayloadTooLarge, QueueFull
 from serving.schemas import SEED_MAX, VoiceInfo
 from serving.services.asr import Transcriber
+from serving.services.captions import WordTime, align_words
 from serving.services.metrics import MetricsStore
 from serving.services.synthesis import SynthesisSpec, SynthesisStream, start_synthesis
 from serving.services.text import check_text, split_text
@@ -47,9 +48,11 @@ class SpeechService:
         metrics: MetricsStore,
         transcriber: Transcriber,
         spoken_form: SpokenForm,
+        synthetic: bool = False,
     ) -> None:
         self.settings = settings
         self.spoken_form = spoken_form
+        self.synthetic = synthetic
         self.worker = worker
         self.voices = voices
         self.metrics = metrics
@@ -151,6 +154,15 @@ class SpeechService:
         except QueueFull:
             self.metrics.reject(route)
             raise
+
+    async def caption(self, text: str, audio: np.ndarray) -> tuple[list[WordTime], str]:
+        """When each word of ``text`` is said in ``audio`` (the returned audio), and how that was
+        found; none on synthetic weights, whose audio is noise that nothing could align."""
+        if self.synthetic:
+            return [], "unavailable: synthetic checkpoint (the audio is noise)"
+        heard = await run_in_threadpool(self.transcriber.words, audio, SAMPLE_RATE)
+        words = align_words(text, heard, len(audio) / SAMPLE_RATE)
+        return words, "faster-whisper tiny.en word timestamps, matched to the requested words"
 
     async def add_voice(
         self, voice_id: str, upload: UploadFile, transcript: str | None, name: str | None

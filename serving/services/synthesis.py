@@ -187,9 +187,10 @@ OnEnd = Callable[[RequestStats, str], None]
 class SynthesisStream:
     """The audio of one request as the worker produces it."""
 
-    def __init__(self, job: Job, stats: RequestStats, on_end: OnEnd) -> None:
+    def __init__(self, job: Job, stats: RequestStats, on_end: OnEnd, text: str = "") -> None:
         self.job = job
         self.stats = stats
+        self.text = text  # the spoken form being said
         self._on_end = on_end
         self._items = aiter(job)
         self._first: np.ndarray | None = None
@@ -266,4 +267,4 @@ async def start_synthesis(
     stats = RequestStats(
         received_at=received_at, sample_rate=SAMPLE_RATE, seed=spec.seed, route=spec.route
     )
-    return await SynthesisStream(job, stats, on_end).begin()
+    return await SynthesisStream(job, stats, on_end, " ".join(spec.chunks)).begin()

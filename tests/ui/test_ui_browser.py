@@ -35,6 +35,7 @@ MAIN_CONTROLS = [
     "fb-as-written",
     "fb-spoken",
     "fb-pronunciations",
+    "fb-timings",
     "fb-synthesize",
     "fb-audio",
     "fb-metrics",

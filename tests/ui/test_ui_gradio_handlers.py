@@ -19,7 +19,7 @@ DEFAULTS = {"language": "", "temperature": 0.8, "top_p": 0.8, "speed": 1.0, "see
 def run_synthesis(
     text: str, reference: Path | None = None, voice_id: str | None = None, **overrides
 ):
-    """All ``(audio, metrics, message)`` outputs of one synthesis, in order."""
+    """All ``(audio, metrics, message, word timings)`` outputs of one synthesis, in order."""
     settings = {**DEFAULTS, **overrides}
     return list(
         gradio_app.synthesize(
@@ -34,6 +34,7 @@ def run_synthesis(
             settings["seed"],
             False,
             settings.get("as_written", False),
+            settings.get("timings", False),
         )
     )
 
@@ -41,7 +42,7 @@ def run_synthesis(
 def audio_seconds(outputs) -> float:
     """Total duration of the WAV audio the handler produced (streamed pieces or one file)."""
     total = 0.0
-    for audio, _, _ in outputs:
+    for audio, *_ in outputs:
         if isinstance(audio, bytes):
             with wave.open(io.BytesIO(audio)) as reader:
                 total += reader.getnframes() / reader.getframerate()
@@ -58,7 +59,7 @@ def test_status_shows_profile_and_cpu_limits(use_service: str) -> None:
 
 def test_synthesize_streams_playable_audio(use_service: str) -> None:
     outputs = run_synthesis("Hello from the tiny checkpoint.")
-    assert [message for *_, message in outputs if message] == []
+    assert [message for _, _, message, _ in outputs if message] == []
     assert audio_seconds(outputs) > 0
     final_metrics = outputs[-1][1]
     assert "ms" in final_metrics  # latency and time to first audio were measured
@@ -69,8 +70,8 @@ def test_without_ffmpeg_the_whole_file_arrives_with_service_figures(
 ) -> None:
     monkeypatch.setattr(gradio_app, "STREAMING", False)
     (output,) = run_synthesis("Hello without streaming.")
-    audio, metrics, message = output
-    assert audio[:4] == b"RIFF" and message == ""
+    audio, metrics, message, words = output
+    assert audio[:4] == b"RIFF" and message == "" and words == ""  # no timings asked
     assert audio_seconds([output]) > 0 and " ms" in metrics
 
 
@@ -110,9 +111,17 @@ def test_spoken_form_preview_and_a_voices_pronunciations(
     assert run_synthesis("Room 12.", voice_id="lister", as_written=True)[-1][2] == ""
 
 
+def test_word_timings_come_as_a_whole_file_with_the_reason_there_are_none(
+    use_service: str,
+) -> None:
+    outputs = run_synthesis("Two words.", timings=True)
+    assert len(outputs) == 1 and isinstance(outputs[0][0], bytes)  # one file, not a stream
+    assert "No word timings: unavailable: synthetic checkpoint" in outputs[0][3]
+
+
 def test_synthesize_with_an_uploaded_reference(use_service: str, reference_wav: Path) -> None:
     outputs = run_synthesis("Uploaded.", reference=reference_wav)
-    assert [message for *_, message in outputs if message] == []
+    assert [message for _, _, message, _ in outputs if message] == []
     assert audio_seconds(outputs) > 0
 
 
@@ -124,7 +133,7 @@ def test_service_refusal_becomes_a_message(
     use_service: str, overrides: dict, expected: str
 ) -> None:
     outputs = run_synthesis("Hello.", **overrides)
-    audio, _, message = outputs[-1]
+    audio, _, message, _ = outputs[-1]
     assert not isinstance(audio, bytes)
     assert "refused the request" in message and expected in message
 
@@ -135,5 +144,5 @@ def test_service_down_is_a_message(down_url: str, monkeypatch: pytest.MonkeyPatc
     assert "not reachable" in status
     dropdown, message = gradio_app.refresh_voices()
     assert dropdown.choices == [] and "not reachable" in message
-    *_, (audio, _, message) = run_synthesis("Hello.")
+    *_, (audio, _, message, _) = run_synthesis("Hello.")
     assert not isinstance(audio, bytes) and "not reachable" in message

@@ -31,6 +31,7 @@ from ui.view import (
     unavailable_features,
     voice_choices,
     voice_id_for,
+    words_html,
 )
 
 pytestmark = pytest.mark.ui
@@ -181,3 +182,11 @@ def test_synthetic_weights_get_a_banner_real_ones_none() -> None:
     assert 'role="alert"' in banner_html(text)
     assert synthetic_warning({**CPU_HEALTH, "synthetic_checkpoint": False}) is None
     assert banner_html(None) == ""
+
+
+def test_word_timings_render_as_a_table_or_say_why_not() -> None:
+    words = [{"word": "Hi<", "start": 0.0, "end": 0.25, "aligned": True}]
+    table = words_html(words, "faster-whisper tiny.en")
+    assert "<td>Hi&lt;</td><td>0.00</td><td>0.25</td>" in table
+    assert "No word timings: unavailable" in words_html([], "unavailable: synthetic checkpoint")
+    assert words_html([], "") == ""
