@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import dataclasses
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from serving.dependencies import ServicesDep
+from serving.dependencies import Services, ServicesDep
 from serving.routers.responses import (
     AUDIO_RESPONSES,
     CLIENT_CLOSED,
@@ -27,6 +29,7 @@ from serving.schemas import (
     VoiceRef,
     WordTiming,
 )
+from serving.services.synthesis import SynthesisStream
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -34,11 +37,12 @@ MODEL_IDS = ("s1-mini", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 _CREATED = int(time.time())
 
 
-@router.post("/audio/speech", response_class=Response, responses=AUDIO_RESPONSES)
-async def create_speech(request: Request, body: SpeechRequest, services: ServicesDep) -> Response:
-    """Stream speech in ``response_format``; ``stream_format=sse`` sends base64 delta events."""
+def _speak(
+    body: SpeechRequest, services: Services, *, streaming: bool
+) -> Coroutine[Any, Any, SynthesisStream]:
+    """``body`` as a speech request on the queue (the audio and the captioned routes share it)."""
     voice_id = body.voice.id if isinstance(body.voice, VoiceRef) else body.voice
-    speaking = services.speech.speak(
+    return services.speech.speak(
         body.input,
         voice=services.speech.resolve_voice(voice_id),
         temperature=body.temperature,
@@ -46,10 +50,15 @@ async def create_speech(request: Request, body: SpeechRequest, services: Service
         seed=body.seed,
         speed=body.speed,
         normalize=body.normalize,
-        chunked_decode=True,
+        chunked_decode=streaming,
         route="openai",
     )
-    stream = await unless_disconnected(request, speaking)
+
+
+@router.post("/audio/speech", response_class=Response, responses=AUDIO_RESPONSES)
+async def create_speech(request: Request, body: SpeechRequest, services: ServicesDep) -> Response:
+    """Stream speech in ``response_format``; ``stream_format=sse`` sends base64 delta events."""
+    stream = await unless_disconnected(request, _speak(body, services, streaming=True))
     if stream is None:
         return Response(status_code=CLIENT_CLOSED)
     if body.stream_format == "sse":
@@ -75,18 +84,7 @@ async def create_captioned_speech(
     request: Request, body: SpeechRequest, services: ServicesDep
 ) -> CaptionedSpeech | Response:
     """The whole audio (base64, in ``response_format``) and when each word is spoken in it."""
-    voice_id = body.voice.id if isinstance(body.voice, VoiceRef) else body.voice
-    speaking = services.speech.speak(
-        body.input,
-        voice=services.speech.resolve_voice(voice_id),
-        temperature=body.temperature,
-        top_p=body.top_p,
-        seed=body.seed,
-        speed=body.speed,
-        normalize=body.normalize,
-        route="openai",
-    )
-    stream = await unless_disconnected(request, speaking)
+    stream = await unless_disconnected(request, _speak(body, services, streaming=False))
     captioned = (
         None
         if stream is None
