@@ -120,7 +120,8 @@ def _apply(grammar: _Grammar, sentence: str) -> str:
 
 
 class SpokenForm:
-    """Normalisation and the global pronunciation list; the grammars load once, on first use."""
+    """Normalisation and the global pronunciation list; the grammars load once, on first use,
+    and run one line at a time (pynini makes no promise about sharing them between threads)."""
 
     def __init__(self, pronunciations: Pronunciations | None = None) -> None:
         self.pronunciations = pronunciations or Pronunciations()
@@ -128,26 +129,26 @@ class SpokenForm:
         self._lock = threading.Lock()
 
     def _grammar(self, language: str) -> _Grammar:
-        with self._lock:
-            if language not in self._grammars:
-                if language == "zh":
-                    from tn.chinese.normalizer import Normalizer
-                else:
-                    from tn.english.normalizer import Normalizer
-                logging.getLogger("wetext").setLevel(logging.WARNING)  # "found existing fst"
-                self._grammars[language] = Normalizer()
-            return self._grammars[language]
+        if language not in self._grammars:
+            if language == "zh":
+                from tn.chinese.normalizer import Normalizer
+            else:
+                from tn.english.normalizer import Normalizer
+            logging.getLogger("wetext").setLevel(logging.WARNING)  # "found existing fst"
+            self._grammars[language] = Normalizer()
+        return self._grammars[language]
 
     def _line(self, line: str) -> str:
         """Sentence by sentence: the grammars' cost grows faster than the text's length."""
         chinese = _CJK.search(line) is not None
-        grammar = self._grammar("zh" if chinese else "en")
         spoken = []
-        for index, piece in enumerate(_MARKER.split(line)):
-            if index % 2:
-                spoken.append(piece)
-                continue
-            spoken += [_apply(grammar, s) for s in SENTENCE_END.split(piece) if s.strip()]
+        with self._lock:
+            grammar = self._grammar("zh" if chinese else "en")
+            for index, piece in enumerate(_MARKER.split(line)):
+                if index % 2:
+                    spoken.append(piece)
+                    continue
+                spoken += [_apply(grammar, s) for s in SENTENCE_END.split(piece) if s.strip()]
         text = " ".join(" ".join(spoken).split())
         return _CJK_END.sub(lambda m: _FULL_WIDTH[m.group(1)], text) if chinese else text
 
