@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 MAX_ENTRIES = 1000
 MAX_ENTRY_CHARS = 100
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_MARKER = re.compile(r"(\([^()]{1,40}\))")  # S1 control markers: kept out of the grammars
+MARKER = re.compile(r"(\([^()]{1,40}\))")  # S1 control markers such as (excited): never spoken
 # Where a sentence ends: after . ! ? … ; (and closing quotes) before a space, after a CJK
 # full stop, or at a line break. Shared with the service's long-text splitter.
 SENTENCE_END = re.compile(r"(?<=[.!?…;])[\"'”’)\]]*\s+|(?<=[。！？；])|\n\s*")
@@ -144,7 +144,7 @@ class SpokenForm:
         spoken = []
         with self._lock:
             grammar = self._grammar("zh" if chinese else "en")
-            for index, piece in enumerate(_MARKER.split(line)):
+            for index, piece in enumerate(MARKER.split(line)):
                 if index % 2:
                     spoken.append(piece)
                     continue

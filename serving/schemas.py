@@ -72,7 +72,17 @@ class VoiceRef(BaseModel):
     id: str
 
 
-class SpeechRequest(BaseModel):
+class SpeechOptions(BaseModel):
+    """How to speak: the fields the OpenAI body and the WebSocket start message share."""
+
+    speed: Speed = 1.0
+    temperature: Temperature = DEFAULT_SAMPLING.temperature
+    top_p: TopP = DEFAULT_SAMPLING.top_p
+    seed: Seed = None
+    normalize: Normalize = None
+
+
+class SpeechRequest(SpeechOptions):
     """OpenAI ``audio.speech.create`` body, plus optional fishbench sampling fields."""
 
     model_config = ConfigDict(extra="ignore")
@@ -84,15 +94,10 @@ class SpeechRequest(BaseModel):
         description="a voice-library id; 'default' or an OpenAI voice name = unconditioned",
     )
     response_format: AudioFormat = "mp3"
-    speed: Speed = 1.0
     stream_format: Literal["audio", "sse"] = "audio"
     instructions: str | None = Field(
         None, description="ignored; use S1 markers in the input instead"
     )
-    temperature: Temperature = DEFAULT_SAMPLING.temperature
-    top_p: TopP = DEFAULT_SAMPLING.top_p
-    seed: Seed = None
-    normalize: Normalize = None
 
 
 class WordTiming(BaseModel):
@@ -116,17 +121,12 @@ class CaptionedSpeech(BaseModel):
     )
 
 
-class SpeechStreamStart(BaseModel):
+class SpeechStreamStart(SpeechOptions):
     """The optional first message of ``WS /v1/audio/speech/stream`` (without its ``type``)."""
 
     model_config = ConfigDict(extra="forbid")
 
     voice: str = Field("default", description="a voice-library id, or 'default'")
-    temperature: Temperature = DEFAULT_SAMPLING.temperature
-    top_p: TopP = DEFAULT_SAMPLING.top_p
-    speed: Speed = 1.0
-    seed: Seed = None
-    normalize: Normalize = None
 
 
 class NormalizeRequest(BaseModel):

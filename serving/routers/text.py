@@ -16,7 +16,7 @@ async def normalize(body: NormalizeRequest, services: ServicesDep) -> Normalized
     """Numbers, money, dates, units as words, then the global and the voice's pronunciations."""
     speech = services.speech
     voice = speech.resolve_voice(body.voice_id)
-    normalized = services.settings.normalize if body.normalize is None else body.normalize
+    normalized = speech.normalizes(body.normalize)
     return NormalizedText(
         text=await speech.spoken(body.text, normalized, voice), normalized=normalized
     )

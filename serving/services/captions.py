@@ -14,8 +14,9 @@ import re
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 
+from engine.spoken_form import MARKER
+
 MIN_WORD_S = 0.01
-_MARKER = re.compile(r"^\(.*\)$")  # S1 markers such as (excited) are not spoken
 _EDGES = "\"'“”‘’.,;:!?()[]{}…—-"
 
 
@@ -33,7 +34,7 @@ def _key(word: str) -> str:
 
 def spoken_words(text: str) -> list[str]:
     """The words of ``text`` a listener hears, without markers and surrounding punctuation."""
-    words = (w.strip(_EDGES) for w in text.split() if not _MARKER.match(w))
+    words = (w.strip(_EDGES) for w in MARKER.sub(" ", text).split())
     return [w for w in words if _key(w)]
 
 

@@ -96,6 +96,10 @@ class SpeechService:
             return None
         return self.voices.get(check_voice_id(voice_id))
 
+    def normalizes(self, normalize: bool | None) -> bool:
+        """A request's ``normalize``, or the server's NORMALIZE when it sent none."""
+        return self.settings.normalize if normalize is None else normalize
+
     async def spoken(self, text: str, normalize: bool | None, voice: Voice | None) -> str:
         """What the engine will be asked to say: normalised unless ``normalize`` (else the
         server's NORMALIZE) says not, then the global and the voice's pronunciations applied.
@@ -103,7 +107,7 @@ class SpeechService:
         return await run_in_threadpool(
             self.spoken_form,
             check_text(text, self.settings.max_text_chars),
-            normalize=self.settings.normalize if normalize is None else normalize,
+            normalize=self.normalizes(normalize),
             voice=voice.pronunciations if voice else None,
         )
 
