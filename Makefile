@@ -16,9 +16,11 @@ UI_ENV = $(if $(PORT),API_URL=http://127.0.0.1:$(PORT))
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
-setup: ## install uv (with pip) if missing, then the locked environment, compiled to bytecode
+# Python caches bytecode as it imports; where PYTHONDONTWRITEBYTECODE forbids that, every process
+# would recompile what it imports, so the whole environment is compiled once here instead.
+setup: ## install uv (with pip) if missing, then the locked environment (see the README for bytecode)
 	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --frozen --compile-bytecode
+	$(UV) sync --frozen $(if $(PYTHONDONTWRITEBYTECODE),--compile-bytecode)
 
 setup-system: ## Debian chromium, ffmpeg and haproxy for the tests (only what is missing)
 	@bash scripts/install-system-packages.sh
