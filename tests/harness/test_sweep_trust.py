@@ -18,7 +18,13 @@ from harness.sweep.runner import SweepOutcome
 pytestmark = pytest.mark.slow
 TinySweep = Callable[..., SweepOutcome]  # the tiny_sweep fixture (tests/harness/conftest.py)
 
-QUICK = ("scenario.repeats=6", "isolation.retry_wait_s=0.5")
+# Short trials (isolation is judged on other processes' CPU time, not on how long a trial runs).
+QUICK = (
+    "scenario.fixed_frames=8",
+    "scenario.fidelity_frames=4",
+    "scenario.repeats=6",
+    "isolation.retry_wait_s=0.5",
+)
 
 
 @contextmanager
@@ -39,9 +45,11 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def hogged(root: Path, tiny_sweep: TinySweep) -> SweepOutcome:
-    """The baseline and the engine default, run next to a CPU hog."""
+    """The engine default run next to a CPU hog, resuming a sweep whose baseline ran without one
+    (so the hog disturbs the candidate alone)."""
+    tiny_sweep(root, "sweep_id=hog", "grid.points=[]", *QUICK)
     with cpu_hog():
-        return tiny_sweep(root, "sweep_id=hog", "grid.points=[{}]", *QUICK)
+        return tiny_sweep(root, "resume=hog", "grid.points=[{}]", *QUICK)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +64,8 @@ def budgeted(root: Path, tiny_sweep: TinySweep) -> SweepOutcome:
 def test_a_trial_next_to_a_cpu_hog_is_noisy_rerun_and_cannot_win(
     root: Path, hogged: SweepOutcome
 ) -> None:
-    candidate = hogged.records[1]
+    baseline, candidate = hogged.records
+    assert baseline.ok and baseline.noisy is None, baseline.isolation
     assert candidate.ok and candidate.noisy, candidate.isolation
     assert "other processes used" in candidate.noisy and "python" in candidate.noisy
     assert candidate.notes["isolation"].startswith("re-run after NOISY")
