@@ -48,9 +48,9 @@ def expected_seconds(openai_client: OpenAI) -> float:
     return seconds
 
 
-def same_audio_length(seconds: float, expected: float) -> bool:
+def same_length_as(expected: float) -> object:
     """Equal up to the codecs' priming and frame padding (MP3: up to 1105 + 1151 samples, 51 ms)."""
-    return abs(seconds - expected) < 0.06
+    return pytest.approx(expected, abs=0.06)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -58,7 +58,7 @@ def test_speech_create(openai_client: OpenAI, expected_seconds: float, fmt: str)
     response = openai_client.audio.speech.create(
         model="tts-1", voice="alloy", response_format=fmt, **SEEDED
     )
-    assert same_audio_length(decoded_seconds(response.content, fmt), expected_seconds)
+    assert decoded_seconds(response.content, fmt) == same_length_as(expected_seconds)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -70,7 +70,7 @@ def test_speech_streaming_response(
         model="s1-mini", voice="default", response_format=fmt, **SEEDED
     ) as response:
         chunks = list(response.iter_bytes())
-    assert same_audio_length(decoded_seconds(b"".join(chunks), fmt), expected_seconds)
+    assert decoded_seconds(b"".join(chunks), fmt) == same_length_as(expected_seconds)
 
 
 def test_speech_speed_and_voice_object(openai_client: OpenAI) -> None:
