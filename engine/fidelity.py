@@ -8,7 +8,9 @@ position, and the codec decodes identical codes.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -143,7 +145,42 @@ class FidelityReference:
         sequence = torch.cat([prompt, torch.cat([tokens, codes])], dim=1)
         logits = teacher_forced_logits(engine, sequence, prompt.shape[1])
         audio = engine.codec.decode(codes)
-        return cls(text, seed, frames, prompt.shape[1], sequence, codes, logits, audio)
+        return cls(text, seed, frames, prompt.shape[1], sequence.cpu(), codes, logits, audio)
+
+    def save(self, path: Path) -> None:
+        """Write it whole or not at all: trials side by side may save the same reference."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        torch.save(
+            {
+                "text": self.text,
+                "seed": self.seed,
+                "frames": self.frames,
+                "prompt_len": self.prompt_len,
+                "sequence": self.sequence,
+                "codes": self.codes,
+                "slow_logits": self.logits.slow_logits,
+                "fast_logits": self.logits.fast_logits,
+                "audio": torch.from_numpy(np.ascontiguousarray(self.audio)),
+            },
+            partial,
+        )
+        os.replace(partial, path)
+
+    @classmethod
+    def load(cls, path: Path) -> FidelityReference:
+        saved = torch.load(path, weights_only=True)
+        logits = TeacherForced(saved["slow_logits"], saved["fast_logits"])
+        return cls(
+            saved["text"],
+            saved["seed"],
+            saved["frames"],
+            saved["prompt_len"],
+            saved["sequence"],
+            saved["codes"],
+            logits,
+            saved["audio"].numpy(),
+        )
 
 
 def compare_profile(

@@ -25,7 +25,7 @@ from engine.checkpoint import CheckpointFolder
 from engine.profile import Hardware
 from harness.quality.wer import SYNTHETIC_NOTE
 from harness.sweep.config import SweepConf
-from harness.sweep.grid import TrialSpec, base_knobs, trial_inputs
+from harness.sweep.grid import TrialSpec, base_knobs, config_hash, trial_inputs
 from harness.sweep.machine import hardware_tags
 from harness.sweep.plan import Budget, GridPlan, PastTrial, Plan, order_by_promise
 from harness.sweep.store import SweepFolder
@@ -126,12 +126,15 @@ def plan_trials(sweep: OpenSweep, specs: list[TrialSpec], history: dict[str, Pas
 
 def _context(sweep: OpenSweep, reference: str | None) -> TrialContext:
     """What every trial shares, with absolute paths: a Ray worker starts in another folder."""
+    folder = SweepFolder(sweep.folder.root.resolve())
+    inputs = trial_inputs(sweep.conf, sweep.checkpoint.content_hash)
     return TrialContext(
         sweep.conf,
-        SweepFolder(sweep.folder.root.resolve()),
+        folder,
         str(sweep.checkpoint.path.resolve()),
         str(Path(reference).resolve()) if reference else None,
         not sweep.checkpoint.is_synthetic,
+        str(folder.fidelity_reference(config_hash("fidelity-reference", {}, inputs))),
     )
 
 

@@ -1,7 +1,9 @@
 """A sweep's folder, ``reports/sweeps/<sweep id>/``: its state, and one folder per trial.
 
 Each trial folder holds the resolved trial config, the child's log, the sample WAV and
-``record.json``; a record there means the trial finished, which is what resume relies on.
+``record.json``; a record there means the trial finished, which is what resume relies on. Beside
+them, ``fidelity-reference-<hash>.pt`` keeps the fp32 run the candidates' fidelity is measured
+against (one per scenario, weights and hardware).
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ class SweepFolder:
 
     def trial_dir(self, config_hash: str) -> Path:
         return self.root / "trials" / config_hash
+
+    def fidelity_reference(self, inputs_hash: str) -> Path:
+        """The fp32 reference run every candidate on these inputs is compared against."""
+        return self.root / f"fidelity-reference-{inputs_hash}.pt"
 
     def finished(self, retry_failed: bool = False) -> dict[str, TrialRecord]:
         """Records of trials that already finished here, by config hash."""

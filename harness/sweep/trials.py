@@ -41,6 +41,7 @@ class TrialContext:
     checkpoint: str
     reference_audio: str | None
     wer_applicable: bool
+    fidelity_reference: str  # where the sweep's fp32 reference run is kept for every candidate
 
 
 def trial_job(spec: TrialSpec, ctx: TrialContext) -> dict[str, Any]:
@@ -55,6 +56,7 @@ def trial_job(spec: TrialSpec, ctx: TrialContext) -> dict[str, Any]:
         "hardware": ctx.conf.hardware.name,
         "bandwidth_gb_s": ctx.conf.hardware.bandwidth_gb_s,
         "out_dir": str(ctx.folder.trial_dir(spec.config_hash)),
+        "fidelity_reference": ctx.fidelity_reference,
     }
 
 

@@ -10,7 +10,7 @@ streaming the codec decodes chunks in between decoder steps, so the decoder's cl
 codec time. The baseline is upstream's ``generate()`` + one codec decode, whose first audio is its
 last (upstream streaming sends whole segments). Everything before the timed repeats (compile,
 graph capture, first calls on the scenario's inputs) is reported as ``compile_s``, never inside
-latency.
+latency. Fidelity is measured last, against the fp32 run the sweep's first candidate saved.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from harness.trial.isolation import watch_isolation
 from harness.trial.metrics import interval_metrics, roofline, summarize_runs
 from harness.trial.record import BASELINE
 from harness.trial.repeats import RepeatPolicy, repeat_until_stable
+
+if TYPE_CHECKING:
+    from engine.fidelity import FidelityReference
 
 log = logging.getLogger(__name__)
 
@@ -119,21 +122,42 @@ def load_baseline(job: dict[str, Any]) -> Subject:
     )
 
 
+def fidelity_reference(job: dict[str, Any]) -> FidelityReference:
+    """The sweep's fp32 reference run: read from the sweep folder, or generated and saved there by
+    the first candidate that needs it (every candidate of a sweep compares against the same one,
+    and the fp32 model need not be loaded once per trial)."""
+    from engine.fidelity import FidelityReference
+
+    path = Path(job["fidelity_reference"])
+    if path.is_file():
+        log.info("fidelity reference read from %s", path)
+        return FidelityReference.load(path)
+    s = job["scenario"]
+    reference = FidelityReference.build(
+        job["checkpoint"],
+        job["knobs"]["device"],
+        s["text"],
+        job["reference_audio"],
+        s["reference_text"] if job["reference_audio"] else None,
+        frames=s["fidelity_frames"],
+        seed=s["seed"],
+    )
+    reference.save(path)
+    log.info("fidelity reference generated in fp32 and saved to %s", path)
+    return reference
+
+
 def _fidelity(job: dict[str, Any]) -> tuple[dict[str, float] | None, str | None]:
     """Fidelity against fp32; a failure here gates the candidate out but keeps its speed figures."""
-    from engine.fidelity import measure_fidelity
+    from engine.engine import OptimizedFishSpeech
+    from engine.fidelity import compare_profile
     from engine.profile import EngineProfile
 
-    s = job["scenario"]
     try:
-        figures = measure_fidelity(
-            job["checkpoint"],
-            EngineProfile.model_validate(job["knobs"]),
-            s["text"],
-            job["reference_audio"],
-            s["reference_text"] if job["reference_audio"] else None,
-            frames=s["fidelity_frames"],
-            seed=s["seed"],
+        reference = fidelity_reference(job)
+        profile = EngineProfile.model_validate(job["knobs"])
+        figures = compare_profile(
+            OptimizedFishSpeech.from_checkpoint(job["checkpoint"], profile), reference
         )
     except Exception as exc:
         log.exception("fidelity measurement failed")

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from engine.engine import OptimizedFishSpeech
-from engine.fidelity import FIDELITY_GATES, measure_fidelity, passes_gates
+from engine.fidelity import (
+    FIDELITY_GATES,
+    FidelityReference,
+    compare_profile,
+    measure_fidelity,
+    passes_gates,
+)
 from engine.profile import EngineProfile
 
 TEXT = "Streaming should sound exactly like decoding in one go."
@@ -28,6 +34,19 @@ def test_cpu_int8_stays_within_the_gates(tiny_checkpoint: Path) -> None:
     assert 0.0 < figures["slow_kl"] <= FIDELITY_GATES["slow_kl_max"]
     assert 0.0 < figures["fast_kl"] <= FIDELITY_GATES["fast_kl_max"]
     assert passes_gates(figures) == []
+
+
+def test_a_saved_reference_reads_back_to_the_same_figures(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    reference = FidelityReference.build(str(tiny_checkpoint), "cpu", frames=8)
+    reference.save(tmp_path / "reference.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["reference.pt"]  # no partial file left
+    loaded = FidelityReference.load(tmp_path / "reference.pt")
+    candidate = OptimizedFishSpeech.from_checkpoint(
+        tiny_checkpoint, EngineProfile(quantization="int8")
+    )
+    assert compare_profile(candidate, loaded) == compare_profile(candidate, reference)
 
 
 def test_gates_reject_a_broken_candidate() -> None:

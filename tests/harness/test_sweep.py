@@ -133,6 +133,7 @@ def test_two_trial_sweep_logs_parent_children_metrics_and_tags(
     assert "profile.yaml" in {a.path for a in store.client().list_artifacts(candidate.info.run_id)}
     champions = [run for run in children.values() if run.data.tags.get("champion") == "true"]
     assert len(champions) == 1
+    assert len(list(first.folder.glob("fidelity-reference-*.pt"))) == 1  # the candidates' fp32 run
 
 
 def test_exported_profile_loads_into_the_engine(store: Store, first: SweepOutcome) -> None:
