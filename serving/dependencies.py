@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 
 from engine.engine import OptimizedFishSpeech
 from serving.errors import NotReady
@@ -83,8 +84,14 @@ def authorize(
     The key itself was checked by ``serving.guard.RequestGuard`` before the body was read, with
     the same token parser; the bearer dependency documents the scheme in the OpenAPI schema.
     """
+    count_against_limit(request, services)
+
+
+def count_against_limit(connection: HTTPConnection, services: Services) -> None:
+    """One request (or WebSocket) against the rate limit of its API key, or of its client
+    address when the server has no keys."""
     if services.settings.api_keys:
-        key = bearer_token(request.headers.get("authorization"))
+        key = bearer_token(connection.headers.get("authorization"))
     else:
-        key = request.client.host if request.client else "unknown"
+        key = connection.client.host if connection.client else "unknown"
     services.limiter.check(key)

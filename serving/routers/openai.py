@@ -85,12 +85,10 @@ async def create_captioned_speech(
 ) -> CaptionedSpeech | Response:
     """The whole audio (base64, in ``response_format``) and when each word is spoken in it."""
     stream = await unless_disconnected(request, _speak(body, services, streaming=False))
-    captioned = (
-        None
-        if stream is None
-        else await captioned_file(request, stream, body.response_format, services.speech)
-    )
-    if stream is None or captioned is None:
+    if stream is None:
+        return Response(status_code=CLIENT_CLOSED)
+    captioned = await captioned_file(request, stream, body.response_format, services.speech)
+    if captioned is None:
         return Response(status_code=CLIENT_CLOSED)
     audio_bytes, audio, words, alignment = captioned
     return CaptionedSpeech(

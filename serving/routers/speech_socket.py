@@ -28,9 +28,8 @@ from pydantic import ValidationError
 from engine.audio_io import SAMPLE_RATE
 from engine.errors import RequestError
 from engine.spoken_form import SENTENCE_END
-from serving.dependencies import Services
+from serving.dependencies import Services, count_against_limit
 from serving.errors import InvalidInput, ServiceError
-from serving.guard import bearer_token
 from serving.schemas import SEED_MAX, SpeechStreamStart
 from serving.services.audio import make_encoder
 
@@ -118,9 +117,7 @@ async def speech_stream(websocket: WebSocket) -> None:
     await websocket.accept()
     tasks: list[asyncio.Task] = []
     try:
-        address = websocket.client.host if websocket.client else "unknown"
-        key = bearer_token(websocket.headers.get("authorization"))
-        services.limiter.check(key if services.settings.api_keys else address)
+        count_against_limit(websocket, services)
         first = await _read(websocket)
         start = SpeechStreamStart()
         if first.get("type") == "start":

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 pytestmark = pytest.mark.service
@@ -86,6 +86,12 @@ def test_rate_limit_per_key(secured) -> None:
     with secured.client(headers={"Authorization": "Bearer other-key"}) as http:
         statuses = [http.get("/emotions").status_code for _ in range(8)]
     assert statuses[:6] == [200] * 6 and statuses[6:] == [429, 429]
+    url = secured.url.replace("http://", "ws://") + "/v1/audio/speech/stream"
+    with connect(url, additional_headers={"Authorization": "Bearer other-key"}) as ws:
+        assert json.loads(ws.recv(30))["error"] == "rate_limited"  # the same budget as HTTP
+        with pytest.raises(ConnectionClosed):
+            ws.recv(30)
+        assert ws.close_code == 1013  # try again later
     with secured.client(headers={"Authorization": f"Bearer {KEY}"}) as http:
         assert http.get("/emotions").status_code == 200  # another key has its own budget
 
