@@ -1,6 +1,9 @@
-# fishbench API (and UI) image. Not built in CI: the development machine has no Docker engine.
-# The torch wheels bring their own CUDA libraries; the CUDA runtime base supplies the driver glue.
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+# fishbench API (and UI) image. Not built in CI: the development machine has no Docker engine
+# (tests/test_docker_image.py checks this file against uv.lock instead).
+# The locked torch 2.11 wheels are CUDA 13.0 builds (+cu130) and bring their own CUDA libraries;
+# the base image matches that CUDA major, so the host needs NVIDIA driver 580 or newer (CUDA 13.0).
+# Older drivers: see the README, "Installing torch for your driver".
+FROM nvidia/cuda:13.0.1-runtime-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive \
     UV_PYTHON=3.11 \
@@ -12,8 +15,10 @@ ENV DEBIAN_FRONTEND=noninteractive \
     HOST=0.0.0.0 \
     PORT=8000
 
+# gcc + libc6-dev: Triton compiles its kernel launcher with the C compiler at run time (against
+# Python.h, which uv's managed Python ships), so every compiled profile needs them in the image.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates libsndfile1 \
+    && apt-get install -y --no-install-recommends ca-certificates libsndfile1 gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=ghcr.io/astral-sh/uv:0.8 /uv /usr/local/bin/uv
 

@@ -1,7 +1,18 @@
 # fishbench: `make sweep` finds the best profile for this machine, `make test` checks everything.
 SHELL := /bin/bash
 UV ?= uv
-RUN := $(UV) run --frozen
+VENV ?= $(or $(UV_PROJECT_ENVIRONMENT),.venv)
+# torch from PyTorch's own index instead of PyPI's cu130 wheels (README: "Installing torch for your
+# driver"): `make setup TORCH_INDEX=cu126` installs it and records the choice in TORCH_INDEX_FILE,
+# and from then on every target keeps it: `uv sync` leaves TORCH_PACKAGES alone and `uv run` does
+# not re-sync (it would reinstall the locked cu130 wheels). `make torch-pypi` goes back.
+TORCH_INDEX_FILE ?= $(VENV)/torch-index
+TORCH_INDEX ?= $(shell cat $(TORCH_INDEX_FILE) 2>/dev/null)
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/$(TORCH_INDEX)
+TORCH_PACKAGES ?= torch torchaudio
+TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
+KEEP_TORCH = $(if $(TORCH_INDEX),--inexact $(TORCH_PACKAGES:%=--no-install-package %))
+RUN := $(strip $(UV) run --frozen $(if $(TORCH_INDEX),--no-sync))
 CHECKPOINT ?= checkpoints/openaudio-s1-mini
 PYTEST_ARGS ?=
 export MLFLOW_PORT ?= 5000
@@ -11,16 +22,25 @@ SERVICE = $(if $(HOST),HOST=$(HOST)) $(if $(PORT),PORT=$(PORT)) $(RUN) python -m
 UI_ENV = $(if $(PORT),API_URL=http://127.0.0.1:$(PORT))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-system test test-fast lint format sweep bench serve-replicas bench-full-size fidelity fidelity-spread serve soak ui ui-streamlit mlflow-ui mlflow-server compare clean
+.PHONY: help setup torch-pypi setup-system gpu-check gpu-check-dry test test-fast lint format sweep bench serve-replicas bench-full-size fidelity fidelity-spread serve soak ui ui-streamlit mlflow-ui mlflow-server compare clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
 # Python caches bytecode as it imports; where PYTHONDONTWRITEBYTECODE forbids that, every process
 # would recompile what it imports, so the whole environment is compiled once here instead.
-setup: ## install uv (with pip) if missing, then the locked environment (see the README for bytecode)
+setup: ## install uv if missing, then the locked environment (TORCH_INDEX=cu126: torch from PyTorch's index)
 	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --frozen $(if $(PYTHONDONTWRITEBYTECODE),--compile-bytecode)
+	$(UV) sync --frozen $(if $(PYTHONDONTWRITEBYTECODE),--compile-bytecode) $(KEEP_TORCH)
+ifneq ($(TORCH_INDEX),)
+	@$(VENV)/bin/python -c 'import sys, torch; sys.exit(torch.__version__ != "$(TORCH_VERSION)+$(TORCH_INDEX)")' 2>/dev/null \
+		|| $(UV) pip install --python $(VENV)/bin/python --reinstall $(TORCH_PACKAGES:%=%==$(TORCH_VERSION)) --index-url $(TORCH_INDEX_URL)
+	@echo $(TORCH_INDEX) > $(TORCH_INDEX_FILE)
+endif
+
+torch-pypi: ## undo TORCH_INDEX: back to the locked torch wheels from PyPI
+	rm -f $(TORCH_INDEX_FILE)
+	$(UV) sync --frozen
 
 setup-system: ## Debian chromium, ffmpeg and haproxy for the tests (only what is missing)
 	@bash scripts/install-system-packages.sh
@@ -46,6 +66,12 @@ sweep: setup ## the main job: sweep profiles on this machine, export reports/pro
 
 bench: setup ## upstream vs our profiles on a checkpoint (CHECKPOINT=..., ARGS=...)
 	$(RUN) fishbench bench --checkpoint $(CHECKPOINT) $(ARGS)
+
+gpu-check: setup ## GPU acceptance (scripts/gpu-acceptance.sh): SDPA, fidelity, bench, TTFA into reports/bench/
+	$(RUN) bash scripts/gpu-acceptance.sh $(ARGS)
+
+gpu-check-dry: setup ## the same steps on CPU, tiny checkpoint (what CI runs), into OUT_DIR
+	$(RUN) bash scripts/gpu-acceptance.sh --dry-run --out-dir $(or $(OUT_DIR),/tmp/fishbench-gpu-check-dry) $(ARGS)
 
 bench-full-size: setup ## the full-size (860 M) synthetic s1-mini bench, as committed in reports/bench
 	@test -d checkpoints/s1-mini-synthetic || $(RUN) fishbench make-checkpoint --preset s1-mini checkpoints/s1-mini-synthetic

@@ -1,5 +1,11 @@
 """The codec stage: reference audio -> VQ codes, and codes -> 44.1 kHz audio, whole or in chunks.
 
+On CUDA the modules only encoding uses (the encoder, the quantizer's downsampling and
+pre-transformer, the codebooks' input projections: 207 M parameters, 0.41 GB in bf16, plus
+0.29 GB of buffers, mostly the encoder transformer's 16,384² causal mask) wait in pinned host
+memory and are copied to the device for each encode; a voice's codes are cached, so that is once
+per new reference.
+
 The codec is causal, so decoding a chunk with enough frames of left context reproduces one-shot
 decoding up to the reach of its attention; ``stream_max_difference`` measures how close.
 """
@@ -7,10 +13,13 @@ decoding up to the reach of its attention; ``stream_max_difference`` measures ho
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 from fish_speech.models.dac.modded_dac import DAC
+from torch import nn
 from torch.nn.utils import parametrize
 
 from engine.profile import EngineProfile
@@ -26,6 +35,17 @@ def fuse_weight_norm(codec: DAC) -> int:
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
             fused += 1
     return fused
+
+
+def encode_only_modules(codec: DAC) -> list[nn.Module]:
+    """The parts of the DAC that ``encode`` runs and ``decode`` never does."""
+    quantizer = codec.quantizer
+    projections = [
+        vq.in_proj
+        for rvq in (quantizer.semantic_quantizer, quantizer.quantizer)
+        for vq in rvq.quantizers
+    ]
+    return [codec.encoder, quantizer.downsample, quantizer.pre_module, *projections]
 
 
 class CodecRunner:
@@ -46,6 +66,43 @@ class CodecRunner:
             mode = None if profile.compile_codec == "default" else profile.compile_codec
             self._decode = torch.compile(self._decode_eager, mode=mode, dynamic=True)
         self._pinned: torch.Tensor | None = None
+        # (module, name, host copy) of every encode-only parameter and buffer, on CUDA only.
+        self._parked: list[tuple[nn.Module, str, torch.Tensor]] = []
+        if self.device.type == "cuda":
+            self._park_encoder(codec)
+
+    def _park_encoder(self, codec: DAC) -> None:
+        """Keep a host copy (pinned where a driver is present) of the encode-only tensors and
+        put it in place of the device one, which is freed."""
+        pin = torch.cuda.is_available()
+        for module in encode_only_modules(codec):
+            for sub in module.modules():
+                tensors = [*sub.named_parameters(recurse=False), *sub.named_buffers(recurse=False)]
+                for name, tensor in tensors:
+                    host = tensor.detach().to("cpu")
+                    self._parked.append((sub, name, host.pin_memory() if pin else host))
+        self._install(lambda host: host)
+
+    def _install(self, place: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        for sub, name, host in self._parked:
+            tensor = place(host)
+            if isinstance(getattr(sub, name), nn.Parameter):
+                tensor = nn.Parameter(tensor, requires_grad=False)
+            setattr(sub, name, tensor)
+
+    @contextmanager
+    def _encoder_on_device(self) -> Iterator[None]:
+        """The encode-only modules on the device for the duration: one host-to-device copy;
+        after, the host copies are put back and the device ones freed."""
+        if not self._parked:
+            yield
+            return
+        self._install(lambda host: host.to(self.device, non_blocking=True))
+        try:
+            yield
+        finally:
+            self._install(lambda host: host)
+            torch.cuda.empty_cache()
 
     def _to_device(self, audio: np.ndarray) -> torch.Tensor:
         """Copy host audio to the device through a reused pinned buffer."""
@@ -70,10 +127,11 @@ class CodecRunner:
         )
         chunk *= self.samples_per_frame
         pieces = []
-        for start in range(0, len(audio), chunk):
-            wav = self._to_device(audio[start : start + chunk]).to(self.dtype)[None, None]
-            codes, _ = self.codec.encode(wav)
-            pieces.append(codes[0].long().cpu())
+        with self._encoder_on_device():
+            for start in range(0, len(audio), chunk):
+                wav = self._to_device(audio[start : start + chunk]).to(self.dtype)[None, None]
+                codes, _ = self.codec.encode(wav)
+                pieces.append(codes[0].long().cpu())
         return torch.cat(pieces, dim=1)
 
     def _decode_eager(self, codes: torch.Tensor) -> torch.Tensor:

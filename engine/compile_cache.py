@@ -37,7 +37,7 @@ INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"  # read by torch._inductor.runtim
 
 # Profile knobs that never change compiled code: left out of the key so that changing them
 # reuses the compiled artifacts (``knobs()`` already drops ``provenance``).
-NON_COMPILE_KNOBS = frozenset({"cache_limit", "prefix_cache_mb"})
+NON_COMPILE_KNOBS = frozenset({"cache_limit", "prefix_cache_mb", "warmup_buckets"})
 
 # The counters torch bumps on each cache lookup (torch/_inductor/codecache.py and
 # torch/_functorch/_aot_autograd/autograd_cache.py), under ``counters[group][name]``.

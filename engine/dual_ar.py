@@ -41,11 +41,19 @@ def embed(model: DualARTransformer, inp: Tensor) -> Tensor:
 
 
 def grouped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-    """Attention of ``q`` [B, H, T, D] over ``k``/``v`` [B, Hkv, L, D] without expanding K/V.
+    """Attention of ``q`` [B, H, T, D] over ``k``/``v`` [B, Hkv, L, D] without expanding K/V;
+    returns [B, T, H * D], the layout the output projection reads.
 
     The H query heads are viewed as Hkv groups of H/Hkv rows (head h reads KV head h // group, as
     upstream's ``repeat_interleave`` does), so each KV head is read once, in the model's dtype.
     ``mask`` [1, 1, T, L] is boolean (True = attend).
+
+    The kernel's output layout differs by backend: CPU flash writes it contiguous, CUDA's
+    memory-efficient kernel (the one a masked call gets on sm80-sm89, and in fp32 everywhere)
+    writes [B, rows, Hkv, D] memory transposed to [B, Hkv, rows, D], cuDNN follows the query's
+    layout. Splitting the rows back into (group, T) is a view in every layout; the one
+    ``reshape`` to [B, T, H * D] is free when the layout already matches (CPU decode) and is
+    otherwise the single copy the output projection needs anyway.
     """
     b, h, t, d = q.shape
     groups = h // k.shape[1]
@@ -54,7 +62,7 @@ def grouped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         mask = mask.repeat(1, 1, groups, 1)
     with sdpa_kernel(FUSED_SDPA):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return y.view(b, h, t, d)
+    return y.unflatten(2, (groups, t)).permute(0, 3, 1, 2, 4).reshape(b, t, h * d)
 
 
 def attention(
@@ -82,8 +90,7 @@ def attention(
     if input_pos is not None:
         k, v = attn.kv_cache.update(input_pos, k, v)
         k, v = k[:, :, :kv_len], v[:, :, :kv_len]
-    y = grouped_attention(q, k, v, mask)
-    return attn.wo(y.transpose(1, 2).reshape(bsz, seqlen, q_size))
+    return attn.wo(grouped_attention(q, k, v, mask))
 
 
 def run_layers(

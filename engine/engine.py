@@ -7,7 +7,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Unpack
 
@@ -55,9 +55,7 @@ class OptimizedFishSpeech:
         self.device = torch.device(hardware.device)
         self.dtype = torch_dtype(profile)
         if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = profile.tf32
-            torch.backends.cudnn.allow_tf32 = profile.tf32
-            torch.backends.cudnn.benchmark = True
+            configure_cuda_math(profile)
         model = load_dual_ar(checkpoint, self.device, self.dtype, profile.max_seq_len)
         codec = load_codec(checkpoint, self.device, self.dtype)
         apply_quantization(model, profile.quantization, self.device, profile.int4_group_size)
@@ -65,6 +63,10 @@ class OptimizedFishSpeech:
         self.decoder = SemanticDecoder(
             model, profile, self.codec.semantic_size, self.codec.residual_size
         )
+        if self.device.type == "cuda":
+            # Quantization and the dropped full heads freed float weights: hand their cached
+            # blocks back, so reserved memory is what the engine holds.
+            torch.cuda.empty_cache()
         self.tokenizer = model.tokenizer
         self._profile = profile
         self.reference_cache = ReferenceCodeCache(profile.cache_limit, reference_cache_dir)
@@ -110,6 +112,24 @@ class OptimizedFishSpeech:
             kv_len or self.last_report.kv_bucket or dec.max_seq_len,
             dec.semantic_size,
             dec.residual_size,
+        )
+
+    def resident_bytes(self) -> perf_model.ResidentBytes:
+        """What the perf model says the engine keeps in device memory (weights and KV caches)."""
+        dec = self.decoder
+        return perf_model.resident(
+            dec.model.config,
+            self._profile,
+            dec.max_seq_len,
+            dec.semantic_size,
+            dec.residual_size,
+            perf_model.module_bytes(self.codec.codec, self.device),
+        )
+
+    def device_bytes(self) -> int:
+        """Bytes of every tensor the engine holds on its device, counted from the tensors."""
+        return perf_model.module_bytes(self.decoder, self.device) + perf_model.module_bytes(
+            self.codec.codec, self.device
         )
 
     @property
@@ -380,17 +400,45 @@ class OptimizedFishSpeech:
         done.synchronize()
         return audio.numpy()
 
-    def warmup(self, text: str = "Warming up the engine.", frames: int | None = None) -> float:
-        """Run compile / graph capture once (and once more for steady state); return seconds."""
+    def warmup(
+        self,
+        text: str = "Warming up the engine.",
+        frames: int | None = None,
+        buckets: Sequence[int] | None = None,
+    ) -> float:
+        """Run compile / graph capture once (and once more for steady state); return seconds.
+
+        A compiled frame step is one graph per KV bucket, so the step is also built for every
+        bucket of ``buckets`` (default: the profile's ``buckets_to_warm``, all a request can
+        reach): from the compile cache that is seconds, where a first request needing a new
+        bucket would stall on it. A caller whose own requests are known (a sweep trial, which
+        runs its scenario untimed first) passes ``buckets=()`` and pays only for those.
+        """
         frames = frames or max(2 * self._profile.eos_check_interval, self._profile.chunk_size)
         t0 = time.perf_counter()
         for _ in range(2 if self._profile.compiled else 1):
             list(self.synthesize_stream(text, fixed_frames=frames, seed=0))
             self.synthesize(text, fixed_frames=frames, seed=0)
+        if self._profile.compile_decode != "none":
+            for bucket in self._profile.buckets_to_warm() if buckets is None else buckets:
+                self.decoder.warm_bucket(bucket)
         self.compile_seconds = time.perf_counter() - t0
         self.semantic_cache.clear()
         self.semantic_cache.hits = self.semantic_cache.misses = 0
         return self.compile_seconds
+
+
+def configure_cuda_math(profile: EngineProfile) -> None:
+    """TF32 as the profile says, and cuDNN's autotuner off.
+
+    The codec's convolutions are cuDNN's only work here, and their input length changes with
+    every request and chunk (whole-file decodes are as long as the speech): with
+    ``cudnn.benchmark`` on, every new length re-tunes every convolution inside a request.
+    cuDNN's heuristic choice costs no request anything.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = profile.tf32
+    torch.backends.cudnn.allow_tf32 = profile.tf32
+    torch.backends.cudnn.benchmark = False
 
 
 def _check_text(text: str) -> str:

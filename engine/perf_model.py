@@ -11,6 +11,10 @@ codes on every one of the ten fast calls, and its attention reads the whole stat
 expanded copy written and read again.
 
 Not counted (under 0.1 % of a frame): embedding rows, norms of the final hidden states, sampling.
+
+``resident`` is the other figure: the bytes the engine holds in device memory between requests
+(weights in their scheme, KV caches, tables, the codec's decode side), equal to the bytes of the
+tensors it holds (tested to the byte), so ``torch.cuda.memory_allocated()`` after load reads it.
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
 from fish_speech.models.text2semantic.llama import BaseModelArgs
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from engine.profile import EngineProfile
+from engine.sampling import REPETITION_WINDOW
 
 FLOAT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 NF4_BLOCK = 64  # bitsandbytes' block size: one absmax per 64 weights, itself stored as 8 bits
@@ -145,6 +152,75 @@ def ours(
         fast_layers=steps * fast_layer_bytes(cfg, scheme, fb, group),
         heads=((semantic_size + 1) * cfg.dim + (steps - 1) * residual_size * cfg.fast_dim) * fb,
         kv_cache=_kv_bytes(cfg.n_layer, cfg.n_local_heads, cfg.head_dim, kv_len, fb) + fast_kv,
+    )
+
+
+@dataclass(frozen=True)
+class ResidentBytes:
+    """Bytes the engine keeps in device memory between requests, by part."""
+
+    weights: int  # DualAR: layers (in their scheme), embeddings, norms, the two sliced heads
+    kv_cache: int  # slow cache at max_seq_len + the fast cache (num_codebooks positions)
+    tables: int  # RoPE tables, the causal mask, the decoder's sampling state
+    codec: int  # the codec modules decoding uses (encode-only ones stay on the host on CUDA)
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.tables + self.codec
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self) | {"total": self.total}
+
+
+def module_bytes(module: torch.nn.Module, device: torch.device) -> int:
+    """Bytes of the distinct storages behind ``module``'s parameters and buffers on ``device``'s
+    type (the engine uses one device)."""
+    storages: dict[StorageWeakRef, int] = {}
+    for t in [*module.parameters(), *module.buffers()]:
+        if t.device.type == device.type:
+            storage = t.untyped_storage()
+            storages[StorageWeakRef(storage)] = storage.nbytes()
+    return sum(storages.values())
+
+
+def resident(
+    cfg: BaseModelArgs,
+    profile: EngineProfile,
+    max_seq_len: int,
+    semantic_size: int,
+    residual_size: int,
+    codec_bytes: int,
+) -> ResidentBytes:
+    """Our engine's device memory under a *resolved* profile (fp16/bf16/fp32 tensors; CPU fp32
+    int8 is dynamic, its packed weights are not tensors this model can count).
+
+    ``cfg.max_seq_len`` is the loaded model's (the RoPE table and causal mask length);
+    ``max_seq_len`` the KV cache's. The codec's part is counted from its modules
+    (``codec_bytes``): its config is not the DualAR's.
+    """
+    fb = FLOAT_BYTES[profile.precision]
+    scheme, group = profile.quantization, profile.int4_group_size
+    steps = cfg.num_codebooks
+    project = (cfg.dim + 1) * cfg.fast_dim if cfg.dim != cfg.fast_dim else 0
+    floats = (
+        cfg.vocab_size * cfg.dim  # token embeddings
+        + steps * cfg.codebook_size * cfg.dim  # codebook embeddings
+        + cfg.codebook_size * cfg.fast_dim  # fast embeddings
+        + project
+        + cfg.dim
+        + cfg.fast_dim  # final norms
+        + (semantic_size + 1) * cfg.dim
+        + residual_size * cfg.fast_dim  # sliced heads
+    )
+    layers = slow_layer_bytes(cfg, scheme, fb, group) + fast_layer_bytes(cfg, scheme, fb, group)
+    rope = (cfg.max_seq_len * cfg.head_dim + steps * cfg.fast_head_dim) * fb
+    sampling = 3 * 4 + 4 + (steps * REPETITION_WINDOW + steps) * 8
+    return ResidentBytes(
+        weights=layers + floats * fb,
+        kv_cache=_kv_bytes(cfg.n_layer, cfg.n_local_heads, cfg.head_dim, max_seq_len, fb)
+        + _kv_bytes(cfg.n_fast_layer, cfg.fast_n_local_heads, cfg.fast_head_dim, steps, fb),
+        tables=rope + cfg.max_seq_len**2 + sampling,
+        codec=codec_bytes,
     )
 
 

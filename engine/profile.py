@@ -50,6 +50,15 @@ def kv_bucket(tokens: int, limit: int) -> int:
     return min(bucket, limit)
 
 
+def reachable_buckets(limit: int) -> list[int]:
+    """Every KV bucket a request can attend over with a cache of ``limit`` positions: a short
+    ``max_new_tokens`` reaches the smallest, the default budget with a long reference the last."""
+    buckets = [KV_BUCKET_MIN]
+    while buckets[-1] < limit:
+        buckets.append(kv_bucket(2 * buckets[-1], limit))
+    return buckets
+
+
 # The longest accepted reference plus a full frame budget fits: 90 s -> 1,938 frames, + 512 + 1,024.
 DEFAULT_MAX_SEQ_LEN = kv_bucket(MAX_REFERENCE_FRAMES + PROMPT_TEXT_ALLOWANCE + MAX_NEW_TOKENS, 8192)
 KV_BLOCK = 8  # upstream rounds the KV cache up to a multiple of this, but not the causal mask
@@ -122,6 +131,11 @@ class EngineProfile(BaseModel):
     eos_check_interval: int = Field(
         8, ge=1, le=256, description="frames between end-of-speech checks"
     )
+    warmup_buckets: list[int] | None = Field(
+        None,
+        description="KV buckets (256 * 2**k) whose compiled frame step warm-up builds; unset: "
+        "every bucket up to max_seq_len, so no request compiles",
+    )
     provenance: Provenance | None = None
 
     @field_validator("max_seq_len")
@@ -133,6 +147,22 @@ class EngineProfile(BaseModel):
                 f"(the KV cache is allocated in blocks of {KV_BLOCK}), got {value}"
             )
         return value
+
+    @field_validator("warmup_buckets")
+    @classmethod
+    def _warmup_buckets_are_buckets(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return None
+        wrong = [b for b in value if b < KV_BUCKET_MIN or b % KV_BUCKET_MIN or b & (b - 1)]
+        if wrong:
+            raise ValueError(f"KV buckets are 256 * 2**k tokens, got {wrong}")
+        return sorted(set(value))
+
+    def buckets_to_warm(self) -> list[int]:
+        """The KV buckets warm-up compiles the frame step for, within this ``max_seq_len``."""
+        if self.warmup_buckets is None:
+            return reachable_buckets(self.max_seq_len)
+        return sorted({kv_bucket(b, self.max_seq_len) for b in self.warmup_buckets})
 
     @model_validator(mode="before")
     @classmethod
@@ -388,6 +418,13 @@ def resolve_profile(
             )
         if data["quantization"] == "int4" and data["precision"] != "bf16":
             change("quantization", "int8", "int4 (tinygemm) kernels need bf16 weights")
+        if data["quantization"] == "int8" and data["compile_decode"] == "none":
+            change(
+                "quantization",
+                "none",
+                "CUDA int8 is fast only compiled (inductor fuses its dequantization into the "
+                "matmul); eager it copies every weight to the float dtype per call",
+            )
 
     if model_max_seq_len is not None and data["max_seq_len"] > model_max_seq_len:
         limit = model_max_seq_len // KV_BLOCK * KV_BLOCK

@@ -1,9 +1,15 @@
 """Weight quantization of the DualAR transformer layers (the output heads and codec stay float).
 
-GPU: int8 and int4 weight-only via torchao, nf4 via bitsandbytes (a memory option, experimental).
-CPU: fp32 int8 is dynamic (``quantize_dynamic``, which only runs on CPU); bf16 int8 is
-:class:`Int8Linear` (torchao's symmetric per-channel scheme on aten's ``_weight_int8pack_mm``,
-which inductor lowers natively; torchao's CPU path dequantizes the whole weight each call); int4 is
+int8 (float16/bfloat16 weights, and bf16 on CPU) is :class:`Int8Linear` on both devices, with
+torchao's symmetric per-channel scheme. On CPU it calls aten's ``_weight_int8pack_mm``, whose CPU
+kernel (and inductor's CPU lowering) reads the int8 codes directly. On CUDA it is gpt-fast's
+``F.linear(x, w.to(dtype)) * scales``: torch.compile fuses the conversion into the matmul (at
+one row, a GEMV that reads int8), while aten's CUDA ``_weight_int8pack_mm`` is one thread per
+output looping over K in fp32 (torch 2.11's ``int8mm.cu``), slower than a bf16 GEMV. Eager, that
+form copies each weight to the float dtype per call, so ``resolve_profile`` runs CUDA int8 only
+compiled. GPU int4 is torchao's tinygemm layout (aten's ``_weight_int4pack_mm``, fast eager too),
+nf4 is bitsandbytes (a memory option, experimental).
+CPU fp32 int8 is dynamic (``quantize_dynamic``, which only runs on CPU); CPU int4 is
 :class:`Int4Linear` (tinygemm's scheme on aten's CPU kernel, since torchao 0.18 has no CPU int4
 layout); nf4 is bitsandbytes' CPU path. The same quantization arithmetic on both devices is what
 lets CPU fidelity runs stand in for the GPU's.
@@ -15,6 +21,7 @@ import logging
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from fish_speech.models.text2semantic.llama import DualARTransformer
 from torch import nn
 
@@ -47,10 +54,11 @@ def _swap_linears(
 
 
 class Int8Linear(nn.Module):
-    """Weight-only int8 linear layer on CPU: symmetric, one scale per output channel.
+    """Weight-only int8 linear layer: symmetric, one scale per output channel.
 
-    torchao's ``Int8WeightOnlyConfig`` scheme (scale = max|w| / 127.5, codes in [-128, 127]), so
-    its error matches the GPU int8 path; aten's kernel reads the int8 codes directly.
+    torchao's ``Int8WeightOnlyConfig`` scheme (scale = max|w| / 127.5, codes in [-128, 127]);
+    on CPU aten's kernel reads the int8 codes directly, on CUDA inductor fuses the conversion
+    into the matmul (see the module docstring).
     """
 
     def __init__(self, linear: nn.Linear) -> None:
@@ -66,9 +74,12 @@ class Int8Linear(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features)
-        out = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales)
-        out = out.reshape(*x.shape[:-1], self.out_features)
+        if x.is_cuda:
+            out = F.linear(x, self.weight.to(x.dtype)) * self.scales
+        else:
+            flat = x.reshape(-1, self.in_features)
+            out = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales)
+            out = out.reshape(*x.shape[:-1], self.out_features)
         return out if self.bias is None else out + self.bias
 
 
@@ -138,18 +149,14 @@ def quantize_cpu_int8(model: DualARTransformer) -> None:
         torch.ao.quantization.quantize_dynamic(stack, {nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
-def quantize_torchao(model: DualARTransformer, kind: str, group_size: int) -> None:
-    from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+def quantize_torchao_int4(model: DualARTransformer, group_size: int) -> None:
+    from torchao.quantization import Int4WeightOnlyConfig, quantize_
     from torchao.quantization.quantize_.workflows.int4.int4_packing_format import Int4PackingFormat
 
-    # int4 uses the tinygemm layout: its kernels ship with torch (the default PLAIN layout needs
-    # the separate mslk kernels).
-    config = (
-        Int8WeightOnlyConfig()
-        if kind == "int8"
-        else Int4WeightOnlyConfig(
-            group_size=group_size, int4_packing_format=Int4PackingFormat.TILE_PACKED_TO_4D
-        )
+    # The tinygemm layout: its kernels ship with torch (the default PLAIN layout needs the
+    # separate mslk kernels).
+    config = Int4WeightOnlyConfig(
+        group_size=group_size, int4_packing_format=Int4PackingFormat.TILE_PACKED_TO_4D
     )
     for stack in _layer_stacks(model):
         quantize_(stack, config)
@@ -184,11 +191,9 @@ def apply_quantization(
     dtype = model.norm.weight.dtype
     if kind == "nf4":
         quantize_nf4(model, dtype)
-    elif device.type == "cpu" and kind == "int4":
-        quantize_cpu_int4(model, group_size)
+    elif kind == "int4":
+        (quantize_cpu_int4 if device.type == "cpu" else quantize_torchao_int4)(model, group_size)
     elif device.type == "cpu" and dtype == torch.float32:
         quantize_cpu_int8(model)
-    elif device.type == "cpu":
-        _swap_linears(model, Int8Linear)
     else:
-        quantize_torchao(model, kind, group_size)
+        _swap_linears(model, Int8Linear)

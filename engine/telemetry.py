@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,6 +18,9 @@ import torch
 log = logging.getLogger(__name__)
 
 MISSING = "n/a"
+# What NVML counts for a process beyond torch's reserved pool: the CUDA context, cuBLAS / cuDNN
+# workspaces and loaded kernel images (a few hundred MB; more with many libraries loaded).
+CONTEXT_ALLOWANCE_BYTES = 2 * 2**30
 
 
 @functools.cache
@@ -97,10 +101,50 @@ def nvml_handle(nvml: Any, device: torch.device) -> Any:
         return nvml.nvmlDeviceGetHandleByIndex(index)
 
 
+@dataclass(frozen=True)
+class OwnProcess:
+    """This process in NVML's process list: its NVML pid, or None and why it cannot be told."""
+
+    pid: int | None
+    how: str
+
+
+def find_own_process(
+    procs: Sequence[Any], reserved_bytes: int, pid: int | None = None
+) -> OwnProcess:
+    """Which of NVML's running processes (``pid``, ``usedGpuMemory``) is this one.
+
+    NVML reports PIDs of the host's PID namespace: inside a container ``os.getpid()`` is another
+    number and never matches, and this process's own GPU use would count as another process's.
+    Then it is recognised by memory instead: NVML's figure is torch's reserved pool plus the CUDA
+    context, so the one process within ``CONTEXT_ALLOWANCE_BYTES`` above ``reserved_bytes`` is
+    this one. None or several such processes is "unknown", never a guess.
+    """
+    pid = os.getpid() if pid is None else pid
+    if any(p.pid == pid for p in procs):
+        return OwnProcess(pid, "pid")
+    if reserved_bytes <= 0:
+        return OwnProcess(None, "NVML lists no PID of this process, which holds no GPU memory yet")
+    fits = [
+        p.pid
+        for p in procs
+        if p.usedGpuMemory
+        and reserved_bytes <= p.usedGpuMemory <= reserved_bytes + CONTEXT_ALLOWANCE_BYTES
+    ]
+    if len(fits) == 1:
+        return OwnProcess(fits[0], "memory")
+    return OwnProcess(
+        None,
+        f"NVML lists no PID of this process (a container's PID namespace?) and {len(fits)} of its "
+        f"{len(procs)} processes match this process's {reserved_bytes / 2**20:.0f} MB",
+    )
+
+
 class NvmlSampler:
     """Samples GPU busy %, process memory and energy while a block runs (no-op without NVML)."""
 
     def __init__(self, device: torch.device, period_s: float = 0.02) -> None:
+        self.device = device
         self.period_s = period_s
         self.handle = None
         self.samples: list[float] = []
@@ -127,12 +171,17 @@ class NvmlSampler:
 
     def _process_mb(self) -> float | None:
         try:
+            reserved = torch.cuda.memory_reserved(self.device)
             procs = self.nvml.nvmlDeviceGetComputeRunningProcesses(self.handle)
-            used = [p.usedGpuMemory for p in procs if p.pid == os.getpid() and p.usedGpuMemory]
-            return used[0] / 2**20 if used else None
         except Exception as exc:  # e.g. no permission to list processes in a container
             _note_once(f"NVML cannot list processes ({exc}); process memory is reported as n/a")
             return None
+        own = find_own_process(procs, reserved)
+        if own.pid is None:
+            _note_once(f"process GPU memory is reported as n/a: {own.how}")
+            return None
+        used = [p.usedGpuMemory for p in procs if p.pid == own.pid and p.usedGpuMemory]
+        return used[0] / 2**20 if used else None
 
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):

@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 from engine.audio_io import SAMPLE_RATE
 from engine.paths import CONF_DIR
 from engine.telemetry import figure
-from harness.launcher import run_in_child
+from harness.launcher import ChildOutcome, run_in_child
 from harness.sweep.compose import detect_hardware_preset
 from harness.sweep.config import HardwareConf
 
@@ -155,6 +155,28 @@ def _cudagraph_skips() -> int:
     return int(counters["inductor"]["cudagraph_skips"])
 
 
+class CudagraphSkipReasons(logging.Handler):
+    """Collects inductor's "skipping cudagraphs due to ..." messages (each bumps the
+    ``cudagraph_skips`` counter), so a row that lost its CUDA graphs says why."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.reasons: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("skipping cudagraphs") and message not in self.reasons:
+            self.reasons.append(message)
+
+    @classmethod
+    def attach(cls) -> CudagraphSkipReasons:
+        from torch._inductor.cudagraph_utils import cudagraphs_log
+
+        handler = cls()
+        cudagraphs_log.addHandler(handler)
+        return handler
+
+
 def _measure_row(job: dict[str, Any]) -> dict[str, Any]:
     from engine.compile_cache import COMPILE_CACHE_ENV, compile_counters
 
@@ -162,6 +184,7 @@ def _measure_row(job: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(job["threads"])
     os.environ[COMPILE_CACHE_ENV] = job["compile_cache"]
     row, frames, reference = job["row"], job["frames"], job["reference"]
+    skips = CudagraphSkipReasons.attach()
     t0 = time.perf_counter()
     run, frame_bytes, dtype = _runner(row, job["checkpoint"])
     load_s = time.perf_counter() - t0
@@ -172,7 +195,10 @@ def _measure_row(job: dict[str, Any]) -> dict[str, Any]:
     if job["compile_only"]:
         return {"warmup_s": warmup_s, "compile_counters": counters}
     if torch.cuda.is_available() and row.compiled and _cudagraph_skips():
-        raise RuntimeError(f"inductor skipped CUDA graphs {_cudagraph_skips()} times")
+        raise RuntimeError(
+            f"inductor skipped CUDA graphs {_cudagraph_skips()} times: "
+            + ("; ".join(skips.reasons) or "no reason logged")
+        )
     reports = [run(reference, frames, seed) for seed in range(1, job["repeats"] + 1)]
     totals = [r["total_s"] for r in reports]
     fps = [r["frames_per_s"] for r in reports]
@@ -194,6 +220,8 @@ def _measure_row(job: dict[str, Any]) -> dict[str, Any]:
         "load_s": load_s,
         "warmup_s": warmup_s,
         "compile_counters": counters,
+        "cudagraph_skips": _cudagraph_skips(),
+        "cudagraph_skip_reasons": skips.reasons,
         "frames_per_s": median_fps,
         "frames_per_s_spread": (max(fps) - min(fps)) / median_fps,
         "ms_per_frame": 1000.0 / median_fps,
@@ -228,9 +256,15 @@ def run_row(
     repeats: int,
     reference: np.ndarray,
     threads: int | None = None,
+    cold_compile: bool = True,
+    compile_cache: Path | None = None,
+    timeout_s: float = ROW_TIMEOUT_S,
+    isolate: bool = True,
 ) -> dict[str, Any]:
-    """Measure one row in spawned processes (a cold compile first for compiled rows); a crash or
-    timeout becomes an ``error`` entry."""
+    """Measure one row in spawned processes (a cold compile first for compiled rows, unless
+    ``cold_compile`` is off: then the timed process compiles, from ``compile_cache`` if given);
+    a crash or timeout becomes an ``error`` entry. ``isolate=False`` measures in this process
+    instead (the acceptance dry run: it proves the wiring, and a spawn costs seconds)."""
     job = {
         "row": row,
         "checkpoint": checkpoint,
@@ -241,20 +275,23 @@ def run_row(
     }
     cold_s = None
     with tempfile.TemporaryDirectory() as tmp:
-        job["compile_cache"] = str(Path(tmp) / "compile-cache")
-        if row.compiled:
+        job["compile_cache"] = str(compile_cache or Path(tmp) / "compile-cache")
+        if row.compiled and cold_compile:
             cold = run_in_child(
-                _measure_job, job | {"compile_only": True}, ROW_TIMEOUT_S, Path(tmp) / "cold.log"
+                _measure_job, job | {"compile_only": True}, timeout_s, Path(tmp) / "cold.log"
             )
             if cold.result is None:
                 return {"row": row.name, "error": cold.error}
             cold_s = cold.result["warmup_s"]
-        outcome = run_in_child(
-            _measure_job, job | {"compile_only": False}, ROW_TIMEOUT_S, Path(tmp) / "row.log"
-        )
+        if isolate:
+            outcome = run_in_child(
+                _measure_job, job | {"compile_only": False}, timeout_s, Path(tmp) / "row.log"
+            )
+        else:
+            outcome = _measure_here(job | {"compile_only": False})
     if outcome.result is None:
         return {"row": row.name, "error": outcome.error}
-    result = outcome.result | {"cold_warmup_s": cold_s}
+    result = outcome.result | {"cold_warmup_s": cold_s, "compiled": row.compiled}
     # The warm-up is compile + one request; a steady-state request estimates the latter.
     work = result["latency_p50_s"]
     result["compile_s"] = max(0.0, result["warmup_s"] - work)
@@ -264,6 +301,16 @@ def run_row(
 
 def _measure_job(job: dict[str, Any]) -> dict[str, Any]:
     return _measure_row(job)
+
+
+def _measure_here(job: dict[str, Any]) -> ChildOutcome:
+    """``_measure_row`` in this process, a failure becoming an error entry as in a child."""
+    start = time.perf_counter()
+    try:
+        return ChildOutcome(_measure_row(job), None, time.perf_counter() - start)
+    except Exception as exc:
+        log.exception("row %s failed", job["row"].name)
+        return ChildOutcome(None, f"{type(exc).__name__}: {exc}", time.perf_counter() - start)
 
 
 def _device_name() -> str:
@@ -304,7 +351,7 @@ def _verdict(result: dict[str, Any], device: str, verdicts: dict[str, dict]) -> 
 
 def _compile_cell(r: dict[str, Any]) -> str:
     if r.get("cold_compile_s") is None:
-        return "eager"
+        return f"{r['compile_s']:.1f} (one process)" if r.get("compiled") else "eager"
     cold, warm = r["cold_compile_s"], r["compile_s"]
     return f"{cold:.1f} / {warm:.1f} ({warm / cold:.0%})" if cold else f"{cold:.1f} / {warm:.1f}"
 
@@ -423,8 +470,16 @@ def run_bench(
     reference: str | None = None,
     only: list[str] | None = None,
     fidelity_dir: Path = Path("reports/fidelity"),
+    rows: list[Row] | None = None,
+    cold_compile: bool = True,
+    compile_cache: Path | None = None,
+    deadline: float | None = None,
+    isolate: bool = True,
 ) -> Path:
-    """Run every row, print the table, write JSON + Markdown named after the device and model."""
+    """Run every row (``rows``, else this device's), print the table, write JSON + Markdown named
+    after the device and model. A row is not started after ``deadline`` (``time.monotonic()``)
+    nor allowed to run past it. ``cold_compile``, ``compile_cache`` and ``isolate`` are
+    ``run_row``'s."""
     from fish_speech.models.text2semantic.llama import BaseModelArgs
 
     from engine import perf_model
@@ -437,7 +492,7 @@ def run_bench(
     device = _device_name()
     preset = _preset(device)
     threads = preset.get("threads") or (os.cpu_count() if device == "cpu" else None)
-    rows = GPU_ROWS if torch.cuda.is_available() else CPU_ROWS
+    rows = rows or (GPU_ROWS if torch.cuda.is_available() else CPU_ROWS)
     rows = [r for r in rows if not only or r.name in only]
     ref = read_audio_file(reference) if reference else reference_signal()
     probe = probe_bandwidth_gbs("cuda" if device != "cpu" else "cpu")
@@ -447,8 +502,23 @@ def run_bench(
     )
     results = []
     for row in rows:
+        left = ROW_TIMEOUT_S if deadline is None else deadline - time.monotonic()
+        if left <= 0:
+            results.append({"row": row.name, "error": "not run: over the time budget"})
+            continue
         log.info("bench row %s ...", row.name)
-        result = run_row(row, str(folder.path), frames, repeats, ref, threads)
+        result = run_row(
+            row,
+            str(folder.path),
+            frames,
+            repeats,
+            ref,
+            threads,
+            cold_compile,
+            compile_cache,
+            min(left, ROW_TIMEOUT_S),
+            isolate,
+        )
         if "error" in result:
             log.error("row %s failed: %s", row.name, result["error"].strip().splitlines()[0])
         results.append(result)

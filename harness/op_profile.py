@@ -62,7 +62,7 @@ def _load(
     runner = OptimizedFishSpeech.from_checkpoint(checkpoint, profile)
     active = runner.active_profile
     if active.compiled:
-        runner.warmup(text, frames)  # compile and graph capture take more than one call
+        runner.warmup(text, frames, buckets=())  # compile + capture take more than one call
     else:
         runner.synthesize(text, fixed_frames=frames, seed=0)
     runner.semantic_cache.clear()  # the profiled run must generate, not replay cached codes

@@ -9,7 +9,10 @@ the sweep process that spawned it; everything else is another process.
 CPU: busy time of the CPUs this process may run on (``/proc/stat`` via psutil, steal included: a
 VM neighbour is a disturbance too) minus our processes' CPU time, over the window's wall time.
 GPU: NVML's per-process utilisation samples and running-process list, plus clocks and temperature
-(a throttled GPU is another way for figures to drift).
+(a throttled GPU is another way for figures to drift). NVML names processes by the host's PIDs; in a
+container this process is found by its memory instead (``engine.telemetry.find_own_process``), and
+where it cannot be told apart the GPU side is "unknown" and judges nothing, rather than counting
+the trial's own GPU use as another process's and marking every trial NOISY.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import psutil
+
+from engine.telemetry import find_own_process
 
 log = logging.getLogger(__name__)
 TOP_OFFENDERS = 3
@@ -114,7 +119,6 @@ class GpuWindow:
     handle: Any = None
     since_us: int = 0
     unavailable: str | None = None
-    ours: frozenset[int] = field(default_factory=lambda: frozenset({os.getpid(), os.getppid()}))
 
     @classmethod
     def open(cls, device: str) -> GpuWindow:
@@ -133,26 +137,33 @@ class GpuWindow:
             return cls(unavailable=f"NVML unavailable: {exc}")
         return cls(pynvml, handle, int(time.time() * 1e6))
 
-    def _other_processes(self) -> list[dict[str, Any]]:
-        nvml, found = self.nvml, {}
-        for query in (
-            nvml.nvmlDeviceGetComputeRunningProcesses,
-            nvml.nvmlDeviceGetGraphicsRunningProcesses,
-        ):
-            for proc in query(self.handle):
-                if proc.pid not in self.ours:
-                    mb = (proc.usedGpuMemory or 0) / 2**20
-                    found[proc.pid] = {"pid": proc.pid, "mb": round(mb)}
-        return list(found.values())
+    def _processes(self) -> list[Any]:
+        """Every process NVML lists on the GPU, compute and graphics."""
+        nvml = self.nvml
+        return [
+            *nvml.nvmlDeviceGetComputeRunningProcesses(self.handle),
+            *nvml.nvmlDeviceGetGraphicsRunningProcesses(self.handle),
+        ]
 
-    def _other_utilisation_pct(self) -> float:
+    def _ours(self, procs: list[Any]) -> frozenset[int] | str:
+        """NVML pids of this process (and, where PIDs are shared, the sweep that spawned it), or
+        why this process cannot be found among ``procs``."""
+        import torch
+
+        reserved = torch.cuda.memory_reserved() if torch.cuda.is_initialized() else 0
+        own = find_own_process(procs, reserved)
+        if own.pid is None:
+            return own.how
+        return frozenset({own.pid, os.getppid()} if own.how == "pid" else {own.pid})
+
+    def _other_utilisation_pct(self, ours: frozenset[int]) -> float:
         """Mean SM share of other processes over NVML's samples since the window opened."""
         try:
             samples = self.nvml.nvmlDeviceGetProcessUtilization(self.handle, self.since_us)
         except self.nvml.NVMLError_NotFound:  # no process used the GPU in the window
             return 0.0
         periods = {s.timeStamp for s in samples}
-        others = sum(s.smUtil for s in samples if s.pid not in self.ours)
+        others = sum(s.smUtil for s in samples if s.pid not in ours)
         return others / len(periods) if periods else 0.0
 
     def close(self) -> dict[str, Any]:
@@ -160,16 +171,23 @@ class GpuWindow:
             return {"gpu_isolation": self.unavailable}
         nvml = self.nvml
         try:
-            others = self._other_processes()
-            return {
-                "other_gpu_pct": self._other_utilisation_pct(),
-                "other_gpu_processes": len(others),
-                "other_gpu_mb": sum(p["mb"] for p in others),
-                "gpu_offenders": others[:TOP_OFFENDERS],
+            state = {
                 "gpu_sm_clock_mhz": nvml.nvmlDeviceGetClockInfo(self.handle, nvml.NVML_CLOCK_SM),
                 "gpu_temperature_c": nvml.nvmlDeviceGetTemperature(
                     self.handle, nvml.NVML_TEMPERATURE_GPU
                 ),
+            }
+            procs = self._processes()
+            ours = self._ours(procs)
+            if isinstance(ours, str):
+                return state | {"gpu_isolation": f"unknown, not judged: {ours}"}
+            others = {p.pid: round((p.usedGpuMemory or 0) / 2**20) for p in procs}
+            offenders = [{"pid": pid, "mb": mb} for pid, mb in others.items() if pid not in ours]
+            return state | {
+                "other_gpu_pct": self._other_utilisation_pct(ours),
+                "other_gpu_processes": len(offenders),
+                "other_gpu_mb": sum(p["mb"] for p in offenders),
+                "gpu_offenders": offenders[:TOP_OFFENDERS],
             }
         except Exception as exc:
             log.warning("GPU isolation check failed: %s", exc)

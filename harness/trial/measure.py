@@ -76,7 +76,7 @@ def load_candidate(job: dict[str, Any]) -> Subject:
         job["checkpoint"], EngineProfile.model_validate(job["knobs"])
     )
     load_s = time.perf_counter() - t0
-    compile_s = engine.warmup()
+    compile_s = engine.warmup(buckets=())  # the scenario's untimed runs build its buckets
     request = _request(job)
 
     # A seeded repeat would otherwise be served from the semantic cache instead of generated.

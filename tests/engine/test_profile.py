@@ -215,11 +215,29 @@ def test_auto_precision_follows_compute_capability() -> None:
 
 
 def test_bf16_and_nf4_fall_back_where_the_gpu_lacks_them() -> None:
-    active, notes = resolve_profile(EngineProfile(precision="bf16", quantization="nf4"), RTX_2080)
+    requested = EngineProfile(precision="bf16", quantization="nf4", compile_decode="default")
+    active, notes = resolve_profile(requested, RTX_2080)
     assert active.precision == "fp16" and active.quantization == "int8"
     assert any("compute capability 8.0, this GPU has 7.5" in n for n in notes)
     assert any("bitsandbytes" in n for n in notes)
     assert resolve_profile(EngineProfile(quantization="nf4"), RTX_4060)[0].quantization == "nf4"
+
+
+def test_cuda_int8_runs_only_compiled() -> None:
+    """Eager, CUDA int8 would copy every weight to the float dtype per call (slower than bf16);
+    compiled, inductor fuses that into the matmul. The grid records eager int8 as SKIPPED."""
+    active, notes = resolve_profile(EngineProfile(quantization="int8"), RTX_4060)
+    assert active.quantization == "none"
+    assert notes == [
+        "quantization: int8 -> none (CUDA int8 is fast only compiled (inductor fuses its "
+        "dequantization into the matmul); eager it copies every weight to the float dtype per "
+        "call)"
+    ]
+    compiled = EngineProfile(quantization="int8", compile_decode="reduce-overhead")
+    assert resolve_profile(compiled, RTX_4060) == (
+        compiled.model_copy(update={"device": "cuda", "precision": "bf16"}),
+        [],
+    )
 
 
 def test_engine_reports_the_profile_that_actually_runs(engine) -> None:

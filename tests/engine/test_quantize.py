@@ -6,10 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from fish_speech.models.text2semantic.llama import DualARModelArgs, TransformerBlock
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine.checkpoint import CheckpointFolder
 from engine.quantize import Int4Linear, Int8Linear, apply_quantization, quantize_int4_groups
+from engine.synthetic import S1_MINI_CONFIG
 from engine.upstream import load_dual_ar
 
 
@@ -81,3 +85,69 @@ def test_cpu_schemes_quantize_the_layers_and_leave_the_heads_float(
     assert scheme_of(model.layers[0].attention.wqkv) == layer_type
     assert scheme_of(model.fast_layers[0].feed_forward.w1) == layer_type
     assert torch.equal(model.output.weight, heads)
+
+
+class Dispatched(TorchDispatchMode):
+    """Records each aten op, and each dtype cast as (from, to)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+        self.casts: list[tuple[torch.dtype, torch.dtype]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = str(func.overloadpacket)
+        self.ops.append(name)
+        if name in ("aten.to", "aten._to_copy") and isinstance(out, torch.Tensor):
+            self.casts.append((args[0].dtype, out.dtype))
+        return out
+
+
+class OneLayerModel(nn.Module):
+    """What ``apply_quantization`` reads of a DualAR model: its layer stacks and final norm."""
+
+    def __init__(self, cfg: DualARModelArgs) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([TransformerBlock(cfg)])
+        self.fast_layers = nn.ModuleList()
+        self.norm = nn.RMSNorm(cfg.dim)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_int8_is_the_form_inductor_fuses_not_aten_int8_kernel(dtype: torch.dtype) -> None:
+    """A real-size S1-mini layer quantized for CUDA (fake tensors): every linear layer is
+    ``Int8Linear`` holding int8 codes, and a decode-step call is
+    gpt-fast's ``linear(x, codes.to(dtype)) * scales``, the pattern torch.compile fuses into one
+    GEMV reading int8; never aten's CUDA ``_weight_int8pack_mm`` (one thread per output, fp32
+    loop over K: slower than a bf16 GEMV). Eager CUDA int8 is refused by ``resolve_profile``."""
+    cfg = DualARModelArgs(**S1_MINI_CONFIG)
+    before = torch.get_default_dtype()
+    with FakeTensorMode(), torch.device("cuda"):
+        torch.set_default_dtype(dtype)
+        try:
+            model = OneLayerModel(cfg)
+        finally:
+            torch.set_default_dtype(before)
+        apply_quantization(model, "int8", torch.device("cuda"), group_size=64)
+        block = model.layers[0]
+        x = torch.randn(1, 1, cfg.dim, dtype=dtype)
+        with torch.inference_mode(), Dispatched() as rec:
+            out = block.attention.wqkv(x)
+    linears = [block.attention.wqkv, block.attention.wo, *block.feed_forward.children()]
+    assert [type(layer) for layer in linears] == [Int8Linear] * 5
+    assert all(layer.weight.dtype == torch.int8 for layer in linears)
+    assert out.dtype == dtype and out.shape == (1, 1, block.attention.wqkv.out_features)
+    assert "aten._weight_int8pack_mm" not in rec.ops
+    assert rec.casts == [(torch.int8, dtype)], rec.casts
+    assert {"aten.linear", "aten.mm"} & set(rec.ops) and "aten.mul" in rec.ops, rec.ops
+
+
+def test_int8_linear_gives_the_same_product_on_either_path() -> None:
+    """The CPU kernel and the CUDA formulation compute the same thing (checked on CPU tensors:
+    the CUDA branch is plain torch ops)."""
+    torch.manual_seed(0)
+    q = Int8Linear(nn.Linear(64, 32, bias=False).to(torch.bfloat16))
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    fused_form = torch.nn.functional.linear(x, q.weight.to(x.dtype)) * q.scales
+    torch.testing.assert_close(q(x), fused_form, rtol=2e-2, atol=2e-2)
