@@ -1,14 +1,17 @@
-"""Spoken form: WeTextProcessing's grammars turn numbers, money, dates, times, units and
-abbreviations into words; pronunciation lists then replace whole words by the stated rules."""
+"""Spoken form: cheap rules and WeTextProcessing's grammars turn numbers, money, dates, times,
+units and abbreviations into words without ever changing a plain word; pronunciation lists then
+replace whole words by the stated rules."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
 from engine.errors import ConfigError
 from engine.spoken_form import MAX_ENTRIES, Pronunciations, SpokenForm, check_entries
+from engine.spoken_form.guard import keeps_words, plain_words
 from harness.cli import main
 
 
@@ -20,7 +23,7 @@ def spoken() -> SpokenForm:
 @pytest.mark.parametrize(
     ("written", "said"),
     [
-        ("It costs $1,234.56.", "one thousand two hundred and thirty four point five six dollars"),
+        ("It costs $1,234.56.", "one thousand two hundred and thirty four dollars fifty six"),
         ("On 3/4/2025 we met.", "twenty twenty five"),
         ("Meet me at 10:30pm.", "ten thirty PM"),
         ("Dr. Smith is here.", "doctor Smith"),
@@ -35,6 +38,59 @@ def test_numbers_money_dates_times_units_and_abbreviations_become_words(
     out = spoken(written)
     assert said in out
     assert not any(ch.isdigit() for ch in out)
+
+
+@pytest.mark.parametrize(
+    ("written", "said"),
+    [
+        ("£12.50 per month", "twelve pounds fifty per month"),
+        ("It costs $3.99.", "It costs three dollars ninety nine."),
+        ("Only $0.99 or €5.20.", "Only ninety nine cents or five euros twenty."),
+        ("It's 3x faster", "It's three times faster"),
+        ("Use 2x.", "Use two times."),
+        ("The 1990s", "The nineteen nineties"),
+        ("the '90s and the 80s", "the nineties and the eighties"),
+        ("19th-century art", "nineteenth-century art"),
+        ("She came 2nd.", "She came second."),
+        ("Jan. 5, 2024 was cold.", "January fifth, twenty twenty four was cold."),
+        ("March 3, 2025 was a Monday.", "March third, twenty twenty five was a Monday."),
+        ("Call ext. 1234 now.", "Call extension one two three four now."),
+        ("Read Chapter IV and Part II.", "Read Chapter four and Part two."),
+        ("World War II and Henry VIII.", "World War two and Henry the eighth."),
+    ],
+)
+def test_the_issue_cases_are_said_as_a_person_says_them(
+    spoken: SpokenForm, written: str, said: str
+) -> None:
+    assert spoken(written) == said
+
+
+@pytest.mark.parametrize(
+    ("written", "damaged"),
+    [
+        ("£12.50 per month", "twelve point five pounds - per minute onth"),
+        ("It's 3x faster", "It's three times degrees Fahrenheit aster"),
+        ("On TV 8:30 nightly.", "On Television eight thirty nightly."),
+        ("I met her on Sun 5 May.", "I met her on Sunday the fifth of may."),
+    ],
+)
+def test_the_guard_refuses_a_reading_that_changes_a_plain_word(written: str, damaged: str) -> None:
+    assert not keeps_words(written, damaged)
+
+
+def test_abbreviations_units_and_numbers_may_change_plain_words_may_not() -> None:
+    written = "Dr. Smith ran 5 km at 7 am on Jan. 5 in the 1990s, 3x, Chapter IV."
+    assert plain_words(written) == ["Smith", "ran", "at", "on", "in", "the", "Chapter"]
+    assert plain_words("I am here") == ["I", "am", "here"]  # "am" only after a number
+
+
+def test_a_window_the_grammar_would_damage_is_read_token_by_token(
+    spoken: SpokenForm, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="engine.spoken_form"):
+        said = spoken("We watch TV 1/3 of the day.")
+    assert said == "We watch TV one third of the day."
+    assert "changes a word" in caplog.text  # the grammar said "Television"
 
 
 def test_s1_markers_and_line_breaks_pass_through(spoken: SpokenForm) -> None:
