@@ -1,7 +1,8 @@
 """``python -m serving``: run the app with HOST and PORT from the settings.
 
 It refuses, before anything loads, to serve an open API beyond this machine (see
-``serving.guard.check_exposure``).
+``serving.guard.check_exposure``). uvicorn's own ``X-Forwarded-For`` handling is off (it would
+trust any local process): the guard reads the header, from TRUSTED_PROXIES only.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def main() -> None:
         "serving.app:app",
         host=settings.host,
         port=settings.port,
+        proxy_headers=False,
         log_level=settings.log_level.lower(),
     )
 

@@ -8,6 +8,7 @@ thread while ``/health`` answers ``loading``.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -102,6 +103,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         app.state.services = services
         services.worker.start()
+        if settings.normalize:  # the grammar loads beside the engine, not in a first request
+            threading.Thread(
+                target=services.speech.spoken_form.preload, name="grammar-load", daemon=True
+            ).start()
         log.info(
             "loading the engine from %s (profile: %s)", services.model_dir, services.profile_source
         )

@@ -58,6 +58,12 @@ class Conflict(ServiceError):
     error = "conflict"
 
 
+class BrokenVoiceFile(Conflict):
+    """A saved voice's file on disk is unusable: the request is fine, the library needs fixing."""
+
+    error = "broken_voice_file"
+
+
 class PayloadTooLarge(ServiceError):
     status_code = 413
     error = "payload_too_large"

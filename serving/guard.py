@@ -1,6 +1,10 @@
-"""The gate in front of every route: the API key first, then the body size, before any body is read.
+"""The gate in front of every route: the client's address, the API key, then the body size, before
+any body is read.
 
-A pure ASGI middleware, because ``BaseHTTPMiddleware`` buffers the body it should be refusing: a
+Behind a balancer every connection comes from the balancer, so the client's address is taken
+from ``X-Forwarded-For``, but only when the connection comes from a TRUSTED_PROXIES address (the
+balancer sets the header itself; anyone else could write any address there). A pure ASGI
+middleware, because ``BaseHTTPMiddleware`` buffers the body it should be refusing: a
 request without the key, or declaring a body over its cap, is answered from its headers alone; a
 body of unknown length (chunked) is counted as the route reads it and refused once it passes the
 cap, so the server never holds (or spools to its temp dir) more than the cap plus one read.
@@ -13,6 +17,7 @@ import logging
 import secrets
 
 from fastapi import FastAPI
+from pydantic import IPvAnyNetwork
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -84,6 +89,31 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def client_address(scope: Scope, trusted: list[IPvAnyNetwork]) -> str:
+    """The client's address: the peer's, or, when the peer is a trusted proxy, the last address
+    in ``X-Forwarded-For`` that is not itself a trusted proxy (the one the balancer saw)."""
+    peer = scope["client"][0] if scope.get("client") else "unknown"
+    if not _within(peer, trusted):
+        return peer
+    forwarded = ",".join(Headers(scope=scope).getlist("x-forwarded-for")).split(",")
+    for entry in reversed([entry.strip() for entry in forwarded if entry.strip()]):
+        try:
+            address = ipaddress.ip_address(entry)
+        except ValueError:
+            return peer  # not written by a balancer: the connection's own address stands
+        if not any(address in network for network in trusted):
+            return str(address)
+    return peer
+
+
+def _within(host: str, networks: list[IPvAnyNetwork]) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
+
+
 class _CountedReceive:
     """``receive`` that counts body bytes and raises ``BodyTooLarge`` past ``limit``."""
 
@@ -106,21 +136,25 @@ class _CountedReceive:
 
 
 class RequestGuard:
-    """Authenticate (throttling wrong keys per address) and cap the body, ahead of the routes."""
+    """Find the client's address, authenticate (throttling wrong keys per address and key) and
+    cap the body, ahead of the routes."""
 
     def __init__(self, app: ASGIApp, settings: Settings, open_paths: frozenset[str]) -> None:
         self.app = app
         self.keys = settings.api_keys
         self.open_paths = open_paths
+        self.trusted = settings.trusted_proxies
         self.failures = AuthFailureLimiter(settings.auth_failures_per_minute)
         self.form_limit, self.body_limit = body_limits(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        if self.trusted:  # what the routes, the rate limit and the logs see as the client
+            scope = {**scope, "client": (client_address(scope, self.trusted), 0)}
         if scope["type"] == "websocket":
             await self._guard_websocket(scope, receive, send)
-            return
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
         try:
@@ -132,12 +166,16 @@ class RequestGuard:
         await self._run_capped(scope, receive, send, limit, setting)
 
     async def _guard_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The same key check before the handshake; a refusal closes it (HTTP 403)."""
+        """The same key check before the handshake; a refusal is the HTTP answer a request
+        would get (401, 429), or a closed handshake (HTTP 403) where the server cannot send one."""
         try:
             self._authenticate(scope, Headers(scope=scope))
         except ServiceError as exc:
             await receive()  # websocket.connect
-            await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})
+            if "websocket.http.response" in scope.get("extensions", {}):
+                await _reject(exc, scope, receive, send)
+            else:
+                await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})
             return
         await self.app(scope, receive, send)
 
@@ -148,11 +186,12 @@ class RequestGuard:
         if not token:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <API_KEY>'")
         address = scope["client"][0] if scope.get("client") else "unknown"
-        self.failures.check(address)
+        self.failures.check(address, token)
         if not key_matches(token, self.keys):
-            self.failures.record(address)
             log.warning("wrong API key from %s for %s", address, scope["path"])
+            self.failures.record(address, token)
             raise Unauthorized("wrong API key: send 'Authorization: Bearer <API_KEY>'")
+        self.failures.worked(address, token)
 
     def _limit(self, headers: Headers) -> tuple[int, str]:
         """This content type's body cap and its setting; a larger declared length is refused."""

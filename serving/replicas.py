@@ -2,12 +2,15 @@
 
 Each replica is ``python -m serving`` on ``127.0.0.1:<base port + i>`` with the same settings
 (``.env`` and the environment), so they share the profile, the checkpoint and the voice library
-folder (whose writers take a file lock). HAProxy listens on ``HOST:PORT``, sends each request to
-the replica with the fewest open connections, streams responses through unbuffered (raw audio and
-SSE), and health-checks ``GET /health`` every second: a replica that dies, or is loading, is out
-after two failed checks and back in after two good ones. A connection refused by a dead replica is
-re-sent to another one, so new requests keep succeeding while it is out; requests in flight on it
-get HAProxy's 502, or a cut-off stream. This process restarts a replica that exits.
+folder (whose writers take a file lock). HAProxy listens on ``HOST:PORT``, sends each request to the
+replica with the fewest open connections, streams responses through unbuffered (raw audio and SSE),
+sets ``X-Forwarded-For`` to the client's address (replacing any the client sent; each replica trusts
+it from the balancer's address only, TRUSTED_PROXIES=127.0.0.1, so wrong keys and rate limits count
+per client, not all as 127.0.0.1), and health-checks ``GET /health`` every second: a replica that
+dies, or is loading, is out after two failed checks and back in after two good ones. A connection
+refused by a dead replica is re-sent to another one, so new requests keep succeeding while it is
+out; requests in flight on it get HAProxy's 502, or a cut-off stream. This process restarts a
+replica that exits.
 
 Prometheus scrapes each replica's ``/metrics/prometheus`` (the replica URLs it logs); counters and
 histograms add up across them, which is why the service exports histograms, not quantiles.
@@ -36,6 +39,7 @@ log = logging.getLogger("serving.replicas")
 STATE_DIR = Path(".replicas")  # haproxy.cfg and the replicas' logs (git-ignored)
 HEALTH_INTERVAL_S = 1.0
 RESTART_DELAY_S = 2.0
+BALANCER_ADDRESS = "127.0.0.1"  # where HAProxy's connections to the replicas come from
 
 
 @dataclass
@@ -53,7 +57,11 @@ class Replica:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        env = os.environ | {"HOST": "127.0.0.1", "PORT": str(self.port)}
+        env = os.environ | {
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "TRUSTED_PROXIES": BALANCER_ADDRESS,
+        }
         with self.log_path.open("ab") as sink:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "serving"], env=env, stdout=sink, stderr=subprocess.STDOUT
@@ -65,7 +73,8 @@ class Replica:
 
 
 def haproxy_config(host: str, port: int, replicas: list[Replica], stats_port: int) -> str:
-    """The balancer: least connections, /health checks, retry a refused connection elsewhere."""
+    """The balancer: least connections, /health checks, retry a refused connection elsewhere,
+    and the client's address in X-Forwarded-For (set, never appended to what the client sent)."""
     servers = "\n".join(
         f"    server {r.name} 127.0.0.1:{r.port} check inter {HEALTH_INTERVAL_S:.0f}s fall 2 rise 2"
         for r in replicas
@@ -85,6 +94,7 @@ defaults
 
 frontend api
     bind {host}:{port}
+    http-request set-header X-Forwarded-For %[src]
     default_backend replicas
 
 backend replicas

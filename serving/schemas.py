@@ -144,9 +144,15 @@ class NormalizedText(BaseModel):
 
 class PronunciationList(BaseModel):
     """A voice's ``written: spoken`` entries (rules: whole words; lower-case entries match any
-    case, entries with a capital match exactly; longer entries first)."""
+    case, entries with a capital match exactly; longer entries first).
 
-    entries: dict[str, str] = Field(default_factory=dict, examples=[{"SQL": "sequel"}])
+    ``entries`` is required and nothing else is accepted: a PUT of ``{}`` or of a misspelt key
+    would otherwise replace the list with an empty one; ``{"entries": {}}`` empties it on purpose.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    entries: dict[str, str] = Field(examples=[{"SQL": "sequel"}])
 
 
 class ModelCard(BaseModel):

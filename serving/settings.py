@@ -12,7 +12,7 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from engine.audio_io import MAX_REFERENCE_SECONDS
@@ -61,13 +61,29 @@ class Settings(BaseSettings):
     normalize: bool = Field(
         True, description="speak numbers, dates, money as words; a request's normalize overrides"
     )
+    normalize_budget_s: float = Field(
+        10.0,
+        gt=0,
+        description="seconds one request's normalisation may take; the rest is spoken as written",
+    )
     pronunciations: Path | None = Field(
         None, description="YAML of written: spoken entries applied to every request"
     )
     max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1, description="frame budget per text chunk")
     rate_limit_per_minute: int = Field(0, ge=0, description="requests per key per minute; 0 = off")
     auth_failures_per_minute: int = Field(
-        10, ge=1, description="wrong-key attempts per client address per minute before 429"
+        10,
+        ge=1,
+        description="failures of one wrong key from one address, or different wrong keys from "
+        "one address, per minute before 429",
+    )
+    trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
+        default_factory=list,
+        description="balancer addresses (IPs or CIDRs, comma-separated) whose X-Forwarded-For "
+        "names the client; empty = trust none",
+    )
+    socket_idle_timeout_s: float = Field(
+        60.0, gt=0, description="close a speech socket silent this long while nothing is spoken"
     )
     public_docs: bool = Field(False, description="serve /docs, /redoc, /openapi.json without key")
     allow_no_auth: bool = Field(
@@ -77,9 +93,9 @@ class Settings(BaseSettings):
     warmup: bool = Field(True, description="run compile / graph capture before reporting ready")
     log_level: str = "INFO"
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value

@@ -39,7 +39,7 @@ METRIC_HEADERS = (
     "x-alignment",
 )
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (401, 404, 413, 422, 429, 503)
+    code: {"model": ErrorBody} for code in (401, 404, 409, 413, 422, 429, 503)
 }
 AUDIO_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 
 from serving.dependencies import ServicesDep
-from serving.routers.responses import ERROR_RESPONSES
+from serving.routers.responses import CLIENT_CLOSED, ERROR_RESPONSES, unless_disconnected
 from serving.schemas import NormalizedText, NormalizeRequest
 
 router = APIRouter(tags=["text"], responses=ERROR_RESPONSES)
 
 
-@router.post("/normalize")
-async def normalize(body: NormalizeRequest, services: ServicesDep) -> NormalizedText:
-    """Numbers, money, dates, units as words, then the global and the voice's pronunciations."""
+@router.post("/normalize", response_model=NormalizedText)
+async def normalize(
+    request: Request, body: NormalizeRequest, services: ServicesDep
+) -> NormalizedText | Response:
+    """Numbers, money, dates, units as words, then the global and the voice's pronunciations;
+    the work stops when the client leaves."""
     speech = services.speech
     voice = speech.resolve_voice(body.voice_id)
     normalized = speech.normalizes(body.normalize)
-    return NormalizedText(
-        text=await speech.spoken(body.text, normalized, voice), normalized=normalized
-    )
+    text = await unless_disconnected(request, speech.spoken(body.text, normalized, voice))
+    if text is None:
+        return Response(status_code=CLIENT_CLOSED)
+    return NormalizedText(text=text, normalized=normalized)

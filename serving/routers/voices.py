@@ -64,4 +64,4 @@ async def put_pronunciations(
 async def delete_pronunciations(voice_id: str, services: ServicesDep) -> PronunciationList:
     """Remove the voice's list."""
     await run_in_threadpool(services.voices.set_pronunciations, voice_id, {})
-    return PronunciationList()
+    return PronunciationList(entries={})

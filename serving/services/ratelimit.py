@@ -1,7 +1,8 @@
-"""Sliding one-minute windows: requests per API key, and wrong-key attempts per client address."""
+"""Sliding one-minute windows: requests per API key, and wrong keys per client address and key."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import deque
 
@@ -9,6 +10,7 @@ from serving.errors import RateLimited
 
 WINDOW_S = 60.0
 PRUNE_AT = 4096
+KNOWN_GOOD_S = 3600.0  # how long a key that worked from an address passes there
 
 
 class TooManyAuthFailures(RateLimited):
@@ -68,27 +70,63 @@ class RateLimiter:
 
 
 class AuthFailureLimiter:
-    """Wrong API keys per client address: after ``per_minute`` in 60 s the address gets 429s.
+    """Wrong API keys, counted per (client address, key) and per address.
 
-    While an address is throttled its attempts are refused before the key is compared, so a
-    guesser learns nothing (not even from a right guess) until the oldest failure leaves the window.
+    A key that failed ``per_minute`` times from one address within 60 s is refused there (429)
+    without being compared again: a client stuck on a stale key. An address that tried
+    ``per_minute`` different wrong keys within 60 s is guessing: until the oldest of them leaves
+    the window, every key from it that has not already worked there gets 429 *without being
+    compared*, so a 429 tells a guesser nothing and the right key gives it no 200 to find. A key
+    that worked from the address within the last hour (a client already in use behind the same
+    NAT or office) still passes, and other addresses are never touched: one client's wrong keys
+    do not lock the others out. Keys are kept as digests, never as sent (a wrong key is often a
+    near miss of a real one).
     """
 
     def __init__(self, per_minute: int) -> None:
         self.per_minute = per_minute
-        self._windows = _Windows()
+        self._pairs = _Windows()  # "<address> <key digest>" -> that key's failures there
+        self._addresses = _Windows()  # address -> the first failure of each different wrong key
+        self._worked: dict[str, float] = {}  # "<address> <key digest>" -> when it last worked
 
-    def check(self, address: str, now: float | None = None) -> None:
-        """Raise ``TooManyAuthFailures`` with a Retry-After when ``address`` is throttled."""
+    @staticmethod
+    def _pair(address: str, token: str) -> str:
+        return f"{address} {hashlib.blake2b(token.encode(), digest_size=16).hexdigest()}"
+
+    def check(self, address: str, token: str, now: float | None = None) -> None:
+        """Raise ``TooManyAuthFailures`` before ``token`` is compared when it has failed too often
+        from ``address``, or when the address is guessing and the key has not worked there."""
         now = time.monotonic() if now is None else now
-        failures = self._windows.recent(address, now)
+        pair = self._pair(address, token)
+        failures = self._pairs.recent(pair, now)
         if len(failures) >= self.per_minute:
             raise TooManyAuthFailures(
-                f"too many wrong API keys from this address ({self.per_minute} per minute); "
-                "wait before trying again",
+                f"this API key was wrong {self.per_minute} times in a minute from this address; "
+                "fix the key, or wait before trying again",
                 retry_after_s=WINDOW_S - (now - failures[0]),
             )
+        tried = self._addresses.recent(address, now)
+        if len(tried) >= self.per_minute and now - self._worked.get(pair, -KNOWN_GOOD_S) >= (
+            KNOWN_GOOD_S
+        ):
+            raise TooManyAuthFailures(
+                f"too many different wrong API keys from this address ({self.per_minute} per "
+                "minute); wait before trying again",
+                retry_after_s=WINDOW_S - (now - tried[0]),
+            )
 
-    def record(self, address: str, now: float | None = None) -> None:
-        """Count one wrong key from ``address``."""
-        self._windows.add(address, time.monotonic() if now is None else now)
+    def record(self, address: str, token: str, now: float | None = None) -> None:
+        """Count one wrong ``token`` from ``address``."""
+        now = time.monotonic() if now is None else now
+        pair = self._pair(address, token)
+        if not self._pairs.recent(pair, now):
+            self._addresses.add(address, now)
+        self._pairs.add(pair, now)
+
+    def worked(self, address: str, token: str, now: float | None = None) -> None:
+        """Remember that ``token`` was right from ``address``: it passes there while the
+        address is throttled for guessing."""
+        now = time.monotonic() if now is None else now
+        if len(self._worked) >= PRUNE_AT:
+            self._worked = {k: t for k, t in self._worked.items() if now - t < KNOWN_GOOD_S}
+        self._worked[self._pair(address, token)] = now

@@ -5,10 +5,13 @@ engine work to the worker. Route handlers call this and only shape responses.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
+import threading
 import time
 
+import anyio
 import numpy as np
 from fastapi import UploadFile
 from starlette.concurrency import run_in_threadpool
@@ -58,6 +61,9 @@ class SpeechService:
         self.metrics = metrics
         self.transcriber = transcriber
         self._decoding = asyncio.Semaphore(settings.decode_concurrency)
+        # The grammars run one call at a time anyway; requests wait their turn here, not in a
+        # thread of the shared pool.
+        self._normalizing = anyio.CapacityLimiter(1)
 
     async def read_reference(self, upload: UploadFile | None) -> np.ndarray | None:
         """An uploaded recording, size- and duration-checked, as mono float32 at 44.1 kHz.
@@ -103,13 +109,28 @@ class SpeechService:
     async def spoken(self, text: str, normalize: bool | None, voice: Voice | None) -> str:
         """What the engine will be asked to say: normalised unless ``normalize`` (else the
         server's NORMALIZE) says not, then the global and the voice's pronunciations applied.
-        Off the event loop: the grammars take about 1.5 ms a character on two CPU cores."""
-        return await run_in_threadpool(
+
+        Off the event loop (the grammars take milliseconds a character, and their first use
+        loads them), within NORMALIZE_BUDGET_S (the text left when it runs out is spoken as
+        written), and stopped at the next span when the caller is cancelled: a client that
+        leaves frees the normaliser.
+        """
+        stopped = threading.Event()
+        work = functools.partial(
             self.spoken_form,
             check_text(text, self.settings.max_text_chars),
             normalize=self.normalizes(normalize),
             voice=voice.pronunciations if voice else None,
+            stop=stopped.is_set,
+            budget_s=self.settings.normalize_budget_s,
         )
+        try:
+            return await anyio.to_thread.run_sync(
+                work, abandon_on_cancel=True, limiter=self._normalizing
+            )
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
 
     async def speak(
         self,

@@ -7,21 +7,39 @@ anyway (sentence ends, then clause breaks, then spaces) keeps the joins inaudibl
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from engine.spoken_form import SENTENCE_END
 from serving.errors import InvalidInput
 
 _CLAUSE_END = re.compile(r"(?<=[,:，、：—])\s*")
+# Letters, marks on them, digits, punctuation and symbols can be said (or shape how the rest is
+# said); spaces, control, format (zero-width, direction marks) and unassigned code points cannot.
+_SPEAKABLE_CATEGORIES = frozenset("LNPS")
+
+
+def speakable(text: str) -> bool:
+    """Whether ``text`` holds anything to say: a letter, digit, punctuation mark or symbol.
+
+    Text of only zero-width spaces, NULs or combining marks would reach the engine as an empty
+    prompt; every route refuses it the same way instead.
+    """
+    return any(unicodedata.category(char)[0] in _SPEAKABLE_CATEGORIES for char in text)
 
 
 def check_text(text: str, max_chars: int) -> str:
-    """The stripped text, or a 4xx for empty or overlong input."""
+    """The stripped text, or a 4xx for empty, unspeakable or overlong input."""
     text = (text or "").strip()
     if not text:
         raise InvalidInput("text is empty")
     if len(text) > max_chars:
         raise InvalidInput(
             f"text is {len(text)} characters; the limit is {max_chars} (MAX_TEXT_CHARS)"
+        )
+    if not speakable(text):
+        raise InvalidInput(
+            "text has nothing to speak: only spaces, control characters or invisible "
+            "(zero-width, format) characters"
         )
     return text
 

@@ -30,7 +30,7 @@ import yaml
 from engine.audio_io import SAMPLE_RATE
 from engine.errors import ConfigError
 from engine.spoken_form import Pronunciations, check_entries
-from serving.errors import Conflict, InvalidInput, NotFound
+from serving.errors import BrokenVoiceFile, Conflict, InvalidInput, NotFound
 from serving.schemas import VoiceInfo
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 VOICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 AUDIO_FILE, CODES_FILE, META_FILE = "reference.wav", "codes.pt", "meta.json"
 PRONUNCIATIONS_FILE = "pronunciations.yaml"  # the voice's own written: spoken entries
+# The largest pronunciation file read: a full list (MAX_ENTRIES entries of at most MAX_ENTRY_CHARS
+# characters a side) is well under it, and anything bigger is refused before it is parsed.
+MAX_PRONUNCIATIONS_BYTES = 2**20
 _TMP_PREFIX, _TRASH_PREFIX = ".tmp-", ".trash-"
 LOCK_FILE = ".lock"  # flock()ed by every writer, in this process and in other replicas
 
@@ -81,6 +84,24 @@ class Voice:
     pronunciations: Pronunciations = field(default_factory=Pronunciations)
 
 
+_FileStamp = tuple[int, int, int]  # (inode, mtime_ns, size): any rewrite of the file changes it
+
+
+def _read_pronunciations(path: Path, source: str) -> Pronunciations:
+    """The list in ``path``, parsed and checked; a ConfigError (naming ``source``) for a file
+    over MAX_PRONUNCIATIONS_BYTES, unreadable, malformed, or with entries ``check_entries``
+    refuses. At most the cap plus one byte is ever read."""
+    with path.open("rb") as handle:
+        data = handle.read(MAX_PRONUNCIATIONS_BYTES + 1)
+    if len(data) > MAX_PRONUNCIATIONS_BYTES:
+        raise ConfigError(f"{source}: larger than {MAX_PRONUNCIATIONS_BYTES} bytes")
+    try:
+        parsed = yaml.safe_load(data.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{source}: not a YAML list of written: spoken lines ({exc})") from exc
+    return Pronunciations(check_entries(parsed or {}, source))
+
+
 class VoiceLibrary:
     """CRUD over the voice folders. Writers are serialised by a thread lock plus an ``flock`` on
     ``.lock`` in the folder, so replicas sharing one library (on local disk or NFS with locking)
@@ -91,6 +112,9 @@ class VoiceLibrary:
         self.root.mkdir(parents=True, exist_ok=True)
         self.sample_rate = sample_rate
         self._lock = threading.Lock()
+        # voice id -> (the file's stamp, its parsed list or why it is unusable): a file is parsed
+        # once per version, not on every request that uses the voice.
+        self._listed: dict[str, tuple[_FileStamp, Pronunciations | ConfigError]] = {}
         self._remove_leftovers()
 
     def _remove_leftovers(self) -> None:
@@ -160,12 +184,35 @@ class VoiceLibrary:
         return Voice(info, audio, codes, self.pronunciations(voice_id))
 
     def pronunciations(self, voice_id: str) -> Pronunciations:
-        """The voice's pronunciation list (empty when it has none)."""
+        """The voice's pronunciation list (empty when it has none); a 409 naming the voice and
+        the file when the file on disk is unusable (edited by hand, or written by other tools)."""
         folder = self._folder(voice_id)
         if not (folder / META_FILE).is_file():
             raise NotFound(f"unknown voice {voice_id!r}; GET /voices lists the saved ones")
         path = folder / PRONUNCIATIONS_FILE
-        return Pronunciations.load(path) if path.is_file() else Pronunciations()
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return Pronunciations()
+        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        cached = self._listed.get(voice_id)
+        if cached is None or cached[0] != stamp:
+            source = f"{voice_id}/{PRONUNCIATIONS_FILE} in VOICES_DIR"
+            try:
+                listed: Pronunciations | ConfigError = _read_pronunciations(path, source)
+            except ConfigError as exc:
+                log.warning("voice %s: unusable pronunciation list: %s", voice_id, exc)
+                listed = exc
+            except OSError as exc:
+                listed = ConfigError(f"{source}: cannot be read ({exc.strerror})")
+            cached = self._listed[voice_id] = (stamp, listed)
+        if isinstance(cached[1], ConfigError):
+            raise BrokenVoiceFile(
+                f"voice {voice_id!r} has an unusable pronunciation list: {cached[1]}; fix the "
+                f"file, or replace it with PUT /voices/{voice_id}/pronunciations (DELETE removes "
+                "it)"
+            )
+        return cached[1]
 
     def set_pronunciations(self, voice_id: str, entries: dict[str, str]) -> Pronunciations:
         """Replace the voice's list (an empty one removes the file); written whole, atomically."""
@@ -231,5 +278,6 @@ class VoiceLibrary:
             if not (folder / META_FILE).is_file():
                 raise NotFound(f"unknown voice {voice_id!r}")
             folder.rename(trash)
+        self._listed.pop(voice_id, None)
         shutil.rmtree(trash, ignore_errors=True)
         log.info("deleted voice %s", voice_id)

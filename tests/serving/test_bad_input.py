@@ -46,6 +46,14 @@ NEW_VOICE = (
 CASES: dict[str, tuple[Request, int, str]] = {
     "empty text": (tts(text="   "), 422, "empty"),
     "missing text": (tts(text=""), 422, "text"),
+    "zero-width only": (tts(text="\u200b\u2060\u200b"), 422, "nothing to speak"),
+    "zero-width only openai": (speech(input="\ufeff\u200b"), 422, "nothing to speak"),
+    "NUL only openai": (speech(input="\x00\x00"), 422, "nothing to speak"),
+    "zero-width only normalize": (
+        ("POST", "/normalize", {"json": {"text": "\u200b\u200c"}}),
+        422,
+        "nothing to speak",
+    ),
     "100k characters": (tts(text=LONG_TEXT), 422, "100000 characters"),
     "100k characters openai": (speech(input=LONG_TEXT), 422, "100000 characters"),
     "non-audio upload": (tts(upload(b"not audio" * 64, "a.txt"), text="hi"), 422, "not a readable"),

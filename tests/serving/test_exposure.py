@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.app import create_app
-from serving.guard import bearer_token, body_limits, check_exposure, key_matches
+from serving.guard import bearer_token, body_limits, check_exposure, client_address, key_matches
 from serving.services.ratelimit import AuthFailureLimiter, RateLimiter, TooManyAuthFailures
 from serving.settings import Settings
 
@@ -92,15 +92,56 @@ def test_open_paths_stay_open_under_a_root_path() -> None:
     assert behind_proxy.get("/api/openapi.json").status_code == 200
 
 
-def test_auth_failures_throttle_per_address_within_a_minute() -> None:
+def test_a_wrong_key_is_throttled_per_address_and_key_within_a_minute() -> None:
     limiter = AuthFailureLimiter(2)
-    limiter.record("a", now=0.0)
-    limiter.record("a", now=10.0)
-    limiter.check("b", now=10.0)
+    limiter.record("a", "stale", now=0.0)
+    limiter.record("a", "stale", now=10.0)
+    limiter.check("b", "stale", now=10.0)  # the same key from another address
+    limiter.check("a", "other", now=10.0)  # another key from the same address
     with pytest.raises(TooManyAuthFailures) as info:
-        limiter.check("a", now=11.0)
+        limiter.check("a", "stale", now=11.0)
     assert info.value.status_code == 429 and info.value.headers["Retry-After"] == "49"
-    limiter.check("a", now=60.0)  # the first failure left the window
+    limiter.check("a", "stale", now=60.0)  # the first failure left the window
+
+
+def test_a_guessing_address_gets_429_before_any_key_is_compared() -> None:
+    """After 3 different wrong keys in a minute, any key new to the address is refused
+    uncompared (no oracle for the guesser); a key that worked there before still passes, and
+    other addresses keep their own count."""
+    limiter = AuthFailureLimiter(3)
+    limiter.worked("office", "right", now=0.0)
+    for i in range(3):
+        limiter.check("office", f"guess-{i}", now=float(i))
+        limiter.record("office", f"guess-{i}", now=float(i))
+    for key in ("guess-3", "right-but-new-here"):
+        with pytest.raises(TooManyAuthFailures, match="different wrong API keys") as info:
+            limiter.check("office", key, now=5.0)
+        assert info.value.headers["Retry-After"] == "55"
+    limiter.check("office", "right", now=5.0)  # worked here before the guessing began
+    limiter.check("neighbour", "right-but-new-here", now=5.0)
+    limiter.check("office", "guess-4", now=60.0)  # the first different key left the window
+    for i in range(3):  # an hour later the key that worked is new again
+        limiter.record("office", f"late-{i}", now=3600.0 + i)
+    with pytest.raises(TooManyAuthFailures):
+        limiter.check("office", "right", now=3603.0)
+
+
+def test_x_forwarded_for_names_the_client_only_from_a_trusted_proxy() -> None:
+    balancer = settings(trusted_proxies="127.0.0.1, 10.0.0.0/8").trusted_proxies
+
+    def scope(peer: str, *forwarded: str) -> dict:
+        headers = [(b"x-forwarded-for", value.encode()) for value in forwarded]
+        return {"type": "http", "client": (peer, 5000), "headers": headers}
+
+    assert client_address(scope("127.0.0.1", "203.0.113.7"), balancer) == "203.0.113.7"
+    assert client_address(scope("198.51.100.1", "203.0.113.7"), balancer) == "198.51.100.1"
+    assert client_address(scope("127.0.0.1", "1.1.1.1, 203.0.113.7, 10.0.0.5"), balancer) == (
+        "203.0.113.7"  # the last hop before the trusted ones
+    )
+    assert client_address(scope("127.0.0.1", "1.1.1.1", "10.0.0.5"), balancer) == "1.1.1.1"
+    assert client_address(scope("127.0.0.1", "not-an-address"), balancer) == "127.0.0.1"
+    assert client_address(scope("127.0.0.1"), balancer) == "127.0.0.1"
+    assert client_address(scope("127.0.0.1", "203.0.113.7"), []) == "127.0.0.1"  # trust none
 
 
 def test_idle_addresses_are_forgotten() -> None:

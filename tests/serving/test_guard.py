@@ -18,10 +18,13 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
 
 pytestmark = pytest.mark.service
 
 KEY = "guard-test-key"
+IDLE_S = 1
 MIB = 2**20
 JSON_BOMB = 200 * MIB
 UPLOAD_BOMB = 1024 * MIB
@@ -149,12 +152,19 @@ class Keyed:
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, ready_server):
-    """A server with an API key and its own TMPDIR (watched for spooled uploads)."""
+    """A server with an API key, its own TMPDIR (watched for spooled uploads) and a speech
+    socket idle timeout of one second."""
     root = tmp_path_factory.mktemp("guarded")
     tmpdir = root / "tmp"
     tmpdir.mkdir()
     live = ready_server(
-        root, tiny_checkpoint, root / "voices", API_KEY=KEY, TMPDIR=str(tmpdir), WARMUP="false"
+        root,
+        tiny_checkpoint,
+        root / "voices",
+        API_KEY=KEY,
+        TMPDIR=str(tmpdir),
+        WARMUP="false",
+        SOCKET_IDLE_TIMEOUT_S=str(IDLE_S),
     )
     yield Keyed(live, tmpdir)
     live.stop()
@@ -238,19 +248,61 @@ def test_docs_follow_the_key(keyed: Keyed) -> None:
 
 
 def test_wrong_keys_are_throttled_per_client_address(keyed: Keyed) -> None:
-    """50 guesses from one address: 10 (AUTH_FAILURES_PER_MINUTE) 401s, then 429s."""
+    """50 guesses from one address: 10 (AUTH_FAILURES_PER_MINUTE) 401s, then 429s, and a key new
+    to that address is refused uncompared (the guesser finds no 200); every other address goes
+    on."""
+    right = {"Authorization": f"Bearer {KEY}"}
     guesser = httpx.HTTPTransport(local_address="127.0.0.2")
     with httpx.Client(base_url=keyed.server.url, transport=guesser, timeout=30) as http:
         answers = [
             http.get("/emotions", headers={"Authorization": f"Bearer guess-{i}"}) for i in range(50)
         ]
-        right_key_while_throttled = http.get(
-            "/emotions", headers={"Authorization": f"Bearer {KEY}"}
-        )
+        right_key_new_to_the_guesser = http.get("/emotions", headers=right)
     statuses = [answer.status_code for answer in answers]
     assert statuses == [401] * 10 + [429] * 40, statuses
     assert answers[-1].json()["error"] == "too_many_auth_failures"
     assert 1 <= int(answers[-1].headers["Retry-After"]) <= 60
-    assert right_key_while_throttled.status_code == 429, "no key is compared while throttled"
-    with keyed.server.client(headers={"Authorization": f"Bearer {KEY}"}) as http:
+    assert right_key_new_to_the_guesser.status_code == 429, "no oracle for a guesser"
+    with keyed.server.client(headers=right) as http:
         assert http.get("/emotions").status_code == 200, "another address is not throttled"
+
+
+def socket_url(server) -> str:
+    return server.url.replace("http://", "ws://") + "/v1/audio/speech/stream"
+
+
+def test_the_socket_handshake_gets_the_http_answers_401_then_429(keyed: Keyed) -> None:
+    """From its own address: wrong keys get 401, then 429 with Retry-After (try later, not
+    forbidden); a key that opened a socket from there before the guessing still does."""
+    source = {"source_address": ("127.0.0.3", 0)}
+    right = {"Authorization": f"Bearer {KEY}"}
+    with connect(socket_url(keyed.server), additional_headers=right, **source) as ws:
+        ws.send(json.dumps({"type": "end"}))
+        assert json.loads(ws.recv(30)) == {"type": "done", "sentences": 0}
+    statuses = []
+    for i in range(11):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(
+                socket_url(keyed.server),
+                additional_headers={"Authorization": f"Bearer socket-guess-{i}"},
+                open_timeout=30,
+                **source,
+            )
+        statuses.append(refused.value.response.status_code)
+    assert statuses == [401] * 10 + [429], statuses
+    assert 1 <= int(refused.value.response.headers["Retry-After"]) <= 60
+    with connect(socket_url(keyed.server), additional_headers=right, **source) as ws:
+        ws.send(json.dumps({"type": "end"}))
+        assert json.loads(ws.recv(30)) == {"type": "done", "sentences": 0}
+
+
+def test_a_socket_that_sends_nothing_is_closed_after_the_idle_timeout(keyed: Keyed) -> None:
+    right = {"Authorization": f"Bearer {KEY}"}
+    with connect(socket_url(keyed.server), additional_headers=right, open_timeout=30) as ws:
+        opened = time.monotonic()
+        event = json.loads(ws.recv(10 * IDLE_S))
+        with pytest.raises(ConnectionClosed):
+            ws.recv(10)
+        waited = time.monotonic() - opened
+    assert event["error"] == "idle_timeout" and "SOCKET_IDLE_TIMEOUT_S" in event["message"]
+    assert ws.close_code == 1008 and IDLE_S * 0.9 <= waited < 5 * IDLE_S, waited

@@ -101,7 +101,7 @@ def test_the_speech_socket_needs_the_key_too(secured) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         with pytest.raises(InvalidStatus) as refused:
             connect(url, additional_headers=headers, open_timeout=30)
-        assert refused.value.response.status_code == 403
+        assert refused.value.response.status_code == 401  # the answer an HTTP request gets
     with connect(url, additional_headers={"Authorization": f"Bearer {KEY}"}) as ws:
         ws.send(json.dumps({"type": "end"}))
         assert json.loads(ws.recv(30)) == {"type": "done", "sentences": 0}

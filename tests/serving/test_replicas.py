@@ -1,6 +1,7 @@
 """Two service replicas behind a real HAProxy (``python -m serving.replicas``) on the tiny
-checkpoint: a shared voice library, streaming through the balancer, a replica killed with SIGKILL
-taken out and back in, and Prometheus counters that add up across replicas."""
+checkpoint, with an API key: a shared voice library, streaming through the balancer, clients told
+apart by their own addresses, a replica killed with SIGKILL taken out and back in, and Prometheus
+counters that add up across replicas."""
 
 from __future__ import annotations
 
@@ -26,7 +27,17 @@ from prometheus_client.parser import text_string_to_metric_families
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
 STARTUP_TIMEOUT_S = 240.0
-ENV = {"MAX_NEW_TOKENS": "16", "QUEUE_SIZE": "4", "LOG_LEVEL": "INFO", "WARMUP": "false"}
+KEY = "replicas-test-key"
+ENV = {
+    "MAX_NEW_TOKENS": "16",
+    "QUEUE_SIZE": "4",
+    "LOG_LEVEL": "INFO",
+    "WARMUP": "false",
+    "API_KEY": KEY,
+    "AUTH_FAILURES_PER_MINUTE": "10",
+}
+# Requests with the key; httpx's module functions' default timeout unless a call gives one.
+api = httpx.Client(headers={"Authorization": f"Bearer {KEY}"}, timeout=5)
 LONG_TEXT = " ".join(
     f"Sentence {i} is long enough to be a text chunk of its own, so that the request as a whole "
     "takes many engine calls and is still running when its replica is killed."
@@ -84,7 +95,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> 
     root = tmp_path_factory.mktemp("replicas")
     port, stats_port, base = _free_ports(3)  # the replicas take base and base + 1
     env = {
-        **{k: v for k, v in os.environ.items() if k not in {"API_KEY", "PORT", "HOST"}},
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if k not in {"API_KEY", "PORT", "HOST", "TRUSTED_PROXIES"}
+        },
         **ENV,
         "MODEL_DIR": str(tiny_checkpoint),
         "VOICES_DIR": str(root / "voices"),
@@ -133,16 +148,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> 
 def test_a_voice_saved_through_one_replica_is_listed_and_used_through_the_other(
     cluster: Cluster, spoken_wav: bytes
 ) -> None:
-    saved = httpx.post(
+    saved = api.post(
         f"{cluster.replicas['r1']}/voices",
         data={"voice_id": "shared", "name": "Shared", "transcript": "A shared voice."},
         files={"audio": ("ref.wav", spoken_wav, "audio/wav")},
         timeout=120,
     )
     assert saved.status_code in (200, 201), saved.text
-    listed = httpx.get(f"{cluster.replicas['r2']}/voices", timeout=30).json()
+    listed = api.get(f"{cluster.replicas['r2']}/voices", timeout=30).json()
     assert "shared" in json.dumps(listed)
-    spoken = httpx.post(
+    spoken = api.post(
         f"{cluster.replicas['r2']}/tts",
         data={"text": "Through the other replica.", "voice_id": "shared", "seed": "1"},
         timeout=120,
@@ -156,7 +171,7 @@ def test_two_replicas_creating_one_id_at_once_give_one_voice_and_one_409(
     results: dict[str, int] = {}
 
     def create(name: str) -> None:
-        response = httpx.post(
+        response = api.post(
             f"{cluster.replicas[name]}/voices",
             data={"voice_id": "raced", "transcript": "Raced."},
             files={"audio": ("ref.wav", spoken_wav, "audio/wav")},
@@ -174,14 +189,14 @@ def test_two_replicas_creating_one_id_at_once_give_one_voice_and_one_409(
 
 def test_streaming_passes_through_the_balancer_as_raw_audio_and_sse(cluster: Cluster) -> None:
     body = {"input": "Streamed through HAProxy.", "voice": "default", "seed": 2}
-    with httpx.stream(
+    with api.stream(
         "POST", f"{cluster.url}/v1/audio/speech", json=body | {"response_format": "pcm"}
     ) as raw:
         assert raw.status_code == 200 and raw.headers["x-replica"] in cluster.replicas
         pieces = [piece for piece in raw.iter_bytes() if piece]
     assert sum(map(len, pieces)) > 0
     events = []
-    with httpx.stream(
+    with api.stream(
         "POST", f"{cluster.url}/v1/audio/speech", json=body | {"stream_format": "sse"}
     ) as sse:
         assert sse.headers["content-type"].startswith("text/event-stream")
@@ -194,9 +209,47 @@ def test_streaming_passes_through_the_balancer_as_raw_audio_and_sse(cluster: Clu
     )
 
 
+def from_address(address: str) -> httpx.Client:
+    """A client whose connections leave from ``address`` (any 127.x.y.z is this machine)."""
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=30)
+
+
+def test_one_address_spraying_wrong_keys_locks_out_itself_not_the_others(
+    cluster: Cluster,
+) -> None:
+    """Through the balancer, each replica sees the client's own address (X-Forwarded-For, which
+    a client cannot forge): 127.0.0.2's thirty wrong keys get it 429s (the right key too, new
+    to it: no oracle for a guesser), while 127.0.0.1's right key passes on both replicas and its
+    own wrong key is a plain 401."""
+    with from_address("127.0.0.2") as sprayer:
+        sprayed = [
+            sprayer.get(
+                f"{cluster.url}/emotions",
+                # a new address each time, if the balancer let a client name its own
+                headers={
+                    "Authorization": f"Bearer guess-{i}",
+                    "X-Forwarded-For": f"198.51.100.{i}",
+                },
+            )
+            for i in range(30)
+        ]
+        right_from_sprayer = sprayer.get(f"{cluster.url}/emotions", headers=api.headers)
+    statuses = [answer.status_code for answer in sprayed]
+    assert set(statuses) == {401, 429} and statuses[:10] == [401] * 10, statuses
+    assert right_from_sprayer.status_code == 429, "the guesser finds no 200"
+    with from_address("127.0.0.1") as neighbour:
+        served = {
+            neighbour.get(f"{cluster.url}/emotions", headers=api.headers).headers["x-replica"]
+            for _ in range(6)
+        }
+        typo = neighbour.get(f"{cluster.url}/emotions", headers={"Authorization": "Bearer typo"})
+    assert served == set(cluster.replicas), "both replicas let the right key in"
+    assert typo.status_code == 401, typo.text
+
+
 def _scrape(url: str) -> dict[str, float]:
     """Counter and histogram-count samples of one replica, by name and labels."""
-    text = httpx.get(f"{url}/metrics/prometheus", timeout=30).text
+    text = api.get(f"{url}/metrics/prometheus", timeout=30).text
     return {
         f"{s.name}{sorted(s.labels.items())}": s.value
         for family in text_string_to_metric_families(text)
@@ -219,7 +272,7 @@ def test_prometheus_counters_and_histograms_add_up_across_replicas(cluster: Clus
     before = _summed(cluster)
     served = set()
     for i in range(6):
-        response = httpx.post(f"{cluster.url}/tts", data={"text": f"Request {i}."}, timeout=120)
+        response = api.post(f"{cluster.url}/tts", data={"text": f"Request {i}."}, timeout=120)
         assert response.status_code == 200
         served.add(response.headers["x-replica"])
     after = _summed(cluster)
@@ -233,7 +286,7 @@ def test_a_replica_killed_with_sigkill_is_taken_out_and_back_in(cluster: Cluster
 
     def long_request() -> None:
         try:
-            response = httpx.post(f"{cluster.url}/tts", data={"text": LONG_TEXT}, timeout=120)
+            response = api.post(f"{cluster.url}/tts", data={"text": LONG_TEXT}, timeout=120)
             outcome["status"] = response.status_code
         except httpx.HTTPError as exc:
             outcome["error"] = type(exc).__name__
@@ -254,7 +307,7 @@ def test_a_replica_killed_with_sigkill_is_taken_out_and_back_in(cluster: Cluster
     assert outcome.get("status", 502) >= 500 or "error" in outcome  # failed, and promptly
 
     for i in range(4):  # new requests keep succeeding, on the other replica
-        response = httpx.post(f"{cluster.url}/tts", data={"text": f"After {i}."}, timeout=120)
+        response = api.post(f"{cluster.url}/tts", data={"text": f"After {i}."}, timeout=120)
         assert response.status_code == 200
     wait_for(
         lambda: cluster.status()[busy].startswith("DOWN"), 30, f"{busy} DOWN", cluster.log_path

@@ -1,6 +1,6 @@
 """``WS /v1/audio/speech/stream`` with a real WebSocket client: text arrives a few characters at a
-time, each sentence is spoken as soon as it is complete, in order, and closing the socket cancels
-the sentence in generation."""
+time, each sentence is spoken as soon as it is complete, in order, closing the socket cancels
+the sentence in generation, and text that is not a string or piles up unspoken closes it 1008."""
 
 from __future__ import annotations
 
@@ -86,3 +86,34 @@ def test_closing_the_socket_cancels_the_sentence_in_generation(server: Any) -> N
     while client.get("/health").json()["queue_depth"]:
         assert time.monotonic() < deadline, "the worker never came free"
         time.sleep(0.2)
+
+
+def closed_with(ws: ClientConnection, wait_s: float = 10) -> tuple[dict, int | None]:
+    """The error event the server sent, and its close code (the socket must close)."""
+    event = json.loads(ws.recv(wait_s))
+    with pytest.raises(ConnectionClosed):
+        ws.recv(wait_s)
+    return event, ws.close_code
+
+
+def test_text_piling_up_unspoken_is_refused_as_soon_as_it_passes_the_limit(server: Any) -> None:
+    """MAX_TEXT_CHARS (5000) bounds the text received and not yet spoken, not only at end."""
+    with connect(socket_url(server), open_timeout=30) as ws:
+        for _ in range(6):  # 1000 characters at a time, no sentence end: all of it pending
+            ws.send(json.dumps({"type": "text", "text": "word " * 200}))
+        event, code = closed_with(ws)
+    assert code == 1008 and "MAX_TEXT_CHARS" in event["message"], event
+    with connect(socket_url(server), open_timeout=30) as ws:
+        ws.send(json.dumps({"type": "text", "text": "Hi. " * 250_000}))  # one 1 MB message
+        event, code = closed_with(ws)
+    assert code == 1008 and "MAX_TEXT_CHARS" in event["message"], event
+
+
+@pytest.mark.parametrize(
+    "text", [{"a": 1}, ["hi"], 7, None], ids=["object", "list", "number", "null"]
+)
+def test_text_that_is_not_a_string_is_refused_not_spoken(server: Any, text: object) -> None:
+    with connect(socket_url(server), open_timeout=30) as ws:
+        ws.send(json.dumps({"type": "text", "text": text}))
+        event, code = closed_with(ws)
+    assert code == 1008 and event["type"] == "error" and "string" in event["message"], event

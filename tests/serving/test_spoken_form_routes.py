@@ -4,11 +4,15 @@ its own CRUD routes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 pytestmark = pytest.mark.service
 
@@ -19,11 +23,14 @@ def add_voice(client: httpx.Client, voice_id: str, audio: bytes) -> httpx.Respon
 
 
 @pytest.fixture(scope="module")
-def listed(
-    tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, ready_server
-) -> Iterator[httpx.Client]:
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``listed`` server's folder; its voice library is ``root / "voices"``."""
+    return tmp_path_factory.mktemp("spoken")
+
+
+@pytest.fixture(scope="module")
+def listed(root: Path, tiny_checkpoint: Path, ready_server) -> Iterator[httpx.Client]:
     """A server with a global list (``SQL: sequel``, ``dollars: bucks``)."""
-    root = tmp_path_factory.mktemp("spoken")
     (root / "pronunciations.yaml").write_text("SQL: sequel\ndollars: bucks\n")
     server = ready_server(
         root, tiny_checkpoint, root / "voices", PRONUNCIATIONS="pronunciations.yaml", WARMUP="false"
@@ -76,6 +83,75 @@ def test_bad_lists_and_unknown_voices_are_clear_4xx(
     empty = listed.put("/voices/critic/pronunciations", json={"entries": {"SQL": " "}})
     assert empty.status_code == 422 and "neither side may be empty" in empty.json()["message"]
     assert listed.get("/voices/critic/pronunciations").json() == {"entries": {}}  # nothing kept
+
+
+def test_a_put_without_entries_is_refused_and_keeps_the_list(
+    listed: httpx.Client, spoken_wav: bytes
+) -> None:
+    assert add_voice(listed, "keeper", spoken_wav).status_code == 201
+    kept = {"entries": {"SQL": "sequel"}}
+    assert listed.put("/voices/keeper/pronunciations", json=kept).status_code == 200
+    for body in ({}, {"entires": {"SQL": "squeal"}}, {"entries": {"a": "b"}, "extra": 1}):
+        refused = listed.put("/voices/keeper/pronunciations", json=body)
+        assert refused.status_code == 422, (body, refused.text)
+    assert "entries" in listed.put("/voices/keeper/pronunciations", json={}).json()["message"]
+    assert listed.get("/voices/keeper/pronunciations").json() == kept
+    emptied = listed.put("/voices/keeper/pronunciations", json={"entries": {}})
+    assert emptied.status_code == 200 and emptied.json() == {"entries": {}}  # on purpose: fine
+
+
+def _write_50_mb(path: Path) -> None:
+    line = "word: a spoken replacement that is long enough\n"
+    with path.open("w") as out:
+        out.write(line * (50 * 2**20 // len(line)))
+
+
+BROKEN_LISTS = {
+    "malformed": lambda path: path.write_text("SQL: [sequel\n"),
+    "non-text values": lambda path: path.write_text("SQL: {a: 1}\nGIF: 3\n"),
+    "10,000 entries": lambda path: path.write_text("".join(f"w{i}: s{i}\n" for i in range(10_000))),
+    "50 MB": _write_50_mb,
+}
+
+
+def _voice_uses(listed: httpx.Client, voice_id: str) -> dict[str, tuple[int, str]]:
+    """(status, message) of every route that uses the voice, a WebSocket stream included."""
+    answers = {
+        "normalize": listed.post("/normalize", json={"text": "SQL.", "voice_id": voice_id}),
+        "tts": listed.post("/tts", data={"text": "SQL.", "voice_id": voice_id}),
+        "openai": listed.post("/v1/audio/speech", json={"input": "SQL.", "voice": voice_id}),
+        "get list": listed.get(f"/voices/{voice_id}/pronunciations"),
+    }
+    found = {name: (r.status_code, r.json().get("message", "")) for name, r in answers.items()}
+    url = str(listed.base_url).replace("http://", "ws://") + "/v1/audio/speech/stream"
+    with connect(url, open_timeout=30) as ws:
+        ws.send(json.dumps({"type": "start", "voice": voice_id}))
+        event = json.loads(ws.recv(60))
+        with pytest.raises(ConnectionClosed):
+            ws.recv(30)
+        found["socket"] = (ws.close_code, event.get("message", ""))
+    return found
+
+
+@pytest.mark.parametrize("write", BROKEN_LISTS.values(), ids=BROKEN_LISTS.keys())
+def test_a_broken_voice_list_on_disk_is_a_409_naming_the_voice_and_the_file(
+    listed: httpx.Client, root: Path, spoken_wav: bytes, write: Callable[[Path], None]
+) -> None:
+    if not (root / "voices" / "hand-edited").is_dir():
+        assert add_voice(listed, "hand-edited", spoken_wav).status_code == 201
+    write(root / "voices" / "hand-edited" / "pronunciations.yaml")
+    for _ in range(2):  # the second time from the cache: a verdict per version of the file
+        started = time.monotonic()
+        answers = _voice_uses(listed, "hand-edited")
+        assert time.monotonic() - started < 15, "a broken list is refused, not worked through"
+        for route, (status, message) in answers.items():
+            assert status == (1008 if route == "socket" else 409), (route, status, message)
+            assert "'hand-edited'" in message and "pronunciations.yaml" in message, message
+    assert listed.post("/tts", data={"text": "SQL."}).status_code == 200  # other voices unhurt
+    repaired = {"entries": {"SQL": "sequel"}}
+    assert listed.put("/voices/hand-edited/pronunciations", json=repaired).status_code == 200
+    body = {"text": "SQL.", "voice_id": "hand-edited"}
+    assert listed.post("/normalize", json=body).json()["text"] == "sequel."
 
 
 def test_a_broken_global_list_stops_startup_naming_it(

@@ -6,6 +6,8 @@ import asyncio
 import io
 import logging
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import av
@@ -13,9 +15,12 @@ import numpy as np
 import pytest
 
 from engine.errors import RequestError
+from engine.spoken_form import NormalizationStopped, Pronunciations
 from serving.errors import InvalidInput, QueueFull, RateLimited
 from serving.services.audio import encode_all, make_encoder
+from serving.services.metrics import MetricsStore
 from serving.services.ratelimit import RateLimiter
+from serving.services.speech import SpeechService
 from serving.services.synthesis import RequestStats, SynthesisStream
 from serving.services.text import check_text, split_text
 from serving.services.voices import check_voice_id
@@ -45,6 +50,75 @@ def test_split_handles_cjk_and_unpunctuated_text() -> None:
 def test_empty_text_is_rejected(text: str) -> None:
     with pytest.raises(InvalidInput, match="empty"):
         check_text(text, 10)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["\u200b\u200b", "\x00\x00", "\u2060\ufeff\u200d", "\u200b\u3000\u200b", "\u0301", "\x1b\x07"],
+    ids=["zero-width", "NUL", "joiners", "ideographic space", "lone accent", "controls"],
+)
+def test_text_with_nothing_speakable_is_rejected(text: str) -> None:
+    with pytest.raises(InvalidInput, match="nothing to speak"):
+        check_text(f" {text} ", 100)
+
+
+@pytest.mark.parametrize("text", ["(laughing)", "...", "3", "\u200bhi\u200b", "你好"])
+def test_markers_punctuation_and_marked_words_are_speakable(text: str) -> None:
+    assert check_text(text, 100) == text
+
+
+class LongNormalisation:
+    """A normalisation that outlasts its client: the real one is bounded well under a second
+    once its grammars are loaded, too short to hang up in the middle of. It runs until told to
+    stop, like the real one polling ``stop`` between spans, and records what it was given."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.budget_s: float | None = None
+        self.stopped_after_s: float | None = None
+
+    def __call__(
+        self,
+        text: str,
+        *,
+        normalize: bool,
+        voice: Pronunciations | None,
+        stop: Callable[[], bool],
+        budget_s: float,
+    ) -> str:
+        self.budget_s = budget_s
+        self.started.set()
+        began = time.monotonic()
+        while time.monotonic() - began < 10:
+            if stop():
+                self.stopped_after_s = time.monotonic() - began
+                raise NormalizationStopped("the caller gave up")
+            time.sleep(0.01)
+        return text
+
+
+def test_a_client_gone_during_normalisation_stops_it_and_counts_cancelled() -> None:
+    """Cancelling the request (what a disconnect does) tells the normaliser to stop at its next
+    check, counts the request ``cancelled`` and queues nothing; NORMALIZE_BUDGET_S is passed on."""
+    normaliser = LongNormalisation()
+    metrics = MetricsStore()
+
+    async def hang_up() -> None:
+        settings = Settings(_env_file=None, normalize_budget_s=3.5)
+        speech = SpeechService(settings, None, None, metrics, None, normaliser)  # type: ignore[arg-type]
+        request = asyncio.create_task(speech.speak("On 3/4/2025.", temperature=0.7, top_p=0.7))
+        assert await asyncio.to_thread(normaliser.started.wait, 10)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+
+    asyncio.run(hang_up())
+    deadline = time.monotonic() + 5
+    while normaliser.stopped_after_s is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert normaliser.stopped_after_s is not None, "the normaliser was never told to stop"
+    assert normaliser.budget_s == 3.5
+    assert metrics.outcomes["cancelled"] == 1 and sum(metrics.outcomes.values()) == 1
 
 
 def test_overlong_text_is_rejected() -> None:
