@@ -51,10 +51,21 @@ class Pronunciations:
     def load(cls, path: Path) -> Pronunciations:
         """A YAML file of ``written: spoken`` lines; an empty file is an empty list."""
         try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the pronunciation list {path}: {exc}") from exc
-        return cls(check_entries(data or {}, str(path)))
+        return cls.parse(text, str(path))
+
+    @classmethod
+    def parse(cls, text: str, source: str) -> Pronunciations:
+        """YAML ``written: spoken`` lines, checked; a ConfigError naming ``source`` otherwise."""
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"{source}: not a YAML list of written: spoken lines ({exc})"
+            ) from exc
+        return cls(check_entries(data or {}, source))
 
     def over(self, base: Pronunciations) -> Pronunciations:
         """These entries on top of ``base``'s."""

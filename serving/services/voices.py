@@ -96,10 +96,10 @@ def _read_pronunciations(path: Path, source: str) -> Pronunciations:
     if len(data) > MAX_PRONUNCIATIONS_BYTES:
         raise ConfigError(f"{source}: larger than {MAX_PRONUNCIATIONS_BYTES} bytes")
     try:
-        parsed = yaml.safe_load(data.decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{source}: not a YAML list of written: spoken lines ({exc})") from exc
-    return Pronunciations(check_entries(parsed or {}, source))
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text ({exc})") from exc
+    return Pronunciations.parse(text, source)
 
 
 class VoiceLibrary:
