@@ -166,7 +166,7 @@ class SpokenForm:
             return text
         with self._lock:
             said = _apply(self._grammar(language), text)
-        if keeps_words(text, said):
+        if keeps_words(text, said, units_in_english=language == "en"):
             return said
         log.debug("the grammar's %r for %r changes a word; trying narrower", said, text)
         return None

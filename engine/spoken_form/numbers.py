@@ -101,6 +101,21 @@ def ordinal(n: int) -> str:
     return " ".join(words)
 
 
+def fraction(numerator: int, denominator: int) -> str:
+    """A proper fraction as said after "and" in a mixed number ("a half", "three quarters",
+    "an eighth", "a hundredth"): the article for one, halves and quarters by name."""
+    if denominator == 2:
+        part, parts = "half", "halves"
+    elif denominator == 4:
+        part, parts = "quarter", "quarters"
+    else:
+        part = ordinal(denominator).removeprefix("one ")
+        parts = part + "s"
+    if numerator != 1:
+        return f"{cardinal(numerator)} {parts}"
+    return f"{'an' if part[0] in 'aeiou' else 'a'} {part}"
+
+
 def plural(words: str) -> str:
     """The plural of a number's last word ("nineties", "hundreds", "tens")."""
     head, _, last = words.rpartition(" ")

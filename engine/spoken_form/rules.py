@@ -5,11 +5,13 @@ function may return None to leave the match to the grammar. The rules run before
 and their words are final: money with cents ("twelve pounds fifty"), decades ("nineteen
 nineties"), ordinals ("nineteenth-century"), multipliers ("three times"), dates ("March third,
 twenty twenty five", 3/4/2025, 2024-01-15), clock times, common units, percentages, decimals,
-common abbreviations, roman numerals after a word that makes them numbers ("Chapter IV", "Henry
-VIII"), versions, URLs and e-mail addresses, phone and card numbers, digit runs too long to be a
-number, tokens too long to be any written form, and plain integers; so the grammar, which costs
-milliseconds a character, is rarely needed. Their style follows the grammar's ("one hundred and
-one", "nineteen ninety nine", "ten thirty PM") so both read alike.
+ranges with "to" ("20-25 minutes", "3-4pm", "$20-30", "March 3-5"), a slash between numbers
+that is no fraction ("24/7" is "twenty four seven"), mixed numbers ("three and a half"), feet
+and inches, common abbreviations, roman numerals after a word that makes them numbers ("Chapter
+IV", "Henry VIII"), versions, URLs and e-mail addresses, phone and card numbers, digit runs too
+long to be a number, tokens too long to be any written form, and plain integers; so the
+grammar, which costs milliseconds a character, is rarely needed. Their style follows the
+grammar's ("one hundred and one", "nineteen ninety nine", "ten thirty PM") so both read alike.
 """
 
 from __future__ import annotations
@@ -18,7 +20,16 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from engine.spoken_form.numbers import MAX_CARDINAL, cardinal, digits, number, ordinal, plural, year
+from engine.spoken_form.numbers import (
+    MAX_CARDINAL,
+    cardinal,
+    digits,
+    fraction,
+    number,
+    ordinal,
+    plural,
+    year,
+)
 
 LONGEST_TOKEN = 48  # no written number, date or unit is longer; a longer token is not a form
 LONGEST_NUMBER = 15  # digits; a longer run is an identifier, read digit by digit
@@ -79,6 +90,8 @@ _CURRENCIES = {  # symbol: (one, many, one hundredth, hundredths)
     "¥": ("yen", "yen", "", ""),
 }
 _SCALES = {"k": "thousand", "K": "thousand", "m": "million", "M": "million", "bn": "billion"}
+# A scale after an amount of money; the currency is said after it ("five million dollars").
+MONEY_SCALE = r"thousand|million|billion|trillion|bn|[kKmM]"
 
 # The words a roman numeral follows when it is a number; regnal names read it as an ordinal.
 ROMAN_CONTEXT = (
@@ -174,6 +187,21 @@ UNIT = "|".join(re.escape(u) for u in sorted([*UNITS, *_CLOCK, "x"], key=len, re
 _UNIT_SAID = "|".join(re.escape(u) for u in sorted(UNITS, key=len, reverse=True))
 _NUMBER = r"(\d{1,3}(?:,\d{3})+|\d{1,15})(?:\.(\d{1,15}))?"
 _NOT_IN_A_NUMBER = r"(?<![\w.,:/$£€¥#+−-])"
+# A range's dash: a hyphen, "-to-" ("9-to-5") or an en dash, spaced or not. A spaced hyphen
+# may be a minus ("5 - 3"), so it is left to the grammar.
+_TO = r"(?:\s?–\s?|-(?:to-)?)"
+_HOUR = r"(1\d|2[0-3]|0?\d)"
+_AM_PM = r"(am|pm|AM|PM|a\.m\.|p\.m\.)"
+# Denominators fractions are written with. n/d is a fraction when it is proper (0 < n < d)
+# with one of these; otherwise it is a pair of numbers: "24/7", "50/50", "9/11", "16/9".
+_DENOMINATORS = (2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 16, 32, 64, 100, 1000)
+_DENOMINATOR = "|".join(str(d) for d in sorted(_DENOMINATORS, reverse=True))
+# After a range, pair or mixed number: no letter, no more of a number ("1-2-3", "1/2/3") and no
+# symbol that would make it something else.
+_NUMBER_END = r"(?![^\W_]|[.,:/–-]?\d|[%°/])"
+# The unit of a measure: not one that is part of a longer word or of "km/h"-like units.
+_UNIT_AFTER = rf"(?:\s?({_UNIT_SAID})(?![^\W_]|/[^\W\d_]))?"
+FOOT = r"ft|foot|feet"  # "6 ft 2 in": "in" is inches after a measure in feet, nowhere else
 
 
 def roman_value(written: str) -> int | None:
@@ -215,10 +243,47 @@ def _decimal(whole: str, fraction: str | None) -> str:
     return f"{said} point {_fraction_digits(fraction)}" if fraction else said
 
 
-def _measure(m: re.Match[str]) -> str:
-    whole, fraction, unit = m.group(1), m.group(2), m.group(3)
+def _is_fraction(numerator: str, denominator: str) -> bool:
+    """Whether ``numerator/denominator`` is read as a fraction: proper, and with a denominator
+    fractions are written with; "24/7", "50/50" and "9/11" are not."""
+    low, high = int(numerator), int(denominator)
+    leading_zero = numerator.startswith("0") or denominator.startswith("0")
+    return 0 < low < high and high in _DENOMINATORS and not leading_zero
+
+
+def _pair(m: re.Match[str]) -> str | None:
+    """Two numbers ("24/7" is "twenty four seven"); a fraction is left to the grammar."""
+    if _is_fraction(m.group(1), m.group(2)):
+        return None
+    return f"{_integer(m.group(1))} {_integer(m.group(2))}"
+
+
+def _mixed(m: re.Match[str]) -> str:
+    """A mixed number with "and": "3 1/2 cups" is "three and a half cups", "2 1/4 kg" "two and
+    a quarter kilograms"."""
+    whole, numerator, denominator, unit = m.groups()
+    if not _is_fraction(numerator, denominator):  # "3 5/4": three numbers
+        return " ".join(_integer(n) for n in (whole, numerator, denominator))
+    said = f"{_integer(whole)} and {fraction(int(numerator), int(denominator))}"
+    return f"{said} {UNITS[unit][1]}" if unit else said
+
+
+def _feet_and_inches(m: re.Match[str]) -> str:
+    """Feet then inches: "6 ft 2 in" is "six feet two inches"."""
+    feet, inches, tenths = m.groups()
+    said = f"{cardinal(int(feet))} {'foot' if feet == '1' else 'feet'} {_decimal(inches, tenths)}"
+    return f"{said} {'inch' if inches == '1' and not tenths else 'inches'}"
+
+
+def _unit(whole: str, decimals: str | None, unit: str) -> str:
+    """A unit as said after the number: singular after a bare 1, else plural."""
     one, many = UNITS[unit]
-    return f"{_decimal(whole, fraction)} {one if whole == '1' and not fraction else many}"
+    return one if whole == "1" and not decimals else many
+
+
+def _measure(m: re.Match[str]) -> str:
+    whole, decimals, unit = m.group(1), m.group(2), m.group(3)
+    return f"{_decimal(whole, decimals)} {_unit(whole, decimals, unit)}"
 
 
 def _ends_sentence(m: re.Match[str]) -> bool:
@@ -226,19 +291,65 @@ def _ends_sentence(m: re.Match[str]) -> bool:
     return re.match(r"\s*(?:$|[A-Z])", m.string[m.end() :]) is not None
 
 
-def _clock(m: re.Match[str], hour: str, minute: str | None, clock: str | None) -> str | None:
+def _clock_words(
+    hour: str, minute: str | None, clock: str | None, o_clock: bool = True
+) -> str | None:
+    """A time of day ("ten thirty PM", "nine o'clock"); None for those the grammar knows
+    better (hour 0, or past 12 with am/pm)."""
     if int(hour) == 0 or (clock and int(hour) > 12):
-        return None  # the grammar knows these better
+        return None
     said = cardinal(int(hour))
     if minute and minute != "00":
         said += f" oh {digits(minute[1])}" if minute[0] == "0" else f" {cardinal(int(minute))}"
-    elif not clock:
+    elif o_clock and not clock:
         said += " o'clock"
-    if not clock:
-        return said
-    return f"{said} {clock.replace('.', '').upper()}" + (
-        "." if clock.endswith(".") and _ends_sentence(m) else ""
-    )
+    return f"{said} {clock.replace('.', '').upper()}" if clock else said
+
+
+def _clock_end(m: re.Match[str], clock: str | None) -> str:
+    """The full stop of a final "p.m." when it also ended the sentence."""
+    return "." if clock and clock.endswith(".") and _ends_sentence(m) else ""
+
+
+def _clock(m: re.Match[str], hour: str, minute: str | None, clock: str | None) -> str | None:
+    said = _clock_words(hour, minute, clock)
+    return None if said is None else said + _clock_end(m, clock)
+
+
+def _time_range(m: re.Match[str]) -> str | None:
+    """A range of times with am or pm ("3-4pm", "9am-5pm"): each end as a time, "to" between,
+    and no "o'clock", since "three to four PM" is what is said."""
+    first = _clock_words(m.group(1), m.group(2), m.group(3), o_clock=False)
+    last = _clock_words(m.group(4), m.group(5), m.group(6), o_clock=False)
+    if first is None or last is None:
+        return None
+    return f"{first} to {last}{_clock_end(m, m.group(6))}"
+
+
+def _clock_range(m: re.Match[str]) -> str | None:
+    """A range of clock times ("9:30-10:30"): both times, "to" between."""
+    first = _clock_words(m.group(1), m.group(2), None)
+    last = _clock_words(m.group(3), m.group(4), None)
+    return None if first is None or last is None else f"{first} to {last}"
+
+
+def _range(m: re.Match[str]) -> str:
+    """A range ("20-25", "5-10 km", "3%-5%"): both numbers, "to" between, a unit after the
+    first said there and one after the second said in the plural; a word after the range
+    ("minutes") stays as written."""
+    low, low_decimals, low_unit, high, high_decimals, high_unit = m.groups()
+    said = _decimal(low, low_decimals)
+    if low_unit:
+        said += f" {_unit(low, low_decimals, low_unit)}"
+    said += f" to {_decimal(high, high_decimals)}"
+    if high_unit:
+        said += f" {_unit(high, high_decimals, high_unit) if low_unit else UNITS[high_unit][1]}"
+    return said
+
+
+def _linked(m: re.Match[str]) -> str:
+    """Two numbers joined by a word ("2-for-1", "1-in-10"): the word stays between them."""
+    return f"{_integer(m.group(1))} {m.group(2)} {_integer(m.group(3))}"
 
 
 def _parts(written: str, joiner: str) -> str:
@@ -246,12 +357,34 @@ def _parts(written: str, joiner: str) -> str:
 
 
 def _money(m: re.Match[str]) -> str | None:
-    symbol, whole, cents, scale = m.group(1), m.group(2), m.group(3), m.group(4)
+    return _amount(m.group(1), m.group(2), m.group(3), m.group(4))
+
+
+def _money_range(m: re.Match[str]) -> str | None:
+    """A range of money ("$20-30", "$5-$10 million"): the currency said once, after both
+    amounts; with cents, each amount in full ("one dollar fifty to two dollars")."""
+    symbol, low, low_cents, high, high_cents, scale = m.groups()
+    many = _CURRENCIES[symbol][1]
+    if scale:
+        return f"{_scaled(low, low_cents)} to {_amount(symbol, high, high_cents, scale)}"
+    if low_cents or high_cents:
+        first = _amount(symbol, low, low_cents, None)
+        last = _amount(symbol, high, high_cents, None)
+        return None if first is None or last is None else f"{first} to {last}"
+    return f"{_integer(low)} to {_integer(high)} {many}"
+
+
+def _scaled(whole: str, decimals: str | None) -> str:
+    """The number before a scale word: "2.5" (billion) is "two point five"."""
+    return _integer(whole) + (f" point {digits(decimals)}" if decimals else "")
+
+
+def _amount(symbol: str, whole: str, cents: str | None, scale: str | None) -> str | None:
+    """An amount of money ("twelve pounds fifty", "five million dollars"); None for cents of a
+    currency without them."""
     one, many, hundredth, hundredths = _CURRENCIES[symbol]
-    scale_word = _SCALES.get(scale or "", scale or "")
-    if scale_word:
-        amount = _integer(whole) + (f" point {digits(cents)}" if cents else "")
-        return f"{amount} {scale_word} {many}"
+    if scale:
+        return f"{_scaled(whole, cents)} {_SCALES.get(scale, scale)} {many}"
     if cents and not hundredth:
         return None  # yen have no cents: the grammar reads the decimal
     value = int(whole.replace(",", ""))
@@ -272,9 +405,13 @@ def _decade(m: re.Match[str]) -> str:
 
 
 def _month_first(m: re.Match[str]) -> str:
-    month = _MONTH_ABBREVIATIONS.get(m.group(1), m.group(1))
-    said = f"{month} {ordinal(int(m.group(2)))}"
-    return f"{said}{m.group(3) or ''} {year(int(m.group(4)))}" if m.group(4) else said
+    """A month then a day ("March 3, 2025"), or days ("March 3-5" is "March third to
+    fifth")."""
+    month, day, last_day, comma, written_year = m.groups()
+    said = f"{_MONTH_ABBREVIATIONS.get(month, month)} {ordinal(int(day))}"
+    if last_day:
+        said += f" to {ordinal(int(last_day))}"
+    return f"{said}{comma or ''} {year(int(written_year))}" if written_year else said
 
 
 def _day_first(m: re.Match[str]) -> str:
@@ -369,9 +506,17 @@ RULES = (
     ),
     Rule("extension", r"\b[Ee]xt\.?\s?(\d{1,6})\b", lambda m: f"extension {digits(m.group(1))}"),
     Rule(
+        "money range",
+        r"([$£€¥])(\d{1,3}(?:,\d{3})+|\d{1,15})(?:\.(\d{1,2}))?"
+        + _TO
+        + r"[$£€¥]?(\d{1,3}(?:,\d{3})+|\d{1,15})(?:\.(\d{1,2}))?"
+        rf"(?:\s?({MONEY_SCALE})\b)?(?![.,]?\d)" + _END,
+        _money_range,
+    ),
+    Rule(
         "money",
         r"([$£€¥])(\d{1,3}(?:,\d{3})+|\d{1,15})(?:\.(\d{1,2}))?"
-        r"(?:\s?(thousand|million|billion|trillion|bn|[kKmM])\b)?(?![.,]?\d)" + _END,
+        rf"(?:\s?({MONEY_SCALE})\b)?(?![.,]?\d)" + _END,
         _money,
     ),
     Rule(
@@ -406,7 +551,8 @@ RULES = (
     ),
     Rule(
         "month day",
-        rf"\b({MONTH})\.?\s({_DAY})(?:st|nd|rd|th)?(?:(,?)\s(\d{{4}}))?(?![^\W_]|[.,:/]\d)",
+        rf"\b({MONTH})\.?\s({_DAY})(?:st|nd|rd|th)?(?:{_TO}({_DAY})(?:st|nd|rd|th)?)?"
+        rf"(?:(,?)\s(\d{{4}}))?(?![^\W_]|[.,:/]\d)",
         _month_first,
     ),
     Rule(
@@ -436,6 +582,37 @@ RULES = (
         _numeric_date,
     ),
     Rule(
+        "time range",
+        rf"(?<![\w.,:]){_HOUR}(?::([0-5]\d))?(?:\s?{_AM_PM})?(?:\s?[-–]\s?|-to-)"
+        rf"{_HOUR}(?::([0-5]\d))?\s?{_AM_PM}(?![^\W_])",
+        _time_range,
+    ),
+    Rule(
+        "clock range",
+        rf"(?<![\w.,:]){_HOUR}:([0-5]\d)(?:\s?[-–]\s?|-to-){_HOUR}:([0-5]\d)"
+        r"(?![^\W_]|[:.,/-]\d)",
+        _clock_range,
+    ),
+    Rule(
+        "range",
+        _NOT_IN_A_NUMBER + _NUMBER + _UNIT_AFTER + _TO + _NUMBER + _UNIT_AFTER + _NUMBER_END,
+        _range,
+    ),
+    Rule(
+        "linked numbers",
+        _NOT_IN_A_NUMBER + r"(\d{1,15})-(for|in|on|by|of|or|and)-(\d{1,15})" + _NUMBER_END,
+        _linked,
+    ),
+    Rule(
+        "mixed number",
+        _NOT_IN_A_NUMBER
+        + rf"(\d{{1,6}})\s(\d{{1,4}})/({_DENOMINATOR})"
+        + _UNIT_AFTER
+        + _NUMBER_END,
+        _mixed,
+    ),
+    Rule("number pair", _NOT_IN_A_NUMBER + r"(\d{1,4})/(\d{1,4})" + _NUMBER_END, _pair),
+    Rule(
         "clock time",
         r"(?<![\w.,:])(1\d|2[0-3]|0?\d)(?::([0-5]\d))?\s?(am|pm|AM|PM|a\.m\.|p\.m\.)(?![^\W_])",
         lambda m: _clock(m, m.group(1), m.group(2), m.group(3)),
@@ -444,6 +621,16 @@ RULES = (
         "time",
         r"(?<![\w.,:])(1\d|2[0-3]|0?\d):([0-5]\d)(?![^\W_]|[:.,/-]\d)",
         lambda m: _clock(m, m.group(1), m.group(2), None),
+    ),
+    Rule(
+        "feet and inches",
+        _NOT_IN_A_NUMBER + rf"(\d{{1,2}})\s?(?:{FOOT})\s(\d{{1,2}})(?:\.(\d))?\s?in" + _END,
+        _feet_and_inches,
+    ),
+    Rule(
+        "feet and inches in primes",
+        _NOT_IN_A_NUMBER + r"(\d{1,2})['′]\s?(\d{1,2})(?:\.(\d))?(?:[\"″]|'')" + _END,
+        _feet_and_inches,
     ),
     Rule(
         "measure",

@@ -12,6 +12,7 @@ import pytest
 from engine.errors import ConfigError
 from engine.spoken_form import MAX_ENTRIES, Pronunciations, SpokenForm, check_entries
 from engine.spoken_form.guard import keeps_words, plain_words
+from engine.spoken_form.rules import UNITS
 from harness.cli import main
 
 
@@ -78,6 +79,131 @@ def test_the_guard_refuses_a_reading_that_changes_a_plain_word(written: str, dam
     assert not keeps_words(written, damaged)
 
 
+@pytest.mark.parametrize(
+    ("written", "damaged", "said"),
+    [  # the grammar's own readings: it takes the "m" of "minutes" for minutes, and so on
+        (
+            "Bake for 20-25 minutes.",
+            "Bake for twenty to twenty five minutes inutes.",
+            "Bake for twenty to twenty five minutes.",
+        ),
+        (
+            "Sleep 7-8 hours a night.",
+            "Sleep seven to eight hours ours a night.",
+            "Sleep seven to eight hours a night.",
+        ),
+        (
+            "Wait 10-15 seconds.",
+            "Wait ten to fifteen seconds econds.",
+            "Wait ten to fifteen seconds.",
+        ),
+    ],
+)
+def test_the_guard_refuses_a_unit_taken_from_the_first_letter_of_a_plain_word(
+    written: str, damaged: str, said: str
+) -> None:
+    assert not keeps_words(written, damaged)  # the word is kept, but a fragment is added
+    assert keeps_words(written, said)
+
+
+@pytest.mark.parametrize(
+    ("written", "said", "kept"),
+    [
+        ("It lasts 2-3 hrs.", "It lasts two to three hours rs.", False),  # the grammar's
+        ("Use 2-3 mL.", "Use two to three minutes L.", False),  # the grammar's
+        ("It lasts 2-3 hrs.", "It lasts two to three hours.", True),
+        ("It lasts 2-3 hrs.", "It lasts two to three hrs.", True),
+        ("We drove 60 km/h today.", "We drove sixty kilometers per hour today.", True),
+        ("It is 5 p.m. Then we go.", "It is five PM. Then we go.", True),
+    ],
+)
+def test_a_unit_after_a_number_is_said_as_a_units_reading_or_as_written(
+    written: str, said: str, kept: bool
+) -> None:
+    assert keeps_words(written, said) is kept
+
+
+def test_nothing_may_be_said_where_only_spaces_and_punctuation_part_plain_words() -> None:
+    assert not keeps_words("Cats, dogs.", "Cats, and dogs.")
+    assert not keeps_words("Cats, dogs.", "Cats, dogs ogs.")
+    assert not keeps_words("Cats, dogs.", "The Cats, dogs.")
+    assert keeps_words("Visit example.com today.", "Visit example dot com today.")
+    assert keeps_words("Cats & dogs.", "Cats and dogs.")
+
+
+def test_a_word_after_a_number_is_exempt_only_when_it_is_a_unit() -> None:
+    assert plain_words("Bake for 20-25 minutes.") == ["Bake", "for", "minutes"]
+    assert plain_words("He is 6 ft 2 in tall.") == ["He", "is", "tall"]  # inches after feet
+    assert plain_words("There were 2 in the car.") == ["There", "were", "in", "the", "car"]
+    assert plain_words("It raised $5 million.") == ["It", "raised"]  # "five million dollars"
+
+
+def test_a_window_whose_reading_takes_a_letter_of_a_word_for_a_unit_is_read_token_by_token(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    readings = {"for 1/3 minutes.": "for one third minutes inutes.", "1/3": "one third"}
+
+    class Damaging:
+        def normalize(self, text: str) -> str:
+            return readings.get(text, text)
+
+    form = SpokenForm()
+    form._grammars["en"] = Damaging()
+    with caplog.at_level(logging.DEBUG, logger="engine.spoken_form"):
+        assert form("Bake for 1/3 minutes.") == "Bake for one third minutes."
+    assert "changes a word" in caplog.text
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_a_range_before_any_unit_reads_to_and_says_the_unit(spoken: SpokenForm, unit: str) -> None:
+    said = f"It was two to three {UNITS[unit][1]} today."
+    assert spoken(f"It was 2-3 {unit} today.") == said
+    assert spoken(f"It was 2-3{unit} today.") == said
+
+
+@pytest.mark.parametrize(
+    "word", ["minutes", "hours", "seconds", "days", "weeks", "months", "years", "people", "in"]
+)
+def test_a_range_before_a_word_reads_to_and_keeps_the_word(spoken: SpokenForm, word: str) -> None:
+    assert spoken(f"It was 20-25 {word} today.") == f"It was twenty to twenty five {word} today."
+
+
+@pytest.mark.parametrize(
+    ("written", "said"),
+    [
+        ("24/7", "twenty four seven"),  # not proper
+        ("50/50", "fifty fifty"),
+        ("16/9", "sixteen nine"),
+        ("9/11", "nine eleven"),  # proper, but nobody writes elevenths so
+        ("7/11", "seven eleven"),
+        ("1/3", "one third"),
+        ("3/4", "three quarters"),
+        ("5/16", "five sixteenths"),
+        ("2/3", "two thirds"),
+    ],
+)
+def test_a_slash_is_a_fraction_only_when_proper_with_a_usual_denominator(
+    spoken: SpokenForm, written: str, said: str
+) -> None:
+    assert spoken(f"It was {written} today.") == f"It was {said} today."
+
+
+@pytest.mark.parametrize(
+    ("written", "said"),
+    [
+        ("1 1/2", "one and a half"),
+        ("2 3/4", "two and three quarters"),
+        ("1 1/3", "one and a third"),
+        ("4 1/8", "four and an eighth"),
+        ("3 5/16", "three and five sixteenths"),
+        ("2 1/2 kg", "two and a half kilograms"),
+        ("3 24/7", "three twenty four seven"),  # no fraction, so no mixed number
+    ],
+)
+def test_mixed_numbers_read_with_and(spoken: SpokenForm, written: str, said: str) -> None:
+    assert spoken(f"Add {written} of it.") == f"Add {said} of it."
+
+
 def test_abbreviations_units_and_numbers_may_change_plain_words_may_not() -> None:
     written = "Dr. Smith ran 5 km at 7 am on Jan. 5 in the 1990s, 3x, Chapter IV."
     assert plain_words(written) == ["Smith", "ran", "at", "on", "in", "the", "Chapter"]
@@ -103,6 +229,7 @@ def test_chinese_lines_use_the_chinese_grammar_and_keep_full_width_sentence_ends
     spoken: SpokenForm,
 ) -> None:
     assert spoken("我有3个苹果，花了12.5元。") == "我有三个苹果，花了十二点五元。"
+    assert spoken("我跑了5 km，用了30 min。") == "我跑了五公里，用了三十分钟。"  # units in Chinese
 
 
 def test_normalize_false_leaves_the_text_as_written(spoken: SpokenForm) -> None:

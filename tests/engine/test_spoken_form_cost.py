@@ -18,6 +18,10 @@ SAID_BY_THE_RULES = {
     "one 5,000-letter word": "a" * 5000,
     "5,000 characters of '1 '": "1 " * 2500,
     "Chinese then 4,999 digits": "我" + "1" * 4999,
+    "ranges before a unit": "20-25 min " * 500,
+    "time ranges": "3-4pm " * 833,
+    "slashed pairs": "24/7 " * 1000,
+    "mixed numbers": "3 1/2 " * 833,
 }
 ALL_FOR_THE_GRAMMAR = {  # the grammars stop after MAX_GRAMMAR_CHARS; the rest stays as written
     "ratios": "1:1 " * 1250,

@@ -1,6 +1,7 @@
 """The spoken-form table: over a hundred English sentences (money, dates, times, decades,
-ordinals, units, phones, versions, URLs, e-mails, multipliers, roman numerals) and what a
-speaker says for each, in spoken_form_table.tsv; none of them may lose or change a plain word."""
+ordinals, units, phones, versions, URLs, e-mails, multipliers, roman numerals, ranges before
+units and times, slashed pairs, mixed numbers) and what a speaker says for each, in
+spoken_form_table.tsv; none of them may lose or change a plain word."""
 
 from __future__ import annotations
 
