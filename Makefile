@@ -22,7 +22,7 @@ SERVICE = $(if $(HOST),HOST=$(HOST)) $(if $(PORT),PORT=$(PORT)) $(RUN) python -m
 UI_ENV = $(if $(PORT),API_URL=http://127.0.0.1:$(PORT))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup torch-pypi setup-system gpu-check gpu-check-dry test test-fast lint format sweep bench serve-replicas bench-full-size fidelity fidelity-spread serve soak ui ui-streamlit mlflow-ui mlflow-server compare clean
+.PHONY: help setup torch-pypi setup-system gpu-check gpu-check-dry test test-compile test-fast lint format sweep bench serve-replicas bench-full-size fidelity fidelity-spread serve soak ui ui-streamlit mlflow-ui mlflow-server compare clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -45,10 +45,13 @@ torch-pypi: ## undo TORCH_INDEX: back to the locked torch wheels from PyPI
 setup-system: ## Debian chromium, ffmpeg and haproxy for the tests (only what is missing)
 	@bash scripts/install-system-packages.sh
 
-test: setup setup-system ## ruff + the whole pytest suite (what CI runs)
+test: setup setup-system ## ruff + the whole pytest suite but the compile matrix (CI runs it, then test-compile)
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) pytest $(PYTEST_ARGS)
+	$(RUN) pytest -m "not compiled" $(PYTEST_ARGS)
+
+test-compile: setup ## the compile matrix: aot_eager and inductor through service requests, tiny checkpoint
+	$(RUN) pytest -m compiled $(PYTEST_ARGS)
 
 test-fast: setup ## ruff + the unit layer only (pure tests, under a minute)
 	$(RUN) ruff check .

@@ -48,6 +48,33 @@ def encode_only_modules(codec: DAC) -> list[nn.Module]:
     return [codec.encoder, quantizer.downsample, quantizer.pre_module, *projections]
 
 
+def decode_lengths(profile: EngineProfile) -> tuple[int, ...]:
+    """The frame counts the compiled codec decodes at: every decode is padded up to one of them.
+
+    The compiled decoder is static: one graph per input length, all built by warm-up. A dynamic
+    graph is no cheaper here, because every convolution guards on the size range its backend
+    chooses (mkldnn on CPU, cuDNN on CUDA), so new lengths recompile inside requests anyway.
+    The codec is causal, so codes padded on the right decode the real frames unchanged.
+
+    Streamed windows (``codec_left_context + chunk_size`` frames at most) get the powers of two
+    from ``first_chunk_size`` and that window itself (4, 8, 16, 32, 48 by default); whole-file
+    decodes double from there up to the longest a warmed KV bucket can hold (the largest of
+    ``buckets_to_warm``), so padding costs at most 2x on a decode, and nothing in steady streaming.
+    """
+    window = profile.codec_left_context + profile.chunk_size
+    top = max(window, max(profile.buckets_to_warm()))
+    lengths = {window, top}
+    n = min(profile.first_chunk_size, window)
+    while n < window:
+        lengths.add(n)
+        n *= 2
+    n = 2 * window
+    while n < top:
+        lengths.add(n)
+        n *= 2
+    return tuple(sorted(lengths))
+
+
 class CodecRunner:
     """Encode and decode with the upstream DAC under the profile's chunking and compile settings."""
 
@@ -55,16 +82,28 @@ class CodecRunner:
         self.codec = codec
         self.profile = profile
         fuse_weight_norm(codec)
+        # Upstream computes these with numpy: dynamo guards a numpy scalar as a tensor, and that
+        # guard fails at once under inference_mode (a compiled decode crashed on its first call).
+        codec.hop_length = int(codec.hop_length)
+        codec.frame_length = int(codec.frame_length)
         self.device = next(codec.parameters()).device
         self.dtype = next(codec.parameters()).dtype
-        self.samples_per_frame = int(codec.frame_length)
+        self.samples_per_frame = codec.frame_length
         self.sample_rate = int(codec.sample_rate)
         self.semantic_size = int(codec.quantizer.semantic_quantizer.codebook_size)
         self.residual_size = int(codec.quantizer.quantizer.codebook_size)
+        self.num_codebooks = sum(
+            len(rvq.quantizers)
+            for rvq in (codec.quantizer.semantic_quantizer, codec.quantizer.quantizer)
+        )
         self._decode = self._decode_eager
+        self.lengths: tuple[int, ...] = ()  # padded decode lengths; empty when eager
         if profile.compile_codec != "none":
             mode = None if profile.compile_codec == "default" else profile.compile_codec
-            self._decode = torch.compile(self._decode_eager, mode=mode, dynamic=True)
+            self.lengths = decode_lengths(profile)
+            limit = torch._dynamo.config.recompile_limit
+            torch._dynamo.config.recompile_limit = max(limit, len(self.lengths) + 8)
+            self._decode = torch.compile(self._decode_eager, mode=mode, dynamic=False)
         self._pinned: torch.Tensor | None = None
         # (module, name, host copy) of every encode-only parameter and buffer, on CUDA only.
         self._parked: list[tuple[nn.Module, str, torch.Tensor]] = []
@@ -135,19 +174,47 @@ class CodecRunner:
         return torch.cat(pieces, dim=1)
 
     def _decode_eager(self, codes: torch.Tensor) -> torch.Tensor:
-        lengths = torch.tensor([codes.shape[-1]], device=codes.device)
-        audio, _ = self.codec.decode(codes[None], lengths)
-        return audio[0, 0]
+        """``DAC.decode`` without the lengths it computes and nobody reads."""
+        return self.codec.decoder(self.codec.quantizer.decode(codes[None]))[0, 0]
+
+    def padded_length(self, frames: int) -> int:
+        """The compiled decode length ``frames`` is padded to (itself when eager or too long).
+
+        Longer than every warmed length only by a caller's own codes (the engine's requests fit
+        a KV bucket); that decode compiles a graph of its own, and says so.
+        """
+        for length in self.lengths:
+            if length >= frames:
+                return length
+        if self.lengths:
+            log.warning("codec: %d frames exceed the warmed decode lengths; compiling", frames)
+        return frames
+
+    def _decode_frames(self, codes: torch.Tensor) -> torch.Tensor:
+        """Device audio for device codes [C, n]: right-padded to a warmed length when compiled."""
+        if not self.lengths:
+            return self._decode(codes)
+        frames = codes.shape[1]
+        window = torch.nn.functional.pad(codes, (0, self.padded_length(frames) - frames))
+        return self._decode(window)[: frames * self.samples_per_frame]  # padding copied: contiguous
+
+    @torch.inference_mode()
+    def warm(self) -> None:
+        """Build the compiled decoder's graph for every padded length (nothing when eager)."""
+        for length in self.lengths:
+            self._decode(
+                torch.zeros(self.num_codebooks, length, dtype=torch.long, device=self.device)
+            )
 
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor) -> np.ndarray:
         """Audio (float32, 44.1 kHz) for codes [num_codebooks, frames]."""
-        audio = self._decode(codes.to(self.device))
+        audio = self._decode_frames(codes.to(self.device))
         return audio.float().cpu().numpy()
 
     @torch.inference_mode()
     def decode_window(self, codes: torch.Tensor, start: int, end: int) -> torch.Tensor:
         """Device audio for frames [start, end) of ``codes``, decoded with left context."""
         left = max(0, start - self.profile.codec_left_context)
-        audio = self._decode(codes[:, left:end].to(self.device))
+        audio = self._decode_frames(codes[:, left:end].to(self.device))
         return audio[(start - left) * self.samples_per_frame :]

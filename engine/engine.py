@@ -419,9 +419,11 @@ class OptimizedFishSpeech:
         for _ in range(2 if self._profile.compiled else 1):
             list(self.synthesize_stream(text, fixed_frames=frames, seed=0))
             self.synthesize(text, fixed_frames=frames, seed=0)
-        if self._profile.compile_decode != "none":
+        if self._profile.compile_decode != "none" or self._profile.compile_prefill:
             for bucket in self._profile.buckets_to_warm() if buckets is None else buckets:
                 self.decoder.warm_bucket(bucket)
+        if buckets is None:
+            self.codec.warm()
         self.compile_seconds = time.perf_counter() - t0
         self.semantic_cache.clear()
         self.semantic_cache.hits = self.semantic_cache.misses = 0

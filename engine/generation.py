@@ -27,6 +27,10 @@ from engine.sampling import DEFAULT_SAMPLING, REPETITION_WINDOW, SamplingParams,
 
 log = logging.getLogger(__name__)
 
+# A prompt length no request has (a real one holds at least its chat markers), > 1 so the dynamic
+# prefill graph is not specialised to a single token.
+PREFILL_WARMUP_TOKENS = 3
+
 
 @dataclass
 class DecodeTimings:
@@ -140,16 +144,21 @@ class SemanticDecoder(nn.Module):
 
     @torch.inference_mode()
     def warm_bucket(self, bucket: int, steps: int = 3) -> None:
-        """Run the frame step ``steps`` times at ``bucket``, so its graph is compiled (and, under
-        reduce-overhead, recorded as a CUDA graph) before a request needs it.
+        """Run prefill once and the frame step ``steps`` times at ``bucket``, so their graphs are
+        compiled (and, under reduce-overhead, recorded as CUDA graphs) before a request needs
+        them: the prefill graph is dynamic in the prompt's length, not in the bucket's.
 
-        It writes K/V at the first positions only; every request prefills those before reading.
+        It writes K/V at the first positions only; every request clears and prefills those
+        before reading.
         """
         device = self.slow_head.device
-        frame = torch.zeros(1 + self.num_codebooks, 1, dtype=torch.long, device=device)
-        frame[0] = self.semantic_begin
-        input_pos = torch.zeros(1, dtype=torch.long, device=device)
+        prompt = torch.zeros(1 + self.num_codebooks, PREFILL_WARMUP_TOKENS, dtype=torch.long)
+        prompt[0] = self.semantic_begin
+        prompt = prompt.to(device)
         self._reset(DEFAULT_SAMPLING, allow_end=False)
+        positions = torch.arange(PREFILL_WARMUP_TOKENS, device=device)
+        frame = self._prefill(prompt, positions, bucket).clone()
+        input_pos = torch.tensor([PREFILL_WARMUP_TOKENS], device=device)
         for _ in range(steps):
             frame.copy_(self._step(frame, input_pos, bucket))
             input_pos += 1
@@ -212,7 +221,26 @@ class SemanticDecoder(nn.Module):
             (c.k_cache[:, :, :prefix_len].clone(), c.v_cache[:, :, :prefix_len].clone())
             for c in self._slow_caches()
         ]
+        if not all(bool(torch.isfinite(k).all() & torch.isfinite(v).all()) for k, v in state):
+            log.warning("voice prefix K/V is not finite (an overflow in prefill): not saved")
+            return
         self.prefix_cache.put(key, state)
+
+    def _clear_stale(self, start: int, end: int) -> None:
+        """Zero the K/V an earlier request left in positions [start, end) of the slow caches,
+        and the whole fast caches, before this request reads them.
+
+        Attention masks those positions, but a masked position still enters as 0 x V (and its
+        score as q . K): 0 x NaN is NaN, so one overflow left behind by any request would make
+        every later request attending over it garbage until restart. Positions below ``start``
+        hold this request's own voice prefix; writing zeros costs one pass over the bucket's K/V.
+        """
+        for cache in self._slow_caches():
+            cache.k_cache[:, :, start:end].zero_()
+            cache.v_cache[:, :, start:end].zero_()
+        for layer in self.model.fast_layers:
+            layer.attention.kv_cache.k_cache.zero_()
+            layer.attention.kv_cache.v_cache.zero_()
 
     @torch.inference_mode()
     def generate(
@@ -247,8 +275,9 @@ class SemanticDecoder(nn.Module):
         t0 = time.perf_counter()
         timings.prefix_hit = self._restore_prefix(key, prefix_len)
         start = prefix_len if timings.prefix_hit else 0
+        self._clear_stale(start, bucket)
         positions = torch.arange(start, prompt_len, device=device)
-        frames[:, :1] = self._prefill(prompt[:, start:], positions, bucket)
+        frames[:, :1] = self._prefill(prompt[:, start:].contiguous(), positions, bucket)
         if key and not timings.prefix_hit:
             self._save_prefix(key, prefix_len)
         sync()

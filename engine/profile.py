@@ -425,6 +425,13 @@ def resolve_profile(
                 "CUDA int8 is fast only compiled (inductor fuses its dequantization into the "
                 "matmul); eager it copies every weight to the float dtype per call",
             )
+        if data["quantization"] == "int8" and not data["coordinate_descent_tuning"]:
+            change(
+                "coordinate_descent_tuning",
+                True,
+                "CUDA int8 is fused into the matmul only with inductor's coordinate-descent "
+                "tuning; without it every call copies each weight to the float dtype",
+            )
 
     if model_max_seq_len is not None and data["max_seq_len"] > model_max_seq_len:
         limit = model_max_seq_len // KV_BLOCK * KV_BLOCK

@@ -10,6 +10,8 @@ process itself is marked ``slow``).
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -43,11 +45,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """The start-up warnings the engine silences stay silent under pytest's own filters."""
+    """The start-up warnings the engine silences stay silent under pytest's own filters, and
+    every compile cache of the run (this process's and its children's) lives in a temporary
+    folder, never in the checkout's ``.cache/``."""
+    from engine.compile_cache import COMPILE_CACHE_ENV
     from engine.quiet import PYTEST_FILTERWARNINGS
 
     for line in PYTEST_FILTERWARNINGS:
         config.addinivalue_line("filterwarnings", line)
+    os.environ[COMPILE_CACHE_ENV] = tempfile.mkdtemp(prefix="fishbench-test-compile-cache-")
 
 
 @pytest.fixture(scope="session")

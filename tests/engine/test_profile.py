@@ -240,6 +240,24 @@ def test_cuda_int8_runs_only_compiled() -> None:
     )
 
 
+def test_cuda_int8_runs_only_in_its_fused_form() -> None:
+    """Compiled without coordinate-descent tuning, inductor leaves the dequantization outside the
+    matmul (a float copy of every weight per call, ~2.5x bf16's bytes): the tuning is switched on,
+    with a note. On the CPU the choice stays the profile's."""
+    unfused = EngineProfile(
+        quantization="int8", compile_decode="default", coordinate_descent_tuning=False
+    )
+    active, notes = resolve_profile(unfused, RTX_4060)
+    assert (active.quantization, active.coordinate_descent_tuning) == ("int8", True)
+    assert notes == [
+        "coordinate_descent_tuning: False -> True (CUDA int8 is fused into the matmul only with "
+        "inductor's coordinate-descent tuning; without it every call copies each weight to the "
+        "float dtype)"
+    ]
+    cpu, _ = resolve_profile(unfused.model_copy(update={"precision": "bf16"}), CPU)
+    assert (cpu.quantization, cpu.coordinate_descent_tuning) == ("int8", False)
+
+
 def test_engine_reports_the_profile_that_actually_runs(engine) -> None:
     assert engine.active_profile.device == "cpu"
     assert engine.active_profile.precision == "fp32"

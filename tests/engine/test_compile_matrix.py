@@ -1,0 +1,106 @@
+"""Every compiled part of the engine, through the requests a service sees after ``warmup()``:
+the same audio as eager, and not one recompile.
+
+The sequence is what a restarted service gets: a new voice, the same voice again (its prompt
+K/V from the prefix cache, so prefill starts mid-prompt), a 60-frame stream (every codec window
+length), and a longer text that attends over a larger KV bucket. Warm-up must have built every
+graph those need: dynamo builds no graph after it, neither a recompile nor a first compile.
+
+Each profile runs under two backends: ``aot_eager`` (dynamo's capture and guards, AOTAutograd's
+functionalisation) and ``inductor`` (C++ code generation on the CPU, as a GPU-less user runs it).
+Minutes each: ``make test-compile`` runs them, ``make test`` does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from engine.engine import OptimizedFishSpeech
+from engine.profile import EngineProfile
+
+# The profile the compiled service runs (ENABLE_TORCH_COMPILE on a CPU resolves to it), with a
+# short cache so its two KV buckets (256, 512) warm in seconds; and the int8 weight-only CPU row.
+COMPILED = {
+    "fp32 decode+prefill+codec": EngineProfile(
+        compile_decode="default", compile_codec="default", compile_prefill=True, max_seq_len=512
+    ),
+    "bf16 int8 decode": EngineProfile(
+        precision="bf16", quantization="int8", compile_decode="default", max_seq_len=512
+    ),
+}
+BACKENDS = ["aot_eager", "inductor"]
+FRAMES_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}  # audio, max abs difference
+
+
+def service_requests(engine: OptimizedFishSpeech, voice: tuple[Path, str]) -> Iterator[Any]:
+    """(name, audio, report) of each request a freshly started service typically gets."""
+    audio, text = voice
+    yield (
+        "new voice",
+        engine.synthesize("A new voice speaks.", audio, text, seed=1, max_new_tokens=24),
+    )
+    yield (
+        "same voice",
+        engine.synthesize("The same voice again.", audio, text, seed=2, max_new_tokens=24),
+    )
+    stream = engine.synthesize_stream(
+        "A stream of sixty frames.", audio, text, fixed_frames=60, seed=3
+    )
+    yield "60-frame stream", np.concatenate(list(stream))
+    long_text = "A longer text that needs the larger bucket, said again and again. " * 4
+    yield "longer text", engine.synthesize(long_text, fixed_frames=160, seed=4)
+
+
+def _with_backend(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine's own ``torch.compile`` calls, on ``backend`` (a mode needs inductor)."""
+    real_compile = torch.compile
+
+    def compile_on(fn: Any, **options: Any) -> Any:
+        if backend != "inductor":
+            options.pop("mode", None)
+        return real_compile(fn, backend=backend, **options)
+
+    monkeypatch.setattr(torch, "compile", compile_on)
+
+
+@pytest.mark.compiled
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(COMPILED))
+def test_compiled_engine_matches_eager_and_never_recompiles_after_warmup(
+    name: str,
+    backend: str,
+    tiny_checkpoint: Path,
+    piper_reference: tuple[Path, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    profile = COMPILED[name]
+    eager_profile = profile.model_copy(
+        update={"compile_decode": "none", "compile_codec": "none", "compile_prefill": False}
+    )
+    eager = OptimizedFishSpeech.from_checkpoint(tiny_checkpoint, eager_profile)
+    expected = {req: audio for req, audio in service_requests(eager, piper_reference)}
+
+    _with_backend(backend, monkeypatch)
+    torch._dynamo.reset()  # graphs of other engines in this process would count against limits
+    compiled = OptimizedFishSpeech.from_checkpoint(tiny_checkpoint, profile)
+    compiled.warmup()
+    counters.clear()
+    reports = {}
+    for request, audio in service_requests(compiled, piper_reference):
+        reports[request] = compiled.last_report
+        tolerance = FRAMES_TOLERANCE[compiled.dtype]
+        assert audio.shape == expected[request].shape, request
+        np.testing.assert_allclose(audio, expected[request], atol=tolerance, err_msg=request)
+
+    assert reports["same voice"].prefix_cache_hit
+    assert reports["longer text"].kv_bucket > reports["new voice"].kv_bucket
+    # Every graph dynamo builds, a recompile or a first compile, bumps this one counter (torch
+    # 2.11 keeps no recompile count of its own: TORCH_LOGS=recompiles shows the reasons).
+    assert counters["stats"]["unique_graphs"] == 0
