@@ -2,7 +2,8 @@
 
 It refuses, before anything loads, to serve an open API beyond this machine (see
 ``serving.guard.check_exposure``). uvicorn's own ``X-Forwarded-For`` handling is off (it would
-trust any local process): the guard reads the header, from TRUSTED_PROXIES only.
+trust any local process): the guard reads the header, from the balancer only. The HTTP protocol
+caps headers, their arrival time and the connections held (``serving.server``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import uvicorn
 
 from serving.guard import check_exposure
+from serving.server import WebSocketProtocol, limited_http_protocol
 from serving.settings import Settings
 
 log = logging.getLogger("serving")
@@ -31,6 +33,8 @@ def main() -> None:
         port=settings.port,
         proxy_headers=False,
         log_level=settings.log_level.lower(),
+        http=limited_http_protocol(settings),
+        ws=WebSocketProtocol,
     )
 
 

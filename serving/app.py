@@ -18,7 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from serving.dependencies import Services, authorize
 from serving.errors import install_error_handlers
-from serving.guard import RequestGuard, open_paths
+from serving.guard import RequestGuard, open_paths, proxy_warning
 from serving.routers import (
     cache,
     emotions,
@@ -89,6 +89,17 @@ def _configure_logging(level: str) -> None:
         )
 
 
+def _warn_about_exposure(settings: Settings) -> None:
+    """Settings that let others act as this server's clients: said once at start."""
+    if "*" in settings.cors_origins and not settings.api_keys:
+        log.warning(
+            "CORS_ORIGINS=* without API_KEY: every web page a browser on this machine opens may "
+            "use the service and its voice library; list the UI origins instead, or set API_KEY"
+        )
+    if warning := proxy_warning(settings):
+        log.warning(warning)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """An app for ``settings`` (default: environment / .env)."""
     settings = settings or Settings()
@@ -96,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _configure_logging(settings.log_level)
+        _warn_about_exposure(settings)
         try:
             services = build_services(settings)
         except StartupError as exc:
@@ -119,15 +131,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="OpenAudio S1-mini voice cloning under the profile measured for this GPU.",
         lifespan=lifespan,
     )
-    # The guard sits inside CORS, so preflights pass and its 401 / 413 / 429 carry CORS headers.
+    # The guard sits inside CORS, so preflights from CORS_ORIGINS pass and its 401 / 413 / 429
+    # carry CORS headers; without CORS_ORIGINS no page of another origin is allowed anything.
     app.add_middleware(RequestGuard, settings=settings, open_paths=open_paths(app, settings))
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=settings.cors_origins,
-        allow_methods=["*"],
-        allow_headers=["*"],
-        expose_headers=list(METRIC_HEADERS),
-    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=list(METRIC_HEADERS),
+        )
     install_error_handlers(app)
     app.include_router(health.router)
     guarded = [Depends(authorize)]

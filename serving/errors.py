@@ -48,6 +48,14 @@ class Unauthorized(ServiceError):
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
+class ForeignOrigin(ServiceError):
+    """A web page from another origin, on a server without API_KEY (a browser would otherwise
+    let any page use it)."""
+
+    status_code = 403
+    error = "foreign_origin"
+
+
 class NotFound(ServiceError):
     status_code = 404
     error = "not_found"
@@ -67,6 +75,19 @@ class BrokenVoiceFile(Conflict):
 class PayloadTooLarge(ServiceError):
     status_code = 413
     error = "payload_too_large"
+
+
+class HeadersTooLarge(ServiceError):
+    status_code = 431
+    error = "headers_too_large"
+
+
+class LibraryFull(ServiceError):
+    """The voice library's disk is full: nothing was saved."""
+
+    status_code = 507
+    error = "voice_library_full"
+    type = "server_error"
 
 
 class _RetryLater(ServiceError):
@@ -96,6 +117,12 @@ class Unavailable(ServiceError):
     status_code = 503
     error = "unavailable"
     type = "server_error"
+
+
+class LibraryReadOnly(Unavailable):
+    """The voice library cannot be written (a read-only mount, no permission): nothing changed."""
+
+    error = "voice_library_read_only"
 
 
 def error_response(
@@ -156,8 +183,11 @@ def error_body(exc: Exception, where: str) -> tuple[int, dict[str, str]]:
 
 
 async def _engine_error(request: Request, exc: Exception) -> JSONResponse:
+    """The mapped answer; a 500 also closes the connection, as the server does after it, so a
+    keep-alive client does not send its next request into a connection being torn down."""
     status, body = error_body(exc, f" in {request.method} {request.url.path}")
-    return JSONResponse(body, status_code=status)
+    headers = {"Connection": "close"} if status >= 500 else None
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -1,9 +1,12 @@
-"""The gate in front of every route: the client's address, the API key, then the body size, before
-any body is read.
+"""The gate in front of every route: the client's address, the size of the headers, the page a
+browser request comes from, the API key, then the body size, before any body is read.
 
 Behind a balancer every connection comes from the balancer, so the client's address is taken
-from ``X-Forwarded-For``, but only when the connection comes from a TRUSTED_PROXIES address (the
-balancer sets the header itself; anyone else could write any address there). A pure ASGI
+from ``X-Forwarded-For``, but only when the connection comes from a TRUSTED_PROXIES address and,
+when PROXY_SECRET is set, carries it in ``X-Proxy-Secret`` (the balancer sets both headers itself;
+anyone else could write any address there, and any local process can reach a loopback replica).
+Without API_KEY a browser is the threat: any page it opens may send requests here, so a request
+whose ``Origin`` is neither this server's own nor in CORS_ORIGINS is refused (403). A pure ASGI
 middleware, because ``BaseHTTPMiddleware`` buffers the body it should be refusing: a
 request without the key, or declaring a body over its cap, is answered from its headers alone; a
 body of unknown length (chunked) is counted as the route reads it and refused once it passes the
@@ -15,13 +18,22 @@ from __future__ import annotations
 import ipaddress
 import logging
 import secrets
+from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 from pydantic import IPvAnyNetwork
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.errors import PayloadTooLarge, ServiceError, Unauthorized, error_response
+from serving.errors import (
+    ForeignOrigin,
+    HeadersTooLarge,
+    PayloadTooLarge,
+    ServiceError,
+    Unauthorized,
+    error_response,
+)
 from serving.services.ratelimit import AuthFailureLimiter
 from serving.settings import Settings
 
@@ -33,6 +45,7 @@ MIB = 2**20
 FORM_OVERHEAD_BYTES = 64 * 1024
 FORM_TEXT_FIELDS = 2
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+PROXY_SECRET_HEADER = "x-proxy-secret"
 
 
 class BodyTooLarge(Exception):
@@ -89,11 +102,39 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def client_address(scope: Scope, trusted: list[IPvAnyNetwork]) -> str:
-    """The client's address: the peer's, or, when the peer is a trusted proxy, the last address
-    in ``X-Forwarded-For`` that is not itself a trusted proxy (the one the balancer saw)."""
+def head_bytes(target: bytes, headers: Iterable[tuple[bytes, bytes]]) -> int:
+    """The size of a request's target and headers as sent (``name: value\r\n`` each)."""
+    return len(target) + sum(len(name) + len(value) + 4 for name, value in headers)
+
+
+def proxy_warning(settings: Settings) -> str | None:
+    """Why X-Forwarded-For can be forged here (None when it cannot)."""
+    if settings.trusted_proxies and not settings.proxy_secret_value:
+        return (
+            "TRUSTED_PROXIES is set without PROXY_SECRET: any process that can connect from "
+            "those addresses can name any client address in X-Forwarded-For and escape the "
+            "wrong-key throttle; set PROXY_SECRET here and have the balancer send it"
+        )
+    return None
+
+
+def _from_balancer(scope: Scope, peer: str, trusted: list[IPvAnyNetwork], secret: str) -> bool:
+    """Whether the connection is the balancer's: from a TRUSTED_PROXIES address (when any is
+    set) and carrying PROXY_SECRET (when one is set)."""
+    if trusted and not _within(peer, trusted):
+        return False
+    if not secret:
+        return bool(trusted)
+    sent = Headers(scope=scope).get(PROXY_SECRET_HEADER, "")
+    return secrets.compare_digest(sent.encode(), secret.encode())
+
+
+def client_address(scope: Scope, trusted: list[IPvAnyNetwork], secret: str = "") -> str:
+    """The client's address: the peer's, or, when the peer is the balancer (see
+    ``_from_balancer``), the last address in ``X-Forwarded-For`` that is not itself a trusted
+    proxy (the one the balancer saw)."""
     peer = scope["client"][0] if scope.get("client") else "unknown"
-    if not _within(peer, trusted):
+    if not _from_balancer(scope, peer, trusted, secret):
         return peer
     forwarded = ",".join(Headers(scope=scope).getlist("x-forwarded-for")).split(",")
     for entry in reversed([entry.strip() for entry in forwarded if entry.strip()]):
@@ -144,6 +185,9 @@ class RequestGuard:
         self.keys = settings.api_keys
         self.open_paths = open_paths
         self.trusted = settings.trusted_proxies
+        self.secret = settings.proxy_secret_value
+        self.origins = frozenset(settings.cors_origins)
+        self.max_head = settings.max_header_bytes
         self.failures = AuthFailureLimiter(settings.auth_failures_per_minute)
         self.form_limit, self.body_limit = body_limits(settings)
 
@@ -151,14 +195,14 @@ class RequestGuard:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        if self.trusted:  # what the routes, the rate limit and the logs see as the client
-            scope = {**scope, "client": (client_address(scope, self.trusted), 0)}
+        if self.trusted or self.secret:  # what the routes, the rate limit and the logs see
+            scope = {**scope, "client": (client_address(scope, self.trusted, self.secret), 0)}
         if scope["type"] == "websocket":
             await self._guard_websocket(scope, receive, send)
             return
         headers = Headers(scope=scope)
         try:
-            self._authenticate(scope, headers)
+            self._admit(scope, headers)
             limit, setting = self._limit(headers)
         except ServiceError as exc:
             await _reject(exc, scope, receive, send)
@@ -166,10 +210,11 @@ class RequestGuard:
         await self._run_capped(scope, receive, send, limit, setting)
 
     async def _guard_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The same key check before the handshake; a refusal is the HTTP answer a request
-        would get (401, 429), or a closed handshake (HTTP 403) where the server cannot send one."""
+        """The same checks before the handshake; a refusal is the HTTP answer a request would
+        get (401, 403, 429, 431), or a closed handshake (HTTP 403) where the server cannot send
+        one."""
         try:
-            self._authenticate(scope, Headers(scope=scope))
+            self._admit(scope, Headers(scope=scope))
         except ServiceError as exc:
             await receive()  # websocket.connect
             if "websocket.http.response" in scope.get("extensions", {}):
@@ -178,6 +223,30 @@ class RequestGuard:
                 await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})
             return
         await self.app(scope, receive, send)
+
+    def _admit(self, scope: Scope, headers: Headers) -> None:
+        """Everything decided from the headers alone: their size, the page, the key."""
+        target = scope.get("raw_path", b"") + b"?" + scope.get("query_string", b"")
+        if head_bytes(target, scope["headers"]) > self.max_head:
+            raise HeadersTooLarge(
+                f"the request's headers exceed {self.max_head} bytes (MAX_HEADER_KB)"
+            )
+        self._check_origin(headers)
+        self._authenticate(scope, headers)
+
+    def _check_origin(self, headers: Headers) -> None:
+        """Without a key, only pages of this server's own origin or of CORS_ORIGINS may call it;
+        requests without ``Origin`` (not sent by a browser page) are not concerned."""
+        origin = headers.get("origin")
+        if self.keys or origin is None or "*" in self.origins or origin in self.origins:
+            return
+        host = urlsplit(origin).netloc.lower()
+        if host and host == headers.get("host", "").lower():
+            return
+        raise ForeignOrigin(
+            f"requests from the web page origin {origin[:100]!r} are refused: this server has "
+            "no API_KEY, so only its own pages and CORS_ORIGINS may call it"
+        )
 
     def _authenticate(self, scope: Scope, headers: Headers) -> None:
         if not self.keys or _route_path(scope) in self.open_paths:

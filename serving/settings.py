@@ -82,6 +82,20 @@ class Settings(BaseSettings):
         description="balancer addresses (IPs or CIDRs, comma-separated) whose X-Forwarded-For "
         "names the client; empty = trust none",
     )
+    proxy_secret: SecretStr | None = Field(
+        None,
+        description="a secret the balancer sends in X-Proxy-Secret; when set, X-Forwarded-For is "
+        "believed only from requests carrying it",
+    )
+    max_header_kb: int = Field(
+        32, ge=1, le=1024, description="request line and headers together; larger is a 431"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="seconds a connection may take to send a request's headers"
+    )
+    max_connections: int = Field(
+        512, ge=1, description="open connections per process; more are answered 503 and closed"
+    )
     socket_idle_timeout_s: float = Field(
         60.0, gt=0, description="close a speech socket silent this long while nothing is spoken"
     )
@@ -89,7 +103,10 @@ class Settings(BaseSettings):
     allow_no_auth: bool = Field(
         False, description="allow a non-loopback HOST without API_KEY (an open server)"
     )
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="web page origins allowed to call the service from a browser; empty = none",
+    )
     warmup: bool = Field(True, description="run compile / graph capture before reporting ready")
     log_level: str = "INFO"
 
@@ -129,3 +146,12 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 2**20)
+
+    @property
+    def proxy_secret_value(self) -> str:
+        """PROXY_SECRET; '' when unset or empty."""
+        return self.proxy_secret.get_secret_value() if self.proxy_secret else ""
+
+    @property
+    def max_header_bytes(self) -> int:
+        return self.max_header_kb * 1024

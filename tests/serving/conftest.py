@@ -1,4 +1,5 @@
-"""Live-server fixtures: real uvicorn processes on 127.0.0.1 serving the tiny checkpoint.
+"""Live-server fixtures: real ``python -m serving`` processes (uvicorn with the service's own
+protocol limits) on 127.0.0.1 serving the tiny checkpoint.
 
 Each server runs in its own process with its own working directory (so no developer's ``.env``
 leaks in) and is polled on ``/health`` until the engine is warmed up.
@@ -30,7 +31,16 @@ BASE_ENV = {
     "LOG_LEVEL": "INFO",
     "RATE_LIMIT_PER_MINUTE": "0",
 }
-SERVING_KEYS = {"API_KEY", "CORS_ORIGINS", "MAX_UPLOAD_MB", "MAX_TEXT_CHARS", "TEXT_CHUNK_CHARS"}
+SERVING_KEYS = {
+    "API_KEY",
+    "CORS_ORIGINS",
+    "MAX_UPLOAD_MB",
+    "MAX_TEXT_CHARS",
+    "TEXT_CHUNK_CHARS",
+    "TRUSTED_PROXIES",
+    "PROXY_SECRET",
+    "ALLOW_NO_AUTH",
+}
 
 
 def free_port() -> int:
@@ -63,25 +73,17 @@ class LiveServer:
                 self.process.wait(10)
 
 
-def launch(workdir: Path, env: dict[str, str]) -> LiveServer:
-    """Start uvicorn with ``env`` on a free port (not waiting for readiness)."""
+def launch(workdir: Path, env: dict[str, str], wrapper: tuple[str, ...] = ()) -> LiveServer:
+    """Start ``python -m serving`` with ``env`` on a free port (not waiting for readiness);
+    ``wrapper`` is a command it runs under (e.g. ``unshare``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     inherited = {k: v for k, v in os.environ.items() if k not in SERVING_KEYS}
     log_path = workdir / f"server-{port}.log"
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "serving.app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        [*wrapper, sys.executable, "-m", "serving"],
         cwd=workdir,
-        env={**inherited, **BASE_ENV, **env},
+        env={**inherited, **BASE_ENV, "HOST": "127.0.0.1", "PORT": str(port), **env},
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,
     )
@@ -103,10 +105,12 @@ def wait_ready(server: LiveServer, timeout_s: float = STARTUP_TIMEOUT_S) -> Live
     raise AssertionError(f"server not ready after {timeout_s} s:\n{server.log()}")
 
 
-def start_server(workdir: Path, checkpoint: Path, voices: Path, **env: str) -> LiveServer:
+def start_server(
+    workdir: Path, checkpoint: Path, voices: Path, wrapper: tuple[str, ...] = (), **env: str
+) -> LiveServer:
     """A ready server on ``checkpoint`` with its voice library in ``voices``."""
     base = {"MODEL_DIR": str(checkpoint), "VOICES_DIR": str(voices), "PROFILE_PATH": "none.yaml"}
-    return wait_ready(launch(workdir, {**base, **env}))
+    return wait_ready(launch(workdir, {**base, **env}, wrapper))
 
 
 @pytest.fixture(scope="session")

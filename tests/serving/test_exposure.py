@@ -12,7 +12,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.app import create_app
-from serving.guard import bearer_token, body_limits, check_exposure, client_address, key_matches
+from serving.guard import (
+    bearer_token,
+    body_limits,
+    check_exposure,
+    client_address,
+    key_matches,
+    proxy_warning,
+)
 from serving.services.ratelimit import AuthFailureLimiter, RateLimiter, TooManyAuthFailures
 from serving.settings import Settings
 
@@ -142,6 +149,35 @@ def test_x_forwarded_for_names_the_client_only_from_a_trusted_proxy() -> None:
     assert client_address(scope("127.0.0.1", "not-an-address"), balancer) == "127.0.0.1"
     assert client_address(scope("127.0.0.1"), balancer) == "127.0.0.1"
     assert client_address(scope("127.0.0.1", "203.0.113.7"), []) == "127.0.0.1"  # trust none
+
+
+def test_with_a_proxy_secret_x_forwarded_for_needs_the_secret_too() -> None:
+    """Any local process can connect from the balancer's address; only the balancer knows the
+    secret it sends, so without it the connection's own address stands."""
+    balancer = settings(trusted_proxies="127.0.0.1").trusted_proxies
+
+    def scope(peer: str, secret: str | None) -> dict:
+        headers = [(b"x-forwarded-for", b"203.0.113.7")]
+        if secret is not None:
+            headers.append((b"x-proxy-secret", secret.encode()))
+        return {"type": "http", "client": (peer, 5000), "headers": headers}
+
+    assert client_address(scope("127.0.0.1", "s3cret"), balancer, "s3cret") == "203.0.113.7"
+    assert client_address(scope("127.0.0.1", "guess"), balancer, "s3cret") == "127.0.0.1"
+    assert client_address(scope("127.0.0.1", None), balancer, "s3cret") == "127.0.0.1"
+    assert client_address(scope("10.1.2.3", "s3cret"), balancer, "s3cret") == "10.1.2.3"
+    assert client_address(scope("10.1.2.3", "s3cret"), [], "s3cret") == "203.0.113.7"
+    assert "PROXY_SECRET" in (proxy_warning(settings(trusted_proxies="127.0.0.1")) or "")
+    assert proxy_warning(settings(trusted_proxies="127.0.0.1", proxy_secret="s")) is None
+
+
+def test_headers_over_the_cap_are_a_431_under_any_server() -> None:
+    """The guard's own check, for an app run without ``python -m serving``'s protocol (which
+    refuses them before they end)."""
+    app = TestClient(create_app(settings(max_header_kb=4)))
+    refused = app.get("/nope", headers={"X-Big": "a" * 5000})
+    assert refused.status_code == 431 and "MAX_HEADER_KB" in refused.json()["message"]
+    assert app.get("/nope", headers={"X-Small": "a" * 3000}).status_code == 404
 
 
 def test_idle_addresses_are_forgotten() -> None:
