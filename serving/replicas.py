@@ -4,13 +4,18 @@ Each replica is ``python -m serving`` on ``127.0.0.1:<base port + i>`` with the 
 (``.env`` and the environment), so they share the profile, the checkpoint and the voice library
 folder (whose writers take a file lock). HAProxy listens on ``HOST:PORT``, sends each request to the
 replica with the fewest open connections, streams responses through unbuffered (raw audio and SSE),
-sets ``X-Forwarded-For`` to the client's address (replacing any the client sent; each replica trusts
-it from the balancer's address only, TRUSTED_PROXIES=127.0.0.1, so wrong keys and rate limits count
-per client, not all as 127.0.0.1), and health-checks ``GET /health`` every second: a replica that
-dies, or is loading, is out after two failed checks and back in after two good ones. A connection
-refused by a dead replica is re-sent to another one, so new requests keep succeeding while it is
-out; requests in flight on it get HAProxy's 502, or a cut-off stream. This process restarts a
-replica that exits.
+sets ``X-Forwarded-For`` to the client's address (replacing any the client sent), and health-checks
+``GET /health`` every second: a replica that dies, or is loading, is out after two failed checks and
+back in after two good ones. A connection refused by a dead replica is re-sent to another one, so
+new requests keep succeeding while it is out; requests in flight on it get HAProxy's 502, or a
+cut-off stream. This process restarts a replica that exits.
+
+Each replica believes ``X-Forwarded-For`` (so wrong keys and rate limits count per client, not all
+as 127.0.0.1) only from the balancer: from 127.0.0.1 (TRUSTED_PROXIES) and carrying the secret this
+launcher makes for each run (PROXY_SECRET, sent by HAProxy in ``X-Proxy-Secret``); any other local
+process reaching a replica's port is one client at its own address. The balancer limits each source
+address (``SOURCE_LIMITS``): connections held and opened, requests a 10 s, and 10 s to send a
+request's headers, so one client holding slow connections cannot take it offline for the others.
 
 Prometheus scrapes each replica's ``/metrics/prometheus`` (the replica URLs it logs); counters and
 histograms add up across them, which is why the service exports histograms, not quantiles.
@@ -19,8 +24,10 @@ histograms add up across them, which is why the service exports histograms, not 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -40,6 +47,33 @@ STATE_DIR = Path(".replicas")  # haproxy.cfg and the replicas' logs (git-ignored
 HEALTH_INTERVAL_S = 1.0
 RESTART_DELAY_S = 2.0
 BALANCER_ADDRESS = "127.0.0.1"  # where HAProxy's connections to the replicas come from
+# Per source address, in the `frontend` of this launcher's config and of docker/haproxy.cfg alike:
+# 64 connections held, 200 opened and 300 requests a 10 s (then a 429 in the service's error
+# body), and the client's address and the replicas' PROXY_SECRET (HAProxy's environment) set.
+RATE_LIMITED = json.dumps(
+    {
+        "error": "rate_limited",
+        "message": "more than 300 requests in 10 s from this address (the balancer)",
+        "type": "rate_limit_error",
+    }
+)
+SOURCE_LIMITS = (
+    "    stick-table type ipv6 size 100k expire 60s store "
+    "conn_cur,conn_rate(10s),http_req_rate(10s)\n"
+    "    tcp-request connection track-sc0 src\n"
+    "    tcp-request connection reject if { sc0_conn_cur gt 64 } || { sc0_conn_rate gt 200 }\n"
+    "    http-request return status 429 content-type application/json hdr Retry-After 10 "
+    f"string '{RATE_LIMITED}' if {{ sc0_http_req_rate gt 300 }}\n"
+    "    http-request set-header X-Forwarded-For %[src]\n"
+    '    http-request set-header X-Proxy-Secret "${PROXY_SECRET}"\n'
+)
+# A connection must send a request's headers within 10 s (the service's own HEADER_TIMEOUT_S).
+TIMEOUTS = """\
+    timeout connect 5s
+    timeout client 600s
+    timeout server 600s
+    timeout http-request 10s
+"""
 
 
 @dataclass
@@ -49,6 +83,7 @@ class Replica:
     name: str
     port: int
     log_path: Path
+    proxy_secret: str
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
 
@@ -61,6 +96,7 @@ class Replica:
             "HOST": "127.0.0.1",
             "PORT": str(self.port),
             "TRUSTED_PROXIES": BALANCER_ADDRESS,
+            "PROXY_SECRET": self.proxy_secret,
         }
         with self.log_path.open("ab") as sink:
             self.process = subprocess.Popen(
@@ -74,28 +110,24 @@ class Replica:
 
 def haproxy_config(host: str, port: int, replicas: list[Replica], stats_port: int) -> str:
     """The balancer: least connections, /health checks, retry a refused connection elsewhere,
-    and the client's address in X-Forwarded-For (set, never appended to what the client sent)."""
+    per-source limits, and the client's address in X-Forwarded-For (set, never appended to what
+    the client sent) beside the replicas' secret."""
     servers = "\n".join(
         f"    server {r.name} 127.0.0.1:{r.port} check inter {HEALTH_INTERVAL_S:.0f}s fall 2 rise 2"
         for r in replicas
     )
     return f"""global
-    maxconn 1024
+    maxconn 4096
 
 defaults
     mode http
-    timeout connect 5s
-    timeout client 600s
-    timeout server 600s
-    timeout http-request 30s
-    retries 2
+{TIMEOUTS}    retries 2
     option redispatch
     option http-buffer-request
 
 frontend api
     bind {host}:{port}
-    http-request set-header X-Forwarded-For %[src]
-    default_backend replicas
+{SOURCE_LIMITS}    default_backend replicas
 
 backend replicas
     balance leastconn
@@ -152,8 +184,9 @@ def main(argv: list[str] | None = None) -> None:
     binary = find_haproxy()
     args.state_dir.mkdir(parents=True, exist_ok=True)
     base = args.base_port or args.port + 100
+    secret = secrets.token_urlsafe(32)  # new each run; only HAProxy and the replicas know it
     replicas = [
-        Replica(f"r{i + 1}", base + i, (args.state_dir / f"r{i + 1}.log").resolve())
+        Replica(f"r{i + 1}", base + i, (args.state_dir / f"r{i + 1}.log").resolve(), secret)
         for i in range(args.replicas)
     ]
     config = args.state_dir / "haproxy.cfg"
@@ -168,7 +201,9 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, stop)
     for replica in replicas:
         replica.start()
-    balancer = subprocess.Popen([binary, "-db", "-f", str(config)])
+    balancer = subprocess.Popen(
+        [binary, "-db", "-f", str(config)], env=os.environ | {"PROXY_SECRET": secret}
+    )
     log.info(
         "balancer on http://%s:%d (stats http://127.0.0.1:%d/stats); replicas: %s",
         args.host,

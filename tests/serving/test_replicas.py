@@ -1,16 +1,20 @@
 """Two service replicas behind a real HAProxy (``python -m serving.replicas``) on the tiny
 checkpoint, with an API key: a shared voice library, streaming through the balancer, clients told
-apart by their own addresses, a replica killed with SIGKILL taken out and back in, and Prometheus
-counters that add up across replicas."""
+apart by their own addresses (which only the balancer may name), a replica killed with SIGKILL
+taken out and back in, Prometheus counters that add up across replicas, and per-source limits
+that keep one client's slow or many connections and requests from taking the balancer offline."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import io
 import json
 import os
+import resource
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -66,8 +71,6 @@ class Cluster:
 
 
 def _free_ports(n: int) -> list[int]:
-    import socket
-
     sockets = [socket.socket() for _ in range(n)]
     try:
         for sock in sockets:
@@ -319,3 +322,99 @@ def test_a_replica_killed_with_sigkill_is_taken_out_and_back_in(cluster: Cluster
         cluster.log_path,
     )
     assert "restart 1" in cluster.log_path.read_text()
+
+
+def _balancer(cluster: Cluster) -> tuple[str, int]:
+    address = urlsplit(cluster.url)
+    return address.hostname or "127.0.0.1", address.port or 80
+
+
+def _raise_open_files(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
+
+
+def _slow_connection(source: str, balancer: tuple[str, int]) -> socket.socket | None:
+    """A connection that starts a request and never finishes its headers; None when the
+    balancer refused it (closed or reset at once)."""
+    sock = socket.socket()
+    try:
+        sock.bind((source, 0))
+        sock.settimeout(5)
+        sock.connect(balancer)
+        sock.sendall(b"GET /health HTTP/1.1\r\n")
+        return sock
+    except OSError:
+        sock.close()
+        return None
+
+
+def test_one_source_holding_slow_connections_cannot_take_the_balancer_offline(
+    cluster: Cluster,
+) -> None:
+    """1,100 connections from one address that never finish a request (more than the old
+    `maxconn 1024`): the balancer holds at most its per-source share, and /health through it
+    still answers another client at once."""
+    _raise_open_files(4096)
+    balancer = _balancer(cluster)
+    held: list[socket.socket] = []
+    try:
+        for _ in range(1100):
+            sock = _slow_connection("127.0.0.5", balancer)
+            if sock is not None:
+                held.append(sock)
+        health = httpx.get(f"{cluster.url}/health", timeout=10)
+        assert health.status_code == 200, health.text
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_request_whose_headers_stall_is_dropped_within_ten_seconds(cluster: Cluster) -> None:
+    """`timeout http-request 10s` (30 s before): HAProxy answers 408 and closes."""
+    sock = _slow_connection("127.0.0.6", _balancer(cluster))
+    assert sock is not None
+    with sock:
+        sock.settimeout(60)
+        started = time.monotonic()
+        answer = b""
+        with contextlib.suppress(ConnectionError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408") and waited < 20, (waited, answer[:200])
+
+
+def test_one_source_is_limited_to_300_requests_in_ten_seconds(cluster: Cluster) -> None:
+    """Requests from one address (cheap ones: 401s) over one keep-alive connection: past 300
+    in 10 s the balancer answers 429 itself, in the service's error body."""
+    with from_address("127.0.0.7") as client:
+        answers = [client.get(f"{cluster.url}/emotions") for _ in range(400)]
+    statuses = [answer.status_code for answer in answers]
+    assert 429 in statuses, "never limited"
+    first = statuses.index(429)
+    assert first >= 300 and set(statuses[:first]) == {401}, statuses
+    limited = answers[first]
+    assert limited.json()["error"] == "rate_limited" and limited.headers["retry-after"] == "10"
+
+
+def test_a_replica_believes_x_forwarded_for_only_from_the_balancer(cluster: Cluster) -> None:
+    """A local process that reaches a replica's port directly, even from the balancer's own
+    address, cannot name a new client address per wrong key: without the balancer's secret the
+    replica counts them all against the connection's address, which is then throttled."""
+    replica = cluster.replicas["r1"]
+    assert api.get(f"{replica}/emotions").status_code == 200  # this key works from here
+    forged = [
+        api.get(
+            f"{replica}/emotions",
+            headers={
+                "Authorization": f"Bearer forged-{i}",
+                "X-Forwarded-For": f"203.0.113.{i}",
+                "X-Proxy-Secret": f"guess-{i}",
+            },
+        ).status_code
+        for i in range(30)
+    ]
+    assert set(forged) == {401, 429} and forged[-10:] == [429] * 10, forged
+    assert api.get(f"{replica}/emotions").status_code == 200, "the key that worked still does"
