@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from engine.sampling import DEFAULT_SAMPLING, TEMPERATURE_MAX, TOP_P_MAX
 
 AudioFormat = Literal["wav", "pcm", "mp3", "opus", "flac", "aac"]
 
 SEED_MAX = 2**31 - 1
+_SURROGATE = re.compile("[\ud800-\udfff]")
+NOT_TEXT = (
+    "{where} holds a lone UTF-16 surrogate (such as \\ud800), which is not text: send valid Unicode"
+)
 
-Temperature = Annotated[float, Field(gt=0, le=TEMPERATURE_MAX, description="sampling temperature")]
-TopP = Annotated[float, Field(gt=0, le=TOP_P_MAX, description="nucleus sampling mass")]
-Speed = Annotated[float, Field(ge=0.25, le=4.0, description="tempo factor; pitch is kept")]
+# NaN and infinity are refused as what they are, not as "greater than" the bounds.
+Temperature = Annotated[
+    float,
+    Field(gt=0, le=TEMPERATURE_MAX, allow_inf_nan=False, description="sampling temperature"),
+]
+TopP = Annotated[
+    float, Field(gt=0, le=TOP_P_MAX, allow_inf_nan=False, description="nucleus sampling mass")
+]
+Speed = Annotated[
+    float,
+    Field(ge=0.25, le=4.0, allow_inf_nan=False, description="tempo factor; pitch is kept"),
+]
 Normalize = Annotated[
     bool | None,
     Field(description="speak numbers, money, dates, units as words; unset: the server's NORMALIZE"),
@@ -22,6 +37,39 @@ Normalize = Annotated[
 Seed = Annotated[
     int | None, Field(ge=0, le=SEED_MAX, description="chunk i uses seed + i; random if unset")
 ]
+
+
+def lone_surrogate(value: object, where: str = "") -> str | None:
+    """Where in ``value`` (parsed JSON: dicts, lists, strings) a string holds a lone UTF-16
+    surrogate (JSON's ``"\\ud800"`` parses to one), or None. Such a string is not Unicode text:
+    nothing can encode it, so it fails wherever it is written (a response, a file, a log)."""
+    if isinstance(value, str):
+        return (where or "the text") if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        path = f"{where}.{str(key)[:40]}" if where else str(key)[:40]
+        if (found := lone_surrogate(key, f"a key in {where or 'the body'}")) or (
+            found := lone_surrogate(item, path)
+        ):
+            return found
+    return None
+
+
+class RequestBody(BaseModel):
+    """A request model whose text must be Unicode: a lone surrogate anywhere is a 422 when the
+    body is read, before anything is generated or saved."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode_text(cls, data: object) -> object:
+        if where := lone_surrogate(data):
+            raise PydanticCustomError("invalid_text", NOT_TEXT, {"where": where})
+        return data
 
 
 class ErrorBody(BaseModel):
@@ -37,7 +85,7 @@ class ErrorBody(BaseModel):
     )
 
 
-class TTSForm(BaseModel):
+class TTSForm(RequestBody):
     """POST /tts form fields (the reference recording comes as the ``speaker_file`` part)."""
 
     text: str = Field(description="text to speak; S1 markers like (excited) are allowed")
@@ -72,7 +120,7 @@ class VoiceRef(BaseModel):
     id: str
 
 
-class SpeechOptions(BaseModel):
+class SpeechOptions(RequestBody):
     """How to speak: the fields the OpenAI body and the WebSocket start message share."""
 
     speed: Speed = 1.0
@@ -129,7 +177,7 @@ class SpeechStreamStart(SpeechOptions):
     voice: str = Field("default", description="a voice-library id, or 'default'")
 
 
-class NormalizeRequest(BaseModel):
+class NormalizeRequest(RequestBody):
     """POST /normalize: the text a request would speak, without speaking it."""
 
     text: str = Field(description="written text")
@@ -142,7 +190,7 @@ class NormalizedText(BaseModel):
     normalized: bool = Field(description="whether spoken-form normalisation ran")
 
 
-class PronunciationList(BaseModel):
+class PronunciationList(RequestBody):
     """A voice's ``written: spoken`` entries (rules: whole words; lower-case entries match any
     case, entries with a capital match exactly; longer entries first).
 

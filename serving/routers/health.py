@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from fastapi import APIRouter, Response
 
 from engine.audio_io import MIN_REFERENCE_SECONDS
 from engine.engine import OptimizedFishSpeech
+from engine.profile import Provenance
 from serving.dependencies import ServicesDep
 from serving.schemas import HealthResponse, ServiceLimits, TTSForm, control_ranges
 from serving.settings import Settings
@@ -26,11 +30,23 @@ async def health(response: Response, services: ServicesDep) -> HealthResponse:
         worker.engine,
         status=worker.state,
         message=worker.error,
-        profile_source=services.profile_source,
-        checkpoint=str(services.model_dir),
+        profile_source=shown_path(services.profile_source),
+        checkpoint=shown_path(services.model_dir),
         queue_depth=worker.depth,
         limits=limits(services.settings),
     )
+
+
+def shown_path(path: Path | str) -> str:
+    """``path`` as an open route may show it: relative to the working directory when inside it,
+    else its last part alone (an absolute path tells anyone the machine's layout)."""
+    path = Path(path)
+    if not path.is_absolute():
+        return str(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path.name
 
 
 def limits(settings: Settings) -> ServiceLimits:
@@ -61,8 +77,18 @@ def describe(engine: OptimizedFishSpeech | None, **fields: object) -> HealthResp
         compile_codec=profile.compile_codec,
         quantization=profile.quantization,
         profile=profile.knobs(),
-        provenance=profile.provenance.model_dump() if profile.provenance else None,
+        provenance=_provenance(profile.provenance),
         fallbacks=engine.fallbacks,
         synthetic_checkpoint=engine.checkpoint.is_synthetic,
         warmup_s=engine.compile_seconds,
     )
+
+
+def _provenance(provenance: Provenance | None) -> dict[str, Any] | None:
+    """The profile's provenance, with the folder it was measured on shown as ``shown_path``."""
+    if provenance is None:
+        return None
+    fields = provenance.model_dump()
+    if fields["checkpoint_dir"]:
+        fields["checkpoint_dir"] = shown_path(fields["checkpoint_dir"])
+    return fields

@@ -35,7 +35,7 @@ from engine.errors import RequestError
 from engine.spoken_form import SENTENCE_END
 from serving.dependencies import Services, count_against_limit
 from serving.errors import InvalidInput, ServiceError
-from serving.schemas import SEED_MAX, SpeechStreamStart
+from serving.schemas import NOT_TEXT, SEED_MAX, SpeechStreamStart, lone_surrogate
 from serving.services.audio import make_encoder
 from serving.services.text import speakable
 from serving.services.voices import Voice
@@ -92,6 +92,8 @@ async def _read(websocket: WebSocket) -> dict:
         raise InvalidInput("every message is JSON text: start, text or end") from exc
     if not isinstance(message, dict):
         raise InvalidInput("every message is a JSON object with a type")
+    if where := lone_surrogate(message):
+        raise InvalidInput(NOT_TEXT.format(where=where))
     return message
 
 

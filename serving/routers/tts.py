@@ -8,6 +8,7 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
 from serving.dependencies import ServicesDep
 from serving.errors import InvalidInput
+from serving.routers.forms import StrictFormRoute
 from serving.routers.responses import (
     AUDIO_RESPONSES,
     CLIENT_CLOSED,
@@ -20,7 +21,7 @@ from serving.routers.responses import (
 from serving.schemas import TTSForm
 from serving.services.audio import MEDIA_TYPES
 
-router = APIRouter(tags=["speech"])
+router = APIRouter(tags=["speech"], route_class=StrictFormRoute)
 
 
 @router.post("/tts", response_class=Response, responses=AUDIO_RESPONSES)

@@ -9,10 +9,13 @@ from fastapi import APIRouter, File, Form, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
 from serving.dependencies import ServicesDep
+from serving.routers.forms import StrictFormRoute
 from serving.routers.responses import ERROR_RESPONSES
 from serving.schemas import Deleted, PronunciationList, VoiceInfo, VoiceList
 
-router = APIRouter(prefix="/voices", tags=["voices"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/voices", tags=["voices"], responses=ERROR_RESPONSES, route_class=StrictFormRoute
+)
 
 
 @router.get("")
@@ -41,7 +44,7 @@ async def add_voice(
 
 @router.delete("/{voice_id}")
 async def delete_voice(voice_id: str, services: ServicesDep) -> Deleted:
-    services.voices.delete(voice_id)
+    await run_in_threadpool(services.voices.delete, voice_id)  # it may wait for the file lock
     return Deleted(id=voice_id)
 
 

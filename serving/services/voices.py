@@ -4,19 +4,22 @@ Each voice is a folder ``VOICES_DIR/<id>/`` holding ``reference.wav`` (mono floa
 ``codes.pt``, ``meta.json`` and, when it has one, its pronunciation list ``pronunciations.yaml``.
 A voice is written into a temporary folder and renamed into place, so a crash never leaves a
 half-written voice, and ids are checked against a strict pattern so none can name a path outside
-the library.
+the library. A full disk is a 507 and a library that cannot be written (read-only, no permission)
+a 503, naming the library; the temporary files of the failed write are removed.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import io
 import logging
 import os
 import re
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,7 +33,14 @@ import yaml
 from engine.audio_io import SAMPLE_RATE
 from engine.errors import ConfigError
 from engine.spoken_form import Pronunciations, check_entries
-from serving.errors import BrokenVoiceFile, Conflict, InvalidInput, NotFound
+from serving.errors import (
+    BrokenVoiceFile,
+    Conflict,
+    InvalidInput,
+    LibraryFull,
+    LibraryReadOnly,
+    NotFound,
+)
 from serving.schemas import VoiceInfo
 
 log = logging.getLogger(__name__)
@@ -43,6 +53,8 @@ PRONUNCIATIONS_FILE = "pronunciations.yaml"  # the voice's own written: spoken e
 MAX_PRONUNCIATIONS_BYTES = 2**20
 _TMP_PREFIX, _TRASH_PREFIX = ".tmp-", ".trash-"
 LOCK_FILE = ".lock"  # flock()ed by every writer, in this process and in other replicas
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def check_voice_id(voice_id: str) -> str:
@@ -74,6 +86,35 @@ def _writer_alive(suffix: str) -> bool:
     return True
 
 
+@contextmanager
+def _writing(root: Path, action: str) -> Iterator[None]:
+    """Disk failures while changing the library as what they are for the client: a 507 when it
+    is full, a 503 when it cannot be written (the service is fine; its storage is not)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _DISK_FULL:
+            log.warning("voice library %s is full: could not %s (%s)", root, action, exc)
+            raise LibraryFull(
+                f"the voice library (VOICES_DIR) is full: could not {action}; nothing was saved"
+            ) from exc
+        if exc.errno in _NOT_WRITABLE:
+            log.warning("voice library %s cannot be written: could not %s (%s)", root, action, exc)
+            raise LibraryReadOnly(
+                f"the voice library (VOICES_DIR) cannot be written ({exc.strerror}): could not "
+                f"{action}; nothing was changed"
+            ) from exc
+        raise
+
+
+def _bytes_of(write: Callable[[io.BytesIO], object]) -> bytes:
+    """What ``write`` writes, made in memory: writing that to disk is then plain file I/O whose
+    failures carry their errno (libsndfile's say only "System error")."""
+    buffer = io.BytesIO()
+    write(buffer)
+    return buffer.getvalue()
+
+
 @dataclass(frozen=True)
 class Voice:
     """A saved voice, loaded for synthesis."""
@@ -100,6 +141,18 @@ def _read_pronunciations(path: Path, source: str) -> Pronunciations:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{source}: not UTF-8 text ({exc})") from exc
     return Pronunciations.parse(text, source)
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``path`` whole through a temporary file beside it, which a failed write removes."""
+    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError:
+        if tmp.exists():
+            tmp.unlink()
+        raise
 
 
 class VoiceLibrary:
@@ -221,15 +274,15 @@ class VoiceLibrary:
         except ConfigError as exc:
             raise InvalidInput(str(exc)) from exc
         folder = self._folder(voice_id)
-        tmp = folder / f"{_TMP_PREFIX}{PRONUNCIATIONS_FILE}"
-        with self._exclusive():
+        with _writing(self.root, f"change voice {voice_id!r}'s pronunciations"), self._exclusive():
             if not (folder / META_FILE).is_file():
                 raise NotFound(f"unknown voice {voice_id!r}; GET /voices lists the saved ones")
             if not listed.entries:
                 (folder / PRONUNCIATIONS_FILE).unlink(missing_ok=True)
                 return listed
-            tmp.write_text(yaml.safe_dump(listed.entries, allow_unicode=True), encoding="utf-8")
-            tmp.replace(folder / PRONUNCIATIONS_FILE)
+            _replace(
+                folder / PRONUNCIATIONS_FILE, yaml.safe_dump(listed.entries, allow_unicode=True)
+            )
         log.info("voice %s: %d pronunciation entries", voice_id, len(listed.entries))
         return listed
 
@@ -256,17 +309,19 @@ class VoiceLibrary:
             duration_s=round(len(audio) / self.sample_rate, 3),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
+        wav = _bytes_of(lambda f: sf.write(f, audio, self.sample_rate, "FLOAT", format="WAV"))
         tmp = self.root / _scratch_name(_TMP_PREFIX)
-        tmp.mkdir()
-        try:
-            sf.write(tmp / AUDIO_FILE, audio, self.sample_rate, subtype="FLOAT")
-            torch.save(codes.cpu(), tmp / CODES_FILE)
-            (tmp / META_FILE).write_text(info.model_dump_json(indent=2), encoding="utf-8")
-            with self._exclusive():
-                self.ensure_new(voice_id)
-                tmp.rename(folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with _writing(self.root, f"save voice {voice_id!r}"):
+            tmp.mkdir()
+            try:
+                (tmp / AUDIO_FILE).write_bytes(wav)
+                (tmp / CODES_FILE).write_bytes(_bytes_of(lambda f: torch.save(codes.cpu(), f)))
+                (tmp / META_FILE).write_text(info.model_dump_json(indent=2), encoding="utf-8")
+                with self._exclusive():
+                    self.ensure_new(voice_id)
+                    tmp.rename(folder)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         log.info("saved voice %s (%.1f s)", voice_id, info.duration_s)
         return info
 
@@ -274,7 +329,7 @@ class VoiceLibrary:
         """Move the folder aside (atomic), then remove it."""
         folder = self._folder(voice_id)
         trash = self.root / _scratch_name(_TRASH_PREFIX)
-        with self._exclusive():
+        with _writing(self.root, f"delete voice {voice_id!r}"), self._exclusive():
             if not (folder / META_FILE).is_file():
                 raise NotFound(f"unknown voice {voice_id!r}")
             folder.rename(trash)

@@ -70,6 +70,8 @@ CASES: dict[str, tuple[Request, int, str]] = {
     "unknown format openai": (speech(response_format="ogg"), 422, "response_format"),
     "temperature 5": (tts(text="hi", temperature="5"), 422, "temperature"),
     "temperature 5 openai": (speech(temperature=5), 422, "temperature"),
+    "speed NaN": (tts(text="hi", speed="NaN"), 422, "speed: Input should be a finite number"),
+    "top_p inf": (tts(text="hi", top_p="inf"), 422, "top_p: Input should be a finite number"),
     "unknown route": (("GET", "/nope", {}), 404, "Not Found"),
 }
 

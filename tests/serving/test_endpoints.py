@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from pathlib import Path
 
 import av
 import httpx
@@ -32,6 +33,15 @@ def test_health_reports_engine_and_profile(client: httpx.Client) -> None:
     assert body["profile"]["quantization"] == body["quantization"] == "none"
     assert body["synthetic_checkpoint"] is True
     assert body["warmup_s"] is not None
+
+
+def test_health_shows_no_absolute_path(client: httpx.Client, tiny_checkpoint: Path) -> None:
+    """``/health`` answers without a key: it names the checkpoint folder served, not where this
+    machine keeps it (the server's folder and the checkpoint's are apart here)."""
+    body = client.get("/health").json()
+    assert body["checkpoint"] == tiny_checkpoint.name
+    text = json.dumps(body)
+    assert str(tiny_checkpoint.parent) not in text and '"/' not in text, text
 
 
 def test_tts_returns_wav_with_metric_headers(client: httpx.Client) -> None:
