@@ -1,6 +1,7 @@
 """Text that is not Unicode is refused when the request is read, on every route that takes text,
 and nothing is generated or saved: a lone UTF-16 surrogate in JSON (``"\\ud800"``, which JSON
-allows and nothing can encode) is a 422, a form field that is not UTF-8 a 400 (not Latin-1)."""
+allows and nothing can encode) is a 422, a form field that is not UTF-8 a 400 (not Latin-1). The
+keep-alive connection stays usable, and a 500 (a bug) says it closes."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
+
+from serving.app import create_app
+from serving.settings import Settings
 
 pytestmark = pytest.mark.service
 
@@ -107,3 +112,18 @@ def test_the_speech_socket_closes_1008_on_a_lone_surrogate(server) -> None:
             ws.recv(30)
     assert event["error"] == "invalid_input" and NOT_TEXT in event["message"], event
     assert ws.close_code == 1008
+
+
+def test_a_500_tells_the_client_not_to_reuse_its_connection() -> None:
+    """A bug's 500 closes the connection (the server tears it down after one): the answer says
+    so, and a keep-alive client does not send its next request into it. In-process, with a route
+    that fails as a bug would."""
+    app = create_app(Settings(_env_file=None))
+
+    @app.get("/bug")
+    async def bug() -> None:
+        raise RuntimeError("a bug")
+
+    answer = TestClient(app, raise_server_exceptions=False).get("/bug")
+    assert answer.status_code == 500 and answer.json()["error"] == "internal_error"
+    assert answer.headers["connection"] == "close"
