@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from engine.profile import EngineProfile
+from engine.sampling import MAX_NEW_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -58,20 +59,23 @@ def decode_lengths(profile: EngineProfile) -> tuple[int, ...]:
 
     Streamed windows (``codec_left_context + chunk_size`` frames at most) get the powers of two
     from ``first_chunk_size`` and that window itself (4, 8, 16, 32, 48 by default); whole-file
-    decodes double from there up to the longest a warmed KV bucket can hold (the largest of
-    ``buckets_to_warm``), so padding costs at most 2x on a decode, and nothing in steady streaming.
+    decodes double from there up to a request's frame budget (``MAX_NEW_TOKENS``), or the largest
+    warmed KV bucket if smaller. Padding costs at most 2x on a decode and nothing in steady
+    streaming; longer decodes (a caller's larger budget) keep doubling, compiled when first met.
+    Warm-up runs each length once, so the ladder stops at the budget: on a CPU, where the
+    full-size codec decodes ~30 ms a frame, every doubling beyond it would add minutes to start-up.
     """
     window = profile.codec_left_context + profile.chunk_size
-    top = max(window, max(profile.buckets_to_warm()))
-    lengths = {window, top}
+    lengths = {window}
     n = min(profile.first_chunk_size, window)
     while n < window:
         lengths.add(n)
         n *= 2
-    n = 2 * window
-    while n < top:
-        lengths.add(n)
+    top = max(profile.buckets_to_warm())
+    n = window
+    while n < min(MAX_NEW_TOKENS, top):
         n *= 2
+        lengths.add(min(n, top))
     return tuple(sorted(lengths))
 
 
@@ -178,17 +182,27 @@ class CodecRunner:
         return self.codec.decoder(self.codec.quantizer.decode(codes[None]))[0, 0]
 
     def padded_length(self, frames: int) -> int:
-        """The compiled decode length ``frames`` is padded to (itself when eager or too long).
+        """The compiled decode length ``frames`` is padded to (itself when eager).
 
-        Longer than every warmed length only by a caller's own codes (the engine's requests fit
-        a KV bucket); that decode compiles a graph of its own, and says so.
+        Beyond the warmed lengths (a frame budget above ``MAX_NEW_TOKENS``) the ladder keeps
+        doubling; each new length compiles once, in the request that first needs it, and says so.
         """
+        if not self.lengths:
+            return frames
         for length in self.lengths:
             if length >= frames:
                 return length
-        if self.lengths:
-            log.warning("codec: %d frames exceed the warmed decode lengths; compiling", frames)
-        return frames
+        length = self.lengths[-1]
+        while length < frames:
+            length *= 2
+        log.warning(
+            "codec: %d frames exceed the warmed decode lengths (up to %d): compiling %d",
+            frames,
+            self.lengths[-1],
+            length,
+        )
+        self.lengths = (*self.lengths, length)
+        return length
 
     def _decode_frames(self, codes: torch.Tensor) -> torch.Tensor:
         """Device audio for device codes [C, n]: right-padded to a warmed length when compiled."""
