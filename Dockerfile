@@ -13,12 +13,14 @@ ENV DEBIAN_FRONTEND=noninteractive \
     UV_LINK_MODE=copy \
     PATH=/opt/venv/bin:$PATH \
     HOST=0.0.0.0 \
-    PORT=8000
+    PORT=8000 \
+    COMPILE_CACHE_DIR=/data/compile-cache
 
 # gcc + libc6-dev: Triton compiles its kernel launcher with the C compiler at run time (against
 # Python.h, which uv's managed Python ships), so every compiled profile needs them in the image.
+# g++: inductor's CPU kernels are C++ (a compiled profile on a CPU, and the codec's CPU parts).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates libsndfile1 gcc libc6-dev \
+    && apt-get install -y --no-install-recommends ca-certificates libsndfile1 gcc g++ libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=ghcr.io/astral-sh/uv:0.8 /uv /usr/local/bin/uv
 
@@ -40,6 +42,11 @@ RUN useradd --create-home --uid 1000 fishbench \
 USER fishbench
 
 EXPOSE 8000
-HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
+# A compiled profile's first start compiles every KV bucket's frame step and every codec decode
+# length (docs/operations.md: about 10-20 min cold on a desktop GPU, projected; 1-2 min warm from
+# the compile cache, which docker-compose.yml keeps on a volume): /health answers 503 "loading"
+# until then, and only failures after the start period count.
+VOLUME /data/compile-cache
+HEALTHCHECK --interval=15s --timeout=5s --start-period=1500s --retries=3 \
     CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"PORT\", \"8000\")}/health', timeout=4)"
 CMD ["python", "-m", "serving"]

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import psutil
 import torch
 
@@ -32,6 +33,23 @@ def _note_once(message: str) -> None:
 def figure(value: float | None, spec: str = ".3g", unit: str = "") -> str:
     """A measurement as text, or ``n/a`` where it was not measured (absent, never zero)."""
     return MISSING if value is None else format(value, spec) + unit
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    """The one summary of repeated measurements every report uses: count, mean, min, max and the
+    p50 / p95 percentiles by linear interpolation (numpy's default: p50 of an even count is the
+    mean of the middle two). Empty input gives an empty summary, not zeros."""
+    if not len(values):
+        return {}
+    data = np.asarray(values, dtype=np.float64)
+    return {
+        "count": float(data.size),
+        "mean": float(data.mean()),
+        "min": float(data.min()),
+        "max": float(data.max()),
+        "p50": float(np.percentile(data, 50)),
+        "p95": float(np.percentile(data, 95)),
+    }
 
 
 @dataclass

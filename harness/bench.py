@@ -12,12 +12,14 @@ measured in the same run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from omegaconf import OmegaConf
 from engine.audio_io import SAMPLE_RATE
 from engine.paths import CONF_DIR
 from engine.telemetry import figure
-from harness.launcher import ChildOutcome, run_in_child
+from harness.launcher import run_in_child
 from harness.sweep.compose import detect_hardware_preset
 from harness.sweep.config import HardwareConf
 
@@ -48,6 +50,7 @@ class Row:
     name: str
     kind: str  # "upstream" or "engine"
     options: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # set in the row's processes only
 
     @property
     def compiled(self) -> bool:
@@ -70,6 +73,14 @@ GPU_ROWS = [
     Row("ours-bf16-compiled", "engine", {"precision": "bf16", **_GPU_COMPILED}),
     Row("ours-int8", "engine", {"precision": "bf16", "quantization": "int8", **_GPU_COMPILED}),
     Row("ours-int4", "engine", {"precision": "bf16", "quantization": "int4", **_GPU_COMPILED}),
+    # What an RTX 30/40 card runs: cuDNN attention is chosen only on sm90+, so sm86/89 get the
+    # memory-efficient kernel. Deprioritising cuDNN shows that path on an H100/H200.
+    Row(
+        "ours-bf16-mem-efficient",
+        "engine",
+        {"precision": "bf16", **_GPU_COMPILED},
+        {"TORCH_CUDNN_SDPA_DEPRIORITIZED": "1"},
+    ),
     Row(
         "ours-nf4 (experimental)",
         "engine",
@@ -259,12 +270,10 @@ def run_row(
     cold_compile: bool = True,
     compile_cache: Path | None = None,
     timeout_s: float = ROW_TIMEOUT_S,
-    isolate: bool = True,
 ) -> dict[str, Any]:
     """Measure one row in spawned processes (a cold compile first for compiled rows, unless
     ``cold_compile`` is off: then the timed process compiles, from ``compile_cache`` if given);
-    a crash or timeout becomes an ``error`` entry. ``isolate=False`` measures in this process
-    instead (the acceptance dry run: it proves the wiring, and a spawn costs seconds)."""
+    a crash or timeout becomes an ``error`` entry."""
     job = {
         "row": row,
         "checkpoint": checkpoint,
@@ -274,7 +283,7 @@ def run_row(
         "threads": threads,
     }
     cold_s = None
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _environment(row.env):
         job["compile_cache"] = str(compile_cache or Path(tmp) / "compile-cache")
         if row.compiled and cold_compile:
             cold = run_in_child(
@@ -283,12 +292,9 @@ def run_row(
             if cold.result is None:
                 return {"row": row.name, "error": cold.error}
             cold_s = cold.result["warmup_s"]
-        if isolate:
-            outcome = run_in_child(
-                _measure_job, job | {"compile_only": False}, timeout_s, Path(tmp) / "row.log"
-            )
-        else:
-            outcome = _measure_here(job | {"compile_only": False})
+        outcome = run_in_child(
+            _measure_job, job | {"compile_only": False}, timeout_s, Path(tmp) / "row.log"
+        )
     if outcome.result is None:
         return {"row": row.name, "error": outcome.error}
     result = outcome.result | {"cold_warmup_s": cold_s, "compiled": row.compiled}
@@ -299,18 +305,24 @@ def run_row(
     return result
 
 
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in ``os.environ`` for the block: a spawned child inherits them at start, before
+    it imports torch (some torch settings are read once, from the environment)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _measure_job(job: dict[str, Any]) -> dict[str, Any]:
     return _measure_row(job)
-
-
-def _measure_here(job: dict[str, Any]) -> ChildOutcome:
-    """``_measure_row`` in this process, a failure becoming an error entry as in a child."""
-    start = time.perf_counter()
-    try:
-        return ChildOutcome(_measure_row(job), None, time.perf_counter() - start)
-    except Exception as exc:
-        log.exception("row %s failed", job["row"].name)
-        return ChildOutcome(None, f"{type(exc).__name__}: {exc}", time.perf_counter() - start)
 
 
 def _device_name() -> str:
@@ -474,12 +486,10 @@ def run_bench(
     cold_compile: bool = True,
     compile_cache: Path | None = None,
     deadline: float | None = None,
-    isolate: bool = True,
 ) -> Path:
     """Run every row (``rows``, else this device's), print the table, write JSON + Markdown named
     after the device and model. A row is not started after ``deadline`` (``time.monotonic()``)
-    nor allowed to run past it. ``cold_compile``, ``compile_cache`` and ``isolate`` are
-    ``run_row``'s."""
+    nor allowed to run past it. ``cold_compile`` and ``compile_cache`` are ``run_row``'s."""
     from fish_speech.models.text2semantic.llama import BaseModelArgs
 
     from engine import perf_model
@@ -517,7 +527,6 @@ def run_bench(
             cold_compile,
             compile_cache,
             min(left, ROW_TIMEOUT_S),
-            isolate,
         )
         if "error" in result:
             log.error("row %s failed: %s", row.name, result["error"].strip().splitlines()[0])

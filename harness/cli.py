@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from engine.errors import ConfigError, UserError
+from harness.gpu_check import cli as gpu_check
 
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog."
 
@@ -240,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=20, help="rows in the table")
     p.add_argument("-o", "--output", type=Path, help="also write Markdown + JSON here")
     p.set_defaults(func=_profile_ops)
+
+    p = sub.add_parser(
+        "gpu-check", help="what a GPU must show, in parts of under 8 minutes (--dry-run: CPU)"
+    )
+    gpu_check.add_arguments(p)
+    p.set_defaults(func=gpu_check.run)
 
     p = sub.add_parser("sweep", help="Hydra sweep; overrides the Hydra way (key=value)")
     p.add_argument("overrides", nargs=argparse.REMAINDER)

@@ -47,3 +47,21 @@ def test_image_installs_the_c_compiler_triton_needs() -> None:
     installs = " ".join(re.findall(r"apt-get install ([^&]+)", DOCKERFILE.replace("\\\n", " ")))
     packages = set(installs.split())
     assert "build-essential" in packages or {"gcc", "libc6-dev"} <= packages, packages
+
+
+def test_image_has_the_cpp_compiler_inductor_needs() -> None:
+    """inductor's CPU kernels are C++: gcc alone cannot build them."""
+    installs = " ".join(re.findall(r"apt-get install ([^&]+)", DOCKERFILE.replace("\\\n", " ")))
+    assert {"g++", "build-essential"} & set(installs.split())
+
+
+def test_the_compile_cache_outlives_a_container_and_start_up_waits_for_a_cold_compile() -> None:
+    """The image keeps torch.compile's caches where compose mounts a named volume, so a restarted
+    replica starts warm; the health check's start period covers a cold compiled start (about
+    10-20 min projected on a desktop GPU)."""
+    cache = re.search(r"COMPILE_CACHE_DIR=(\S+)", DOCKERFILE)
+    assert cache, "the image sets no COMPILE_CACHE_DIR"
+    compose = (ROOT / "docker-compose.yml").read_text()
+    assert re.search(rf"^\s+- (\S+):{re.escape(cache.group(1))}$", compose, re.MULTILINE)
+    start = re.search(r"--start-period=(\d+)s", DOCKERFILE)
+    assert start and int(start.group(1)) >= 20 * 60
