@@ -1,15 +1,17 @@
 """Export the winner as the active engine profile, with where it came from.
 
 Written twice: ``reports/profiles/<hardware>-<timestamp>.yaml`` (history) and
-``reports/profile.yaml`` (what the service loads). When the baseline wins, the exported profile
-is the engine's safe default (eager, unquantized), the engine configuration closest to upstream,
-carrying the baseline's figures.
+``reports/profile.yaml`` (what the service loads), under ``profiles/.export.lock`` so that two
+sweeps finishing together (on different folders) export one after the other, never interleaved.
+When the baseline wins, the exported profile is the engine's safe default (eager, unquantized),
+the engine configuration closest to upstream, carrying the baseline's figures.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -18,10 +20,13 @@ import torch
 from engine.checkpoint import CheckpointFolder
 from engine.paths import ACTIVE_PROFILE
 from engine.profile import EngineProfile, Hardware, Provenance, resolve_profile
+from harness.sweep.lock import FileLock
 from harness.trial.metrics import HEADLINE_METRICS
 from harness.trial.record import TrialRecord
 
 log = logging.getLogger(__name__)
+EXPORT_LOCK = ".export.lock"  # in reports/profiles/
+EXPORT_WAIT_S = 300.0  # another sweep's export takes well under a second
 
 
 def winning_profile(winner: TrialRecord, hw: Hardware) -> EngineProfile:
@@ -55,8 +60,14 @@ def export_profile(
         metrics={key: value for key, value in figures.items() if value is not None},
     )
     profile = winning_profile(winner, hw).model_copy(update={"provenance": provenance})
-    dated = profile.save(reports_dir / "profiles" / f"{hardware_name}-{stamp}.yaml")
-    active = reports_dir / ACTIVE_PROFILE.name
-    shutil.copyfile(dated, active)
+    profiles = reports_dir / "profiles"
+    with FileLock.take(
+        profiles / EXPORT_LOCK, f"the profile export in {reports_dir}", EXPORT_WAIT_S
+    ):
+        dated = profile.save(profiles / f"{hardware_name}-{stamp}.yaml")
+        active = reports_dir / ACTIVE_PROFILE.name
+        staged = profiles / f".active-{os.getpid()}.yaml"
+        shutil.copyfile(dated, staged)
+        staged.replace(active)  # the service never reads a half-written profile
     log.info("exported %s profile to %s and %s", winner.name, dated, active)
     return dated, active

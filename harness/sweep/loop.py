@@ -1,6 +1,7 @@
 """Open a sweep (its folder and MLflow parent run) and run its trials: one after another as the
 plan hands them out (``launcher=local``), or side by side as Ray tasks (``launcher=ray``). Each
-finished trial is logged to MLflow and saved at once, so an interrupted sweep resumes.
+finished trial is saved at once, then logged to MLflow, so an interrupted sweep resumes without
+running a finished trial again or logging it twice.
 """
 
 from __future__ import annotations
@@ -77,11 +78,13 @@ def _environment_tags(
     return tags
 
 
-def open_sweep(conf: SweepConf, hw: Hardware, checkpoint: CheckpointFolder) -> OpenSweep:
-    """Create (or reopen, when resuming) the sweep folder and its MLflow parent run."""
+def open_sweep(
+    conf: SweepConf, hw: Hardware, checkpoint: CheckpointFolder, folder: SweepFolder
+) -> OpenSweep:
+    """Create (or reopen, when resuming) the MLflow parent run of the sweep in ``folder`` (which
+    this process has locked: ``SweepFolder.open``)."""
     from harness.sweep.tracking import SweepTracker
 
-    folder = SweepFolder.open(conf.reports_dir, conf.sweep_id, conf.resume)
     state = folder.load_state()
     (folder.root / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(conf)))
     tags = _environment_tags(conf, hw, checkpoint)
@@ -138,11 +141,25 @@ def _context(sweep: OpenSweep, reference: str | None) -> TrialContext:
     )
 
 
-def _keep(sweep: OpenSweep, spec: TrialSpec, record: TrialRecord) -> None:
-    """Log a trial that just finished to MLflow and save its record (resume reads it)."""
-    trial_dir = sweep.folder.trial_dir(spec.config_hash)
+def _keep(sweep: OpenSweep, record: TrialRecord) -> None:
+    """Save a trial that just finished, then log it to MLflow and save its run id.
+
+    The record comes first so that a crash anywhere after it never runs the trial again, and
+    ``log_trial`` finds a run it already made (by config hash and start): a resumed sweep logs
+    a record without a run id (``_reconcile``) without a second MLflow run."""
+    sweep.folder.save_record(record)
+    trial_dir = sweep.folder.trial_dir(record.config_hash)
     record.run_id = sweep.tracker.log_trial(sweep.parent_id, record, sweep.tags, trial_dir)
     sweep.folder.save_record(record)
+
+
+def _reconcile(sweep: OpenSweep, record: TrialRecord) -> None:
+    """A finished trial of an earlier run of this sweep: log it now if that run stopped between
+    saving its record and saving its MLflow run id."""
+    log.info("resume: %s already finished (%s)", record.name, record.status)
+    if record.run_id is None:
+        log.info("resume: %s has no MLflow run id yet: logging it", record.name)
+        _keep(sweep, record)
 
 
 def run_trials(
@@ -165,7 +182,7 @@ def run_trials(
             progress.update(task, description=f"trial {len(records) + 1}/{plan.total}: {spec.name}")
             if spec.config_hash in finished:
                 record = finished[spec.config_hash]
-                log.info("resume: %s already finished (%s)", spec.name, record.status)
+                _reconcile(sweep, record)
             elif spec.runs and not budget.allows(history.get(spec.name)):
                 not_run = [spec.name, *plan.remaining()]
                 log.warning(
@@ -179,7 +196,7 @@ def run_trials(
                 record = execute_trial(spec, ctx)
                 if spec.runs:
                     budget.ran(record.ended_at - record.started_at)
-                _keep(sweep, spec, record)
+                _keep(sweep, record)
             plan.done(record)
             records.append(record)
             to_run = plan.total - len(records)
@@ -201,9 +218,9 @@ def run_trials_on_ray(
 
         def done(spec: TrialSpec, record: TrialRecord) -> None:
             if spec.config_hash in finished:
-                log.info("resume: %s already finished (%s)", spec.name, record.status)
+                _reconcile(sweep, record)
             else:
-                _keep(sweep, spec, record)
+                _keep(sweep, record)
                 if spec.runs:
                     walls.append(record.ended_at - record.started_at)
             landed[spec.config_hash] = record

@@ -5,8 +5,9 @@
     python -m harness.sweep -m engine.quantization=none,int8 engine.chunk_size=8,32
     python -m harness.sweep resume=last                       # skip trials already finished
 
-``run_sweep(cfg)`` opens the sweep and runs its trials (``harness.sweep.loop``), then selects,
-exports and reports; ``main(argv)`` is the command line (also behind ``fishbench sweep``).
+``run_sweep(cfg)`` locks the sweep folder (one sweep per folder: a second is refused, naming the
+first's PID), opens the sweep and runs its trials (``harness.sweep.loop``), then selects, exports
+and reports; ``main(argv)`` is the command line (also behind ``fishbench sweep``).
 Without a real checkpoint in ``checkpoint`` the tiny synthetic one is made (once) in
 ``synthetic_checkpoint`` and the CPU grid runs.
 
@@ -17,6 +18,7 @@ re-imports this module as its ``__main__``, and MLflow alone would add ~6 s to e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,6 +53,7 @@ from harness.sweep.selection import (
     pareto_front,
     select_winner,
 )
+from harness.sweep.store import SweepFolder
 from harness.trial.record import TrialRecord
 
 log = logging.getLogger(__name__)
@@ -183,10 +186,19 @@ def conclude(
 
 
 def run_sweep(cfg: DictConfig | SweepConf, console: Console | None = None) -> SweepOutcome:
-    """Run a whole sweep for a composed config (see ``harness.sweep.compose.build_config``)."""
+    """Run a whole sweep for a composed config (see ``harness.sweep.compose.build_config``).
+
+    The sweep folder is locked first, before anything slow: a second sweep on a folder in use
+    stops at once with ``LockBusy`` naming the PID of the sweep that holds it."""
     conf = cfg if isinstance(cfg, SweepConf) else OmegaConf.to_object(cfg)
     console = console or Console()
     fidelity_gates(conf.quality)  # fail on unknown gate names before any trial runs
+    folder, lock = SweepFolder.open(conf.reports_dir, conf.sweep_id, conf.resume)
+    with lock:
+        return _run_locked(conf, folder, console)
+
+
+def _run_locked(conf: SweepConf, folder: SweepFolder, console: Console) -> SweepOutcome:
     hw = check_hardware(conf)
     checkpoint = prepare_checkpoint(conf)
     reference = prepare_reference(conf.scenario)
@@ -195,7 +207,20 @@ def run_sweep(cfg: DictConfig | SweepConf, console: Console | None = None) -> Sw
     warning = busy_warning(start_state, conf.isolation.max_other_cores)
     if warning:
         log.warning("%s", warning)
-    sweep = open_sweep(conf, hw, checkpoint)
+    sweep = open_sweep(conf, hw, checkpoint, folder)
+    try:
+        run = _trials(sweep, specs, reference, console)
+        return conclude(sweep, specs, run, start_state, console)
+    except BaseException as exc:
+        with contextlib.suppress(Exception):  # the error that stopped the sweep is the one to show
+            sweep.tracker.stop_parent(sweep.parent_id, exc)
+        raise
+
+
+def _trials(
+    sweep: OpenSweep, specs: list[TrialSpec], reference: str | None, console: Console
+) -> TrialsRun:
+    conf = sweep.conf
     history = load_history(conf.reports_dir, conf.hardware.name, sweep.folder.sweep_id)
     plan = plan_trials(sweep, specs, history)
     log.info(
@@ -209,10 +234,8 @@ def run_sweep(cfg: DictConfig | SweepConf, console: Console | None = None) -> Sw
         sweep.folder.root,
     )
     if conf.launcher.name == "ray":
-        run = run_trials_on_ray(sweep, order_by_promise(specs, history), reference, console)
-    else:
-        run = run_trials(sweep, plan, history, reference, console)
-    return conclude(sweep, specs, run, start_state, console)
+        return run_trials_on_ray(sweep, order_by_promise(specs, history), reference, console)
+    return run_trials(sweep, plan, history, reference, console)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -13,21 +13,24 @@ that ``runs_url`` links to.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import pandas as pd
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 
 from harness.sweep.config import LOCAL_TRACKING_URI, TrackingConf
 from harness.trial.metrics import HEADLINE_METRICS
 from harness.trial.record import FAILED, OK, TrialRecord
 
+log = logging.getLogger(__name__)
 MAX_TAG_CHARS = 4000
 RUN_STATUS = {OK: "FINISHED", FAILED: "FAILED"}
 # What MLflow's experiment kind selector writes; MLflow 3.17's UI follows ``workflowType`` instead.
@@ -209,15 +212,45 @@ class SweepTracker:
         self, parent_id: str, record: TrialRecord, tags: dict[str, Any], folder: Path
     ) -> str:
         """A finished child run for ``record``: params, metrics, tags, its folder as artifacts;
-        its row appended to the parent's trial table (a resumed sweep appends only new trials)."""
+        its row appended to the parent's trial table (a resumed sweep appends only new trials).
+
+        Idempotent: a run already made for this very run of the trial (same parent, config hash
+        and start) is returned as it is, or finished when a crash left it RUNNING; a trial run
+        again (``retry_failed``) starts later and gets a run of its own."""
         start = int((record.started_at or time.time()) * 1000)
-        run = self.client.create_run(
-            self.experiment_id,
-            start_time=start,
-            run_name=record.name,
-            tags={"mlflow.parentRunId": parent_id},
-        )
-        run_id = run.info.run_id
+        earlier = self._trial_run(parent_id, record.config_hash, start)
+        if earlier is not None and earlier.info.status != "RUNNING":
+            log.info("trial %s is in MLflow already (run %s)", record.name, earlier.info.run_id)
+            return earlier.info.run_id
+        if earlier is None:
+            run_id = self.client.create_run(
+                self.experiment_id,
+                start_time=start,
+                run_name=record.name,
+                tags={"mlflow.parentRunId": parent_id, "config_hash": record.config_hash},
+            ).info.run_id
+        else:
+            run_id = earlier.info.run_id
+            log.info("trial %s: finishing run %s, which a crash left RUNNING", record.name, run_id)
+        self._fill_trial_run(run_id, record, tags, folder)
+        if earlier is None or not self._in_table(parent_id, run_id):
+            # object columns: pandas 3's str dtype makes log_table's image check warn every call
+            row = pd.DataFrame([trial_row(record, run_id)], dtype=object)
+            self.client.log_table(parent_id, row, TRIALS_TABLE)
+        end = int((record.ended_at or time.time()) * 1000)
+        self.client.set_terminated(run_id, RUN_STATUS.get(record.status, "FINISHED"), end_time=end)
+        return run_id
+
+    def _trial_run(self, parent_id: str, config_hash: str, start_ms: int) -> Run | None:
+        """The child run of ``parent_id`` made for the trial ``config_hash`` started at
+        ``start_ms``, if a call before this one made it."""
+        query = f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.config_hash = '{config_hash}'"
+        runs = self.client.search_runs([self.experiment_id], filter_string=query)
+        return next((run for run in runs if run.info.start_time == start_ms), None)
+
+    def _fill_trial_run(
+        self, run_id: str, record: TrialRecord, tags: dict[str, Any], folder: Path
+    ) -> None:
         knobs = record.active_knobs or record.knobs
         trial_tags = {
             **tags,
@@ -238,12 +271,21 @@ class SweepTracker:
         )
         if folder.is_dir():
             self.client.log_artifacts(run_id, str(folder))
-        # object columns: pandas 3's str dtype makes log_table's image check warn on every call
-        row = pd.DataFrame([trial_row(record, run_id)], dtype=object)
-        self.client.log_table(parent_id, row, TRIALS_TABLE)
-        end = int((record.ended_at or time.time()) * 1000)
-        self.client.set_terminated(run_id, RUN_STATUS.get(record.status, "FINISHED"), end_time=end)
-        return run_id
+
+    def _in_table(self, parent_id: str, run_id: str) -> bool:
+        """Whether the parent's trial table has a row for ``run_id`` already."""
+        if TRIALS_TABLE not in {a.path for a in self.client.list_artifacts(parent_id)}:
+            return False
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.client.download_artifacts(parent_id, TRIALS_TABLE, tmp)
+            table = pd.read_json(path, orient="split", dtype=False)
+        return run_id in set(table.get("run_id", []))
+
+    def stop_parent(self, parent_id: str, error: BaseException) -> None:
+        """Close the parent run of a sweep that an error stopped (KILLED for Ctrl-C, else
+        FAILED) rather than leave it RUNNING; resuming the sweep reopens it."""
+        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        self.client.set_terminated(parent_id, status)
 
     def mark_champion(self, run_id: str, parent_id: str, hardware_id: str) -> None:
         """Tag ``run_id`` champion of its hardware: an earlier champion on the same hardware (an

@@ -24,11 +24,12 @@ def record(name: str, p50: float, *, kind: str = CANDIDATE, noisy: str | None = 
 
 
 def past_sweep(reports: Path, sweep_id: str, hardware: str, *records: TrialRecord) -> None:
-    folder = SweepFolder.open(reports, sweep_id, None)
-    folder.save_state({"sweep_id": sweep_id})
-    (folder.root / "config.yaml").write_text(yaml.safe_dump({"hardware": {"name": hardware}}))
-    for r in records:
-        folder.save_record(r)
+    folder, lock = SweepFolder.open(reports, sweep_id, None)
+    with lock:
+        folder.save_state({"sweep_id": sweep_id})
+        (folder.root / "config.yaml").write_text(yaml.safe_dump({"hardware": {"name": hardware}}))
+        for r in records:
+            folder.save_record(r)
 
 
 def test_history_reads_speedups_per_hardware_and_ignores_noisy_figures(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ experiment is a model-training one, the parent run holds the trial table, report
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,39 @@ def test_a_resumed_sweep_appends_only_its_new_trials(
     assert list(table["trial"]) == [r.name for r in TRIALS]
     assert table["status"].iloc[-1] == FAILED
     assert table["reason"].iloc[-1] == "RuntimeError: prompt overflows max_seq_len"
+
+
+def test_a_trial_a_crash_left_half_logged_is_finished_once_not_logged_again(
+    tmp_path: Path,
+) -> None:
+    tracker = SweepTracker(
+        TrackingConf(f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "mlartifacts"))
+    )
+    parent_id = tracker.start_parent("sweep-s2", {}, {}, None)
+    record = _record("compile=true", CANDIDATE, 0.5)
+    record.started_at, record.ended_at = 1000.0, 1010.0
+    folder = tmp_path / "trial"
+    folder.mkdir()
+    (folder / "sample.wav").write_bytes(b"RIFF")
+    (folder / "gone.wav").symlink_to(folder / "deleted.wav")  # vanished while being logged
+    with pytest.raises(FileNotFoundError):
+        tracker.log_trial(parent_id, record, {}, folder)
+    (folder / "gone.wav").unlink()
+    run_id = tracker.log_trial(parent_id, record, {}, folder)
+    assert tracker.log_trial(parent_id, record, {}, folder) == run_id  # a third call: nothing new
+    children = tracker.client.search_runs(
+        [tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'"
+    )
+    assert [(run.info.run_id, run.info.status) for run in children] == [(run_id, "FINISHED")]
+    table = tracker.client.download_artifacts(parent_id, TRIALS_TABLE, str(tmp_path))
+    assert [row[-1] for row in json.loads(Path(table).read_text())["data"]] == [run_id]
+
+
+def test_a_failed_trial_retried_gets_a_run_of_its_own(logged: Logged) -> None:
+    retried = dataclasses.replace(TRIALS[2], started_at=2000.0, ended_at=2001.0)
+    first = logged.tracker.log_trial(logged.parent_id, retried, {}, Path("absent"))
+    again = dataclasses.replace(retried, started_at=3000.0, ended_at=3001.0)
+    assert logged.tracker.log_trial(logged.parent_id, again, {}, Path("absent")) != first
 
 
 def test_runs_url_opens_the_latest_sweeps_saved_view(logged: Logged) -> None:
