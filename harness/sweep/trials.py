@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.profile import EngineProfile
-from harness.launcher import run_in_child
+from harness.launcher import reclaim, run_in_child
 from harness.quality.wer import measure_wer
 from harness.sweep.config import IsolationConf, SweepConf
 from harness.sweep.grid import TrialSpec
@@ -103,9 +104,20 @@ def _write_artifacts(record: TrialRecord, out_dir: Path) -> None:
         (out_dir / "error.txt").write_text(record.reason)
 
 
+def _fresh_folder(spec: TrialSpec, ctx: TrialContext) -> Path:
+    """The trial's folder, emptied of what an earlier attempt left (a killed sweep's, or a
+    FAILED trial's being retried) once no child of that attempt can still write there."""
+    out_dir = ctx.folder.trial_dir(spec.config_hash)
+    reclaim(ctx.folder.trial_lock(spec.config_hash))
+    if out_dir.is_dir():
+        log.info("trial %s: clearing what an earlier attempt left in %s", spec.name, out_dir)
+        shutil.rmtree(out_dir)
+    return out_dir
+
+
 def execute_trial(spec: TrialSpec, ctx: TrialContext) -> TrialRecord:
     """Run ``spec`` (or record why it does not run); never raises for the trial's own failures."""
-    out_dir = ctx.folder.trial_dir(spec.config_hash)
+    out_dir = _fresh_folder(spec, ctx)
     job = trial_job(spec, ctx)
     ctx.folder.save_trial_config(spec.config_hash, job)
     started = time.time()
@@ -135,7 +147,13 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext) -> TrialRecord:
 def _measure(spec: TrialSpec, ctx: TrialContext, job: dict[str, Any], out_dir: Path) -> TrialRecord:
     """One run of the trial's child process, as a record (FAILED with the child's reason)."""
     record = spec.record()
-    outcome = run_in_child(run_trial, job, ctx.conf.trial_timeout_s, out_dir / "trial.log")
+    outcome = run_in_child(
+        run_trial,
+        job,
+        ctx.conf.trial_timeout_s,
+        out_dir / "trial.log",
+        ctx.folder.trial_lock(spec.config_hash),
+    )
     if outcome.result is None:
         record.reason = outcome.error
         log.warning("trial %s FAILED: %s", spec.name, record.headline)

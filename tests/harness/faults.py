@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 HANG, KILLED, RAISES = 3, 5, 7  # chunk_size values that select a fault in ``faulty_trial``
@@ -29,6 +30,12 @@ def raises(job: dict[str, Any]) -> dict[str, Any]:
 
 def answers(job: dict[str, Any]) -> dict[str, Any]:
     return {"echo": job["value"]}
+
+
+def script_env() -> dict[str, str]:
+    """The environment of a test's own Python script that imports this module."""
+    paths = [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in paths if path)}
 
 
 def faulty_trial(job: dict[str, Any]) -> dict[str, Any]:
