@@ -8,21 +8,29 @@ follow, as many at once as there are GPUs. One sweep targets one hardware kind (
 preset): sweep each kind of GPU in the cluster separately, each against its own baseline.
 
 ``RAY_ADDRESS`` (or ``launcher.address``) joins an existing cluster, whose nodes must see the
-checkpoint and reference at the same paths; without one a local Ray instance starts. A trial's
-folder travels back with its record, so the driver logs the same artifacts as a local sweep.
-Without GPUs, parallel trials would share CPUs and disturb each other's timings: one at a time,
-unless ``launcher.allow_shared_cpu=true`` (tests).
+checkpoint and reference at the same paths; without one a local Ray instance starts, bound to
+127.0.0.1 (not the machine's network address), with its files (sessions, logs, spilled objects and
+the auth token its clients present) in ``local_dir()``, not in ``/tmp/ray`` and ``~/.ray``.
+A trial's folder travels back with its record, so the driver logs the same artifacts as a local
+sweep. Without GPUs, parallel trials would share CPUs and disturb each other's timings: one at a
+time, unless ``launcher.allow_shared_cpu=true`` (tests).
 """
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import logging
 import os
+import secrets
 import socket
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import ray
+from ray._private import ray_constants
 from rich.console import Console
 
 from engine.errors import ConfigError
@@ -33,6 +41,7 @@ from harness.trial.record import TrialRecord
 
 log = logging.getLogger(__name__)
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # records and trial folders only: a few MB each
+LOOPBACK = "127.0.0.1"
 
 
 def run_on_worker(spec: TrialSpec, ctx: TrialContext) -> tuple[TrialRecord, dict[str, bytes], str]:
@@ -47,15 +56,75 @@ def run_on_worker(spec: TrialSpec, ctx: TrialContext) -> tuple[TrialRecord, dict
     return record, files, f"Ray worker pid {os.getpid()} on {socket.gethostname()}"
 
 
+def local_dir() -> Path:
+    """Where a local Ray cluster's files go: a folder of this user's alone under the system's
+    temp folder (``$TMPDIR``, else /tmp), short since Ray's socket paths must fit in 107 bytes;
+    ``ray/`` in it is Ray's temp folder (sessions, logs, spilled objects; Ray opens it to all, the
+    folder around it keeps others out), ``auth_token`` the token its clients present."""
+    return Path(tempfile.gettempdir()) / f"fishbench-ray-{getpass.getuser()}"
+
+
+def _private_folder(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise ConfigError(f"{path} holds a Ray auth token: it must be yours alone (chmod 700)")
+    return path
+
+
+def _local_token(folder: Path) -> None:
+    """Ray's token auth for the local cluster, the token kept in ``folder`` rather than written
+    to ``~/.ray/auth_token``; a token or mode the user set (``RAY_AUTH_*``) wins."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled" or any(
+        os.environ.get(key) for key in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+    ):
+        return
+    token = folder / "auth_token"
+    if not token.is_file():
+        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as sink:
+            sink.write(secrets.token_hex(32))
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)  # inherited by the cluster's processes
+
+
+@contextlib.contextmanager
+def _loopback() -> Iterator[None]:
+    """On Linux Ray turns 127.0.0.1 into the machine's network address, and its servers listen
+    on every interface, unless it runs in its single-machine mode (its default on macOS and
+    Windows), where all of them bind to 127.0.0.1: that mode while the local cluster starts."""
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+def _start_local() -> None:
+    folder = _private_folder(local_dir())
+    _local_token(folder)
+    with _loopback():
+        ray.init(
+            include_dashboard=False,
+            log_to_driver=False,
+            object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+            _temp_dir=str(folder / "ray"),
+        )
+    address = ray.util.get_node_ip_address()
+    if address != LOOPBACK:
+        log.warning("the local Ray cluster listens on %s, not %s", address, LOOPBACK)
+    log.info("local Ray cluster on %s; its sessions, logs and auth token in %s", address, folder)
+
+
 def connect(conf: SweepConf) -> None:
     """Join ``launcher.address`` / ``RAY_ADDRESS``, or start a local Ray instance."""
     if ray.is_initialized():
         return
     address = conf.launcher.address or os.environ.get("RAY_ADDRESS")
-    options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
     if address is None:
-        options["object_store_memory"] = LOCAL_OBJECT_STORE_BYTES
-    ray.init(address=address, **options)
+        _start_local()
+    else:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
     log.info("Ray cluster: %s", ray.cluster_resources())
 
 

@@ -1,12 +1,17 @@
 """launcher=ray on a local Ray instance: each trial in its own fresh worker process, a trial that
-fails inside its worker recorded FAILED with the reason, and resume skipping finished trials."""
+fails inside its worker recorded FAILED with the reason, and resume skipping finished trials. The
+local instance listens on 127.0.0.1 only and keeps its files (auth token included) in its own
+folder, nothing under the home folder."""
 
 from __future__ import annotations
 
+import getpass
 import re
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import ray
 
@@ -22,10 +27,22 @@ RAY = (
     "isolation.max_other_cores=8",  # side-by-side trials on shared CPUs, on purpose
 )
 TinySweep = Callable[..., SweepOutcome]  # the tiny_sweep fixture (tests/harness/conftest.py)
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+# Where a local cluster's files go (README): a folder of the user's own in the temp folder.
+LOCAL_DIR = Path(tempfile.gettempdir()) / f"fishbench-ray-{getpass.getuser()}"
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def home(tmp_path_factory: pytest.TempPathFactory, tiny_sweep: TinySweep) -> Iterator[Path]:
+    """An empty home folder for the whole Ray session (its fixtures made before it)."""
+    folder = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(folder))
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory, home: Path) -> Iterator[Path]:
     yield tmp_path_factory.mktemp("ray")
     ray.shutdown()
 
@@ -71,3 +88,26 @@ def test_resume_skips_finished_trials(
     added = resumed.records[-1]
     assert (added.name, added.status) == ("precision=fp16", "SKIPPED")
     assert "worker" not in added.notes  # decided without a Ray task
+
+
+def _listening(proc: psutil.Process) -> set[str]:
+    try:
+        connections = proc.net_connections(kind="inet")
+    except psutil.Error:  # a worker that just ended
+        return set()
+    return {c.laddr.ip for c in connections if c.status == psutil.CONN_LISTEN}
+
+
+def test_the_local_cluster_listens_on_loopback_only(first: SweepOutcome) -> None:
+    me = psutil.Process()
+    addresses = set().union(*(_listening(p) for p in [me, *me.children(recursive=True)]))
+    assert addresses, "no Ray process listens at all"
+    assert addresses <= LOOPBACK, f"Ray listens on {addresses - LOOPBACK}"
+
+
+def test_the_local_clusters_files_stay_in_its_folder(first: SweepOutcome, home: Path) -> None:
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    assert session.parent == LOCAL_DIR / "ray"
+    assert LOCAL_DIR.stat().st_mode & 0o777 == 0o700
+    assert (LOCAL_DIR / "auth_token").stat().st_mode & 0o777 == 0o600
+    assert not (home / ".ray").exists()  # no ~/.ray/auth_token
