@@ -149,7 +149,8 @@ def _profile_ops(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from harness.sweep.runner import main as sweep_main
 
-    return sweep_main(args.overrides) or 0
+    flags = ["--multirun"] * args.multirun + ["--cfg"] * args.cfg
+    return sweep_main(flags + args.overrides) or 0
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -249,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=gpu_check.run)
 
     p = sub.add_parser("sweep", help="Hydra sweep; overrides the Hydra way (key=value)")
-    p.add_argument("overrides", nargs=argparse.REMAINDER)
+    p.add_argument("-m", "--multirun", action="store_true", help="sweep comma lists of knobs")
+    p.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    p.add_argument("overrides", nargs="*", help="e.g. grid=full-gpu scenario.repeats=3")
     p.set_defaults(func=_sweep)
 
     p = sub.add_parser(
