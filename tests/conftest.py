@@ -11,6 +11,7 @@ process itself is marked ``slow``).
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -80,3 +81,32 @@ def engine(tiny_checkpoint: Path):
     from engine.profile import EngineProfile
 
     return OptimizedFishSpeech.from_checkpoint(tiny_checkpoint, EngineProfile())
+
+
+class PeakRSS:
+    """How far a process's resident memory rises inside ``with`` above where it started, at its
+    peak: the kernel's high-water mark (``VmHWM``), reset on entry through ``clear_refs``, so a
+    spike freed before the block ends still counts (Linux). ``pid`` is another process, e.g. a
+    server; the default is this one."""
+
+    def __init__(self, pid: int | str = "self") -> None:
+        self.proc = Path("/proc") / str(pid)
+        self.growth_bytes = 0
+
+    def _kib(self, field: str) -> int:
+        status = (self.proc / "status").read_text()
+        return int(re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE).group(1))
+
+    def __enter__(self) -> PeakRSS:
+        (self.proc / "clear_refs").write_text("5")  # VmHWM := VmRSS
+        self.start_kib = self._kib("VmRSS")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.growth_bytes = (self._kib("VmHWM") - self.start_kib) * 1024
+
+
+@pytest.fixture(scope="session")
+def peak_rss() -> type[PeakRSS]:
+    """``with peak_rss(pid) as peak: ...``, then ``peak.growth_bytes`` (see ``PeakRSS``)."""
+    return PeakRSS

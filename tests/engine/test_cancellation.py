@@ -25,12 +25,18 @@ def test_whole_file_synthesis_stops_within_one_block(engine) -> None:
 
 
 def test_streaming_synthesis_stops_too(engine) -> None:
-    _, should_stop = _stop_after(1)
-    chunks = engine.synthesize_stream(
-        "Stop me.", fixed_frames=400, seed=12, should_stop=should_stop
-    )
-    with pytest.raises(GenerationCancelled):
-        list(chunks)
+    """The first chunk (``first_chunk_size`` = 4 frames, one block) is decoded and yielded; the
+    check after the next block stops the stream before any further chunk."""
+    asked, should_stop = _stop_after(1)
+    first = engine.active_profile.first_chunk_size
+    chunks = []
+    with pytest.raises(GenerationCancelled, match=f"stopped after {first} frames"):
+        for chunk in engine.synthesize_stream(
+            "Stop me.", fixed_frames=400, seed=12, should_stop=should_stop
+        ):
+            chunks.append(chunk)
+    assert [len(c) for c in chunks] == [first * 2048]
+    assert len(asked) == 2  # after the first block and the next: not once per 400 / 8 blocks
 
 
 def test_no_check_means_the_whole_budget(engine) -> None:

@@ -59,7 +59,9 @@ def test_key_changes_with_a_compile_relevant_knob(change: dict) -> None:
     assert key(EngineProfile(**change)) != key()
 
 
-@pytest.mark.parametrize("change", [{"cache_limit": 7}, {"prefix_cache_mb": 0}])
+@pytest.mark.parametrize(
+    "change", [{"cache_limit": 7}, {"prefix_cache_mb": 0}, {"warmup_buckets": [256, 512]}]
+)
 def test_key_ignores_knobs_that_do_not_change_compiled_code(change: dict) -> None:
     assert key(EngineProfile(**change)) == key()
 

@@ -167,32 +167,46 @@ def test_reference_cache_is_keyed_by_audio_bytes_and_persists(
     assert second.reference_cache.stats()["hits"] == 1
 
 
-def test_fidelity_cli_prints_json_last(
-    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
+def _cli_fidelity(checkpoint: Path, profile: Path, capsys: pytest.CaptureFixture) -> dict:
     from harness.cli import main
 
+    argv = ["fidelity", "--checkpoint", str(checkpoint), "--profile", str(profile)]
+    assert main([*argv, "--frames", "8"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_fidelity_cli_prints_figures_within_the_gates_and_passes(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """CPU int8 on the tiny checkpoint: a real, small divergence from fp32, inside every gate."""
     profile = EngineProfile(quantization="int8").save(tmp_path / "int8.yaml")
-    assert (
-        main(
-            [
-                "fidelity",
-                "--checkpoint",
-                str(tiny_checkpoint),
-                "--profile",
-                str(profile),
-                "--frames",
-                "8",
-            ]
-        )
-        == 0
-    )
-    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(last) >= {
-        "slow_top1",
-        "slow_kl",
-        "fast_top1",
-        "fast_kl",
-        "codec_snr_db",
-        "passes_gates",
-    }
+    last = _cli_fidelity(tiny_checkpoint, profile, capsys)
+    assert last["passes_gates"] is True and last["frames"] == 8
+    assert 0.0 < last["slow_kl"] <= FIDELITY_GATES["slow_kl_max"]
+    assert 0.0 < last["fast_kl"] <= FIDELITY_GATES["fast_kl_max"]
+    assert FIDELITY_GATES["slow_top1_min"] <= last["slow_top1"] <= 1.0
+    assert FIDELITY_GATES["fast_top1_min"] <= last["fast_top1"] <= 1.0
+    assert last["codec_snr_db"] >= FIDELITY_GATES["codec_snr_db_min"]
+
+
+def test_fidelity_cli_fails_the_gates_it_names(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Figures outside the gates print ``passes_gates: false`` and one warning per failed gate
+    (the figures are given, not measured: the verdict is what is under test)."""
+    import engine.fidelity
+
+    broken = {"slow_top1": 0.01, "slow_kl": 3.0, "fast_top1": 0.9, "fast_kl": 0.001}
+    figures = {**broken, "codec_snr_db": 40.0, "frames": 8}
+    monkeypatch.setattr(engine.fidelity, "measure_fidelity", lambda *args: dict(figures))
+    profile = EngineProfile().save(tmp_path / "any.yaml")
+    with caplog.at_level("WARNING", logger="fishbench"):
+        last = _cli_fidelity(tmp_path / "not-read", profile, capsys)
+    assert last == {**figures, "passes_gates": False}
+    assert [r.getMessage() for r in caplog.records if r.name == "fishbench"] == [
+        "gate failed: slow_kl=3 not <= 0.01",
+        "gate failed: slow_top1=0.01 not >= 0.7",
+    ]

@@ -64,24 +64,45 @@ def test_a_prompt_that_alone_overflows_the_cache_is_refused_by_name(tiny_checkpo
         engine.synthesize(TEXT, reference_signal(30.0), "A reference.")
 
 
+def count_prefills(engine: OptimizedFishSpeech) -> list[tuple[int, int]]:
+    """Record (tokens, first position) of every prefill ``engine`` runs from now on."""
+    prefilled: list[tuple[int, int]] = []
+    prefill = engine.decoder._prefill
+
+    def counting(prompt: torch.Tensor, positions: torch.Tensor, bucket: int) -> torch.Tensor:
+        prefilled.append((prompt.shape[-1], int(positions[0])))
+        return prefill(prompt, positions, bucket)
+
+    engine.decoder._prefill = counting
+    return prefilled
+
+
 def test_a_saved_voice_prefills_only_the_new_text_and_generates_the_same_frames(
     tiny_checkpoint: Path,
 ) -> None:
+    """The second request with a voice restores the voice's K/V and prefills only the tokens after
+    it (``prompt_len - prefix_len`` of them, from position ``prefix_len``), yet generates what a
+    cold engine, prefilling the whole prompt, generates."""
     reference = reference_signal(5.0)
     cold = OptimizedFishSpeech.from_checkpoint(tiny_checkpoint, EngineProfile(prefix_cache_mb=0))
+    cold_prefills = count_prefills(cold)
     expected = cold.synthesize(TEXT, reference, "The reference.", fixed_frames=12, seed=7)
     engine = OptimizedFishSpeech.from_checkpoint(tiny_checkpoint, EngineProfile())
+    prefills = count_prefills(engine)
     engine.synthesize("Something else first.", reference, "The reference.", fixed_frames=4, seed=1)
     assert not engine.last_report.prefix_cache_hit
     slow = engine.decoder.model.layers[0].attention.kv_cache
-    prompt = engine.build_prompt(TEXT, engine.reference_codes(reference)[0], "The reference.")
-    prefix_len = engine.voice_prefix_len(
-        prompt, engine.reference_codes(reference)[0], "The reference."
-    )
+    codes = engine.reference_codes(reference)[0]
+    prompt = engine.build_prompt(TEXT, codes, "The reference.")
+    prompt_len = prompt.shape[1]
+    prefix_len = engine.voice_prefix_len(prompt, codes, "The reference.")
     saved = slow.k_cache[:, :, :prefix_len].clone()
-    assert 0 < prefix_len < prompt.shape[1]
+    assert 0 < prefix_len < prompt_len
+    prefills.clear()
     got = engine.synthesize(TEXT, reference, "The reference.", fixed_frames=12, seed=7)
     assert engine.last_report.prefix_cache_hit
+    assert prefills == [(prompt_len - prefix_len, prefix_len)]  # only the new text
+    assert cold_prefills == [(prompt_len, 0)]  # without the cache: the whole prompt
     assert torch.equal(slow.k_cache[:, :, :prefix_len], saved)
     assert np.allclose(got, expected, atol=1e-5)
     stats = engine.decoder.prefix_cache.stats()

@@ -143,11 +143,29 @@ def test_cuda_int8_is_the_form_inductor_fuses_not_aten_int8_kernel(dtype: torch.
     assert {"aten.linear", "aten.mm"} & set(rec.ops) and "aten.mul" in rec.ops, rec.ops
 
 
+class ClaimsCuda(torch.Tensor):
+    """A CPU tensor that says it is on CUDA: ``Int8Linear.forward`` takes its CUDA branch, whose
+    plain torch ops then run on CPU with real numbers."""
+
+    @property
+    def is_cuda(self) -> bool:
+        return True
+
+
 def test_int8_linear_gives_the_same_product_on_either_path() -> None:
-    """The CPU kernel and the CUDA formulation compute the same thing (checked on CPU tensors:
-    the CUDA branch is plain torch ops)."""
+    """The real CUDA branch (``linear(x, codes.to(dtype)) * scales``) and the CPU kernel
+    (``_weight_int8pack_mm``) give the same product; each call ran its own branch."""
     torch.manual_seed(0)
-    q = Int8Linear(nn.Linear(64, 32, bias=False).to(torch.bfloat16))
+    q = Int8Linear(nn.Linear(64, 32, bias=True).to(torch.bfloat16))
     x = torch.randn(3, 64, dtype=torch.bfloat16)
-    fused_form = torch.nn.functional.linear(x, q.weight.to(x.dtype)) * q.scales
-    torch.testing.assert_close(q(x), fused_form, rtol=2e-2, atol=2e-2)
+    with torch.inference_mode(), Dispatched() as cpu:
+        on_cpu = q(x)
+    with torch.inference_mode(), Dispatched() as cuda:
+        on_cuda = q(x.as_subclass(ClaimsCuda)).as_subclass(torch.Tensor)
+    assert "aten._weight_int8pack_mm" in cpu.ops
+    assert "aten._weight_int8pack_mm" not in cuda.ops and cuda.casts == [(torch.int8, x.dtype)]
+    assert on_cuda.dtype == on_cpu.dtype == torch.bfloat16 and on_cuda.shape == (3, 32)
+    torch.testing.assert_close(on_cuda, on_cpu, rtol=2e-2, atol=2e-2)
+    weight = q.weight.float() * q.scales.float()[:, None]  # what both must compute
+    expected = x.float() @ weight.T + q.bias.float()
+    torch.testing.assert_close(on_cuda.float(), expected, rtol=2e-2, atol=2e-2)
