@@ -219,8 +219,8 @@ class SynthesisStream:
         except Exception:
             self.close(outcome="error")
             raise
-        if self._first is None:
-            self.close(outcome="ok")
+        if self._first is None:  # a 422, as any RequestError the engine raises: an error
+            self.close(outcome="error")
             raise RequestError(NO_AUDIO)
         return self
 

@@ -53,11 +53,16 @@ def chunk_seconds(client: httpx.Client) -> float:
     return statistics.median(durations)
 
 
-def test_eight_concurrent_requests_succeed_or_get_429(server, client: httpx.Client) -> None:
+def test_a_burst_of_eight_ends_in_200s_and_429s_each_counted(server, client: httpx.Client) -> None:
+    """Eight at once against a queue of two: no other answer than 200 or 429, every 429 says
+    when to retry and counts as ``rejected``, and the server is free afterwards. How many are
+    refused depends on this machine's speed; that a full queue refuses at all is proven with the
+    worker held, in ``test_engine_cues``."""
     rejected_before = metrics(client)["requests"]["rejected"]
 
     async def one(http: httpx.AsyncClient, i: int) -> httpx.Response:
-        body = {"input": f"Concurrent request {i}.", "voice": "default", "response_format": "wav"}
+        # Seeded: unseeded, the tiny checkpoint now and then ends speech at once (a 422)
+        body = {"input": f"Concurrent request {i}.", "seed": 100 + i, "response_format": "wav"}
         return await http.post("/v1/audio/speech", json=body)
 
     async def burst() -> list[httpx.Response]:
@@ -73,7 +78,7 @@ def test_eight_concurrent_requests_succeed_or_get_429(server, client: httpx.Clie
             assert int(response.headers["retry-after"]) >= 1
             assert response.json()["error"] == "queue_full"
     wait_idle(client)
-    assert client.post("/tts", data={"text": "Free again."}).status_code == 200
+    assert client.post("/tts", data={"text": "Free again.", "seed": "1"}).status_code == 200
     assert metrics(client)["requests"]["rejected"] - rejected_before == statuses.count(429)
 
 

@@ -1,5 +1,6 @@
-"""Honest streams: every format in every response mode decodes with soundfile and PyAV, and a
-failure after the response started is reported as one, never as a complete file or a done event.
+"""Honest streams: every format in every response mode decodes with soundfile and PyAV, to the
+same length as the raw PCM. (That a failure after the response started is reported as one, never
+as a complete file or a done event, is tested on the real routes in ``test_engine_cues``.)
 """
 
 from __future__ import annotations
@@ -7,10 +8,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
-import threading
-import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import av
@@ -18,14 +15,6 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-import uvicorn
-from fastapi import FastAPI, Request, Response
-
-from engine.errors import RequestError
-from serving.errors import install_error_handlers
-from serving.routers.responses import audio_response, sse_response
-from serving.services.synthesis import RequestStats, SynthesisStream
-from serving.services.worker import EngineWorker, Job
 
 pytestmark = pytest.mark.service
 
@@ -93,141 +82,3 @@ def test_every_format_decodes_with_soundfile_and_pyav(client: httpx.Client, mode
                 assert audio.shape == pcm.shape, f"soundfile {fmt} {mode}"
                 assert np.abs(audio.astype(int) - pcm).max() <= 1, f"soundfile {fmt} {mode}"
     assert _flac_total_samples(files["flac"]) == pcm.size
-
-
-# A mid-stream failure, forced on a real worker thread and served by a real uvicorn in-process.
-
-CHUNK = np.full(RATE // 2, 0.25, dtype=np.float32)  # half a second: several FLAC blocks
-
-
-def _chunks_then(failure: str) -> Callable[[Any, Job], None]:
-    """A job that emits one chunk, then fails as told (or emits a second one and succeeds)."""
-
-    def run(_engine: Any, job: Job) -> None:
-        job.emit(CHUNK)
-        if failure == "bug":
-            raise RuntimeError("the codec blew up after the first chunk")
-        if failure == "request":
-            raise RequestError("the second chunk cannot be spoken")
-        job.emit(CHUNK)
-
-    return run
-
-
-def _failing_app(outcomes: list[str]) -> tuple[FastAPI, EngineWorker[str]]:
-    worker: EngineWorker[str] = EngineWorker(lambda: "engine", queue_size=4)
-    app = FastAPI()
-    install_error_handlers(app)
-
-    @app.post("/speak/{fmt}")
-    async def speak(request: Request, fmt: str, failure: str, sse: bool = False) -> Response:
-        stats = RequestStats(received_at=time.perf_counter(), sample_rate=RATE, seed=0)
-        job = worker.submit(_chunks_then(failure))
-        stream = await SynthesisStream(job, stats, lambda _s, o: outcomes.append(o)).begin()
-        if sse:
-            return sse_response(stream, fmt)
-        return await audio_response(request, stream, fmt, streaming=True)
-
-    return app, worker
-
-
-@pytest.fixture(scope="module")
-def failing() -> Iterator[tuple[str, list[str]]]:
-    """The URL of an in-process uvicorn serving ``/speak/{fmt}``, and the outcomes it recorded."""
-    outcomes: list[str] = []
-    app, worker = _failing_app(outcomes)
-    worker.start()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_config=None)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield f"http://127.0.0.1:{port}", outcomes
-    server.should_exit = True
-    thread.join(10)
-    worker.stop()
-
-
-def _stream_bytes(url: str, **params: str) -> tuple[bytes, Exception | None]:
-    received = bytearray()
-    try:
-        with httpx.stream("POST", url, params=params, timeout=30) as response:
-            assert response.status_code == 200
-            for part in response.iter_raw():
-                received += part
-    except httpx.RemoteProtocolError as exc:
-        return bytes(received), exc
-    return bytes(received), None
-
-
-@pytest.mark.parametrize("fmt", ["wav", "pcm", "mp3", "flac"])
-def test_raw_stream_that_fails_is_cut_off_not_completed(
-    failing: tuple[str, list[str]], fmt: str
-) -> None:
-    url, outcomes = failing
-    outcomes.clear()
-    data, cut = _stream_bytes(f"{url}/speak/{fmt}", failure="none")
-    assert cut is None and outcomes == ["ok"]  # the control: a success ends normally
-    if fmt == "pcm":
-        assert len(data) == 2 * 2 * CHUNK.size
-    else:
-        assert _pyav(data)[0].size >= 2 * CHUNK.size
-
-    outcomes.clear()
-    data, cut = _stream_bytes(f"{url}/speak/{fmt}", failure="bug")
-    assert isinstance(cut, httpx.RemoteProtocolError), f"{fmt}: a failed stream ended cleanly"
-    assert outcomes == ["error"]
-    if fmt in ("wav", "pcm"):  # what came before the failure came through, and nothing after
-        assert len(data) == 2 * CHUNK.size + (44 if fmt == "wav" else 0)
-
-
-@pytest.mark.parametrize(
-    ("failure", "error", "kind"),
-    [
-        ("bug", "internal_error", "server_error"),
-        ("request", "invalid_input", "invalid_request_error"),
-    ],
-)
-def test_sse_failure_sends_an_error_event_and_no_done(
-    failing: tuple[str, list[str]],
-    caplog: pytest.LogCaptureFixture,
-    failure: str,
-    error: str,
-    kind: str,
-) -> None:
-    url, outcomes = failing
-    outcomes.clear()
-    response = httpx.post(
-        f"{url}/speak/wav", params={"failure": failure, "sse": "true"}, timeout=30
-    )
-    events = _sse_events(response.text)
-    types = [e["type"] for e in events]
-    assert types[-1] == "error" and "speech.audio.done" not in types, types
-    assert types.count("speech.audio.delta") == 1
-    body = events[-1]["error"]
-    assert (body["error"], body["type"]) == (error, kind) and body["message"]
-    assert outcomes == ["error"]
-    if failure == "bug":  # the id in the event finds the traceback in the log
-        assert body["request_id"] in caplog.text and "the codec blew up" in caplog.text
-
-
-def test_sse_success_ends_with_done_and_a_readable_flac(failing: tuple[str, list[str]]) -> None:
-    url, outcomes = failing
-    outcomes.clear()
-    response = httpx.post(
-        f"{url}/speak/flac", params={"failure": "none", "sse": "true"}, timeout=30
-    )
-    events = _sse_events(response.text)
-    assert [e["type"] for e in events][-1] == "speech.audio.done"
-    assert "error" not in [e["type"] for e in events]
-    flac = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
-    audio, rate = sf.read(io.BytesIO(flac))
-    assert rate == RATE and audio.size == 2 * CHUNK.size
-    assert _flac_total_samples(flac) == 2 * CHUNK.size
-    assert outcomes == ["ok"]
