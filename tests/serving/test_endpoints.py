@@ -56,19 +56,43 @@ def test_tts_returns_wav_with_metric_headers(client: httpx.Client) -> None:
     assert read_wav(response.content).size > 0
 
 
+def caches(client: httpx.Client) -> dict[str, dict]:
+    return client.get("/metrics").json()["caches"]
+
+
 def test_tts_same_seed_same_audio(client: httpx.Client) -> None:
+    """Generated twice, not served from the semantic cache the second time (it is emptied in
+    between, and its hits do not move); another seed is other audio."""
     form = {"text": "Reproducible speech.", "seed": "11", "format": "pcm"}
-    first, second = client.post("/tts", data=form), client.post("/tts", data=form)
-    assert first.status_code == second.status_code == 200
-    assert first.content == second.content
+    first = client.post("/tts", data=form)
+    assert client.post("/cache/clear").status_code == 200
+    hits = caches(client)["semantic"]["hits"]
+    second = client.post("/tts", data=form)
+    assert caches(client)["semantic"]["hits"] == hits  # generated again, not a cache hit
+    other = client.post("/tts", data={**form, "seed": "12"})
+    assert first.status_code == second.status_code == other.status_code == 200
+    assert first.content == second.content and len(first.content) > 0
+    assert other.content != first.content
 
 
 def test_tts_with_uploaded_reference(client: httpx.Client, spoken_wav: bytes) -> None:
-    files = {"speaker_file": ("ref.wav", spoken_wav, "audio/wav")}
+    """The upload conditions the voice (other audio than the same seed without it), its codes are
+    encoded once (a reference-cache miss) and found again for the same upload (a hit)."""
     data = {"text": "Cloned speech.", "reference_text": "Hello there.", "seed": "1"}
-    response = client.post("/tts", data=data, files=files)
-    assert response.status_code == 200, response.text
-    assert read_wav(response.content).size > 0
+    files = {"speaker_file": ("ref.wav", spoken_wav, "audio/wav")}
+    unconditioned = client.post("/tts", data=data)
+    assert client.post("/cache/clear").status_code == 200
+    before = caches(client)["reference"]
+    cloned = client.post("/tts", data=data, files=files)
+    encoded = caches(client)["reference"]
+    again = client.post("/tts", data=data, files=files)
+    found = caches(client)["reference"]
+    assert unconditioned.status_code == cloned.status_code == again.status_code == 200
+    assert read_wav(cloned.content).size > 0
+    assert cloned.content != unconditioned.content
+    assert again.content == cloned.content
+    assert encoded["misses"] == before["misses"] + 1 and encoded["entries"] == 1
+    assert found["hits"] == encoded["hits"] + 1 and found["misses"] == encoded["misses"]
 
 
 def test_tts_speed_changes_duration_not_rate(client: httpx.Client) -> None:
@@ -90,10 +114,16 @@ def test_tts_streams_each_format_as_one_file(client: httpx.Client, fmt: str) -> 
         assert sum(frame.samples for frame in container.decode(stream)) > 0
 
 
-def test_tts_optimize_for_memory(client: httpx.Client) -> None:
-    response = client.post("/tts", data={"text": "Low memory.", "optimize_for_memory": "true"})
-    assert response.status_code == 200
-    assert read_wav(response.content).size > 0
+def test_tts_optimize_for_memory_sounds_like_the_plain_answer(client: httpx.Client) -> None:
+    """The same seed through the chunked decoder (which path ran is checked in
+    ``test_engine_cues``) gives the same samples, up to float-to-s16 rounding."""
+    form = {"text": "Low memory.", "seed": "13", "format": "pcm"}
+    plain = client.post("/tts", data=form)
+    low = client.post("/tts", data={**form, "optimize_for_memory": "true"})
+    assert plain.status_code == low.status_code == 200
+    plain_pcm, low_pcm = (np.frombuffer(r.content, dtype="<i2") for r in (plain, low))
+    assert plain_pcm.shape == low_pcm.shape and plain_pcm.size > 0
+    assert np.abs(plain_pcm.astype(int) - low_pcm).max() <= 1
 
 
 def test_long_text_is_split_into_ordered_chunks(client: httpx.Client) -> None:
@@ -111,6 +141,50 @@ def sse_events(response: httpx.Response) -> list[dict]:
     return [
         json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")
     ]
+
+
+LONG_SENTENCES = [
+    f"Sentence {word} is long enough that it needs a text chunk of its own on this server, "
+    "since two of them together pass the three hundred characters a chunk may hold, which "
+    "is what this test wants."
+    for word in ("one", "two", "three")
+]
+
+
+def test_long_text_keeps_the_voice_and_seeds_each_chunk_in_turn(
+    client: httpx.Client, spoken_wav: bytes
+) -> None:
+    """Three chunks in a voice with seed 40 are the three sentences each asked for alone in the
+    same voice with seeds 40, 41 and 42, sample for sample: the voice is kept for every chunk
+    and the seed goes up by one per chunk (each alone is generated, not taken from a cache)."""
+    files = {"audio": ("voice.wav", spoken_wav, "audio/wav")}
+    saved = client.post("/voices", data={"voice_id": "long-text", "transcript": "Hi."}, files=files)
+    assert saved.status_code == 201, saved.text
+    try:
+        check_long_text_in(client, "long-text")
+    finally:
+        client.delete("/voices/long-text")
+
+
+def check_long_text_in(client: httpx.Client, voice: str) -> None:
+    def pcm(text: str, seed: int) -> bytes:
+        body = {"input": text, "voice": voice, "response_format": "pcm", "seed": seed}
+        response = client.post("/v1/audio/speech", json={**body, "normalize": False})
+        assert response.status_code == 200, response.text
+        return response.content
+
+    assert client.post("/cache/clear").status_code == 200
+    whole = pcm(" ".join(LONG_SENTENCES), 40)
+    alone = []
+    for i, sentence in enumerate(LONG_SENTENCES):
+        assert client.post("/cache/clear").status_code == 200
+        alone.append(pcm(sentence, 40 + i))
+    assert all(alone) and whole == b"".join(alone)
+    unconditioned = client.post(
+        "/v1/audio/speech",
+        json={"input": LONG_SENTENCES[1], "seed": 41, "response_format": "pcm", "normalize": False},
+    )
+    assert unconditioned.content != alone[1]  # the voice is what made the chunks match
 
 
 def test_speech_sse_deltas_concatenate_to_one_file(client: httpx.Client) -> None:

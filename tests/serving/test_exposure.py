@@ -133,7 +133,36 @@ def test_a_guessing_address_gets_429_before_any_key_is_compared() -> None:
         limiter.check("office", "right", now=3603.0)
 
 
+def wrong_key_statuses(peer: str, *sent: tuple[str, str | None], **config: object) -> list[int]:
+    """What a server with AUTH_FAILURES_PER_MINUTE=2 answers a wrong key sent from ``peer`` with
+    each (X-Forwarded-For, X-Proxy-Secret) in ``sent``: 429 once the address it takes for the
+    client has failed twice, so the statuses show which address that was."""
+    app = create_app(settings(api_key="right", auth_failures_per_minute=2, **config))
+    http = TestClient(app, client=(peer, 5000))  # no lifespan: the guard answers before routes
+    answers = []
+    for forwarded, secret in sent:
+        headers = {"Authorization": "Bearer wrong", "X-Forwarded-For": forwarded}
+        if secret is not None:
+            headers["X-Proxy-Secret"] = secret
+        answers.append(http.get("/voices", headers=headers).status_code)
+    return answers
+
+
 def test_x_forwarded_for_names_the_client_only_from_a_trusted_proxy() -> None:
+    """The address the guard throttles by: from the trusted balancer, each forwarded client has
+    its own count; from anyone else the header is ignored and the connection's address counts."""
+    a, b = ("203.0.113.7", None), ("203.0.113.8", None)
+    assert wrong_key_statuses("127.0.0.1", a, a, b, a, trusted_proxies="127.0.0.1") == [
+        401,
+        401,
+        401,  # b is another client
+        429,
+    ]
+    assert wrong_key_statuses("198.51.100.1", a, a, b, trusted_proxies="127.0.0.1") == [
+        401,
+        401,
+        429,  # b is the same untrusted peer
+    ]
     balancer = settings(trusted_proxies="127.0.0.1, 10.0.0.0/8").trusted_proxies
 
     def scope(peer: str, *forwarded: str) -> dict:
@@ -154,6 +183,11 @@ def test_x_forwarded_for_names_the_client_only_from_a_trusted_proxy() -> None:
 def test_with_a_proxy_secret_x_forwarded_for_needs_the_secret_too() -> None:
     """Any local process can connect from the balancer's address; only the balancer knows the
     secret it sends, so without it the connection's own address stands."""
+    config = {"trusted_proxies": "127.0.0.1", "proxy_secret": "s3cret"}
+    with_secret = [("203.0.113.7", "s3cret"), ("203.0.113.7", "s3cret"), ("203.0.113.8", "s3cret")]
+    assert wrong_key_statuses("127.0.0.1", *with_secret, **config) == [401, 401, 401]
+    guessed = [("203.0.113.7", "guess"), ("203.0.113.7", None), ("203.0.113.8", "guess")]
+    assert wrong_key_statuses("127.0.0.1", *guessed, **config) == [401, 401, 429]
     balancer = settings(trusted_proxies="127.0.0.1").trusted_proxies
 
     def scope(peer: str, secret: str | None) -> dict:

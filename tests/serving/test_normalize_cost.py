@@ -1,50 +1,51 @@
-"""Normalisation has a bounded cost on a live server: a long digit run answers in well under two
-seconds while ``/health`` keeps answering and the process does not grow. (That a client leaving
-stops its normalisation is tested in ``test_units``: with the cost bounded, no request is long
-enough to hang up in the middle of.)"""
+"""Normalisation has a bounded cost on a live server: 5,000 digits are said in a bounded CPU
+time and peak of memory of the server process, while ``/health`` keeps answering. (That a client
+leaving stops its normalisation is tested in ``test_units``: with the cost bounded, no request is
+long enough to hang up in the middle of.)
+
+README's figures (tiny checkpoint, two shared cores): 0.04 s, ``/health`` within 7 ms meanwhile,
+RSS +0.2 MiB. The bounds are the server's CPU seconds over the request (what a loaded machine
+does not inflate) and its peak resident memory during it (a spike freed before the answer
+counts), with headroom: measured 0.00-0.01 CPU s (10 ms ticks) and +0.04 MiB here. ``/health``
+has a deadline a loaded machine meets: the grammar that once took a minute blocked it as long.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 pytestmark = pytest.mark.service
 
 MIB = 2**20
 DIGITS = "1" * 5000  # at most MAX_TEXT_CHARS; a span the grammar once took a minute over
-HEALTH_TIMEOUT_S = 1.0
-
-
-def rss(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+CPU_S = 0.2
+PEAK_BYTES = 4 * MIB
+HEALTH_TIMEOUT_S = 10.0
 
 
 class HealthPoll(threading.Thread):
-    """``/health`` every 50 ms with a short timeout, and the server's peak RSS, until stopped."""
+    """``/health`` every 50 ms until stopped, each with a deadline a loaded machine meets."""
 
-    def __init__(self, url: str, pid: int) -> None:
+    def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
-        self.url, self.pid = url, pid
-        self.baseline_kib = self.peak_kib = rss(pid)
-        self.latencies: list[float] = []
+        self.url = url
+        self.answered = 0
         self.failures: list[str] = []
         self.done = threading.Event()
 
     def run(self) -> None:
         with httpx.Client(base_url=self.url, timeout=HEALTH_TIMEOUT_S) as http:
             while not self.done.is_set():
-                started = time.monotonic()
                 try:
                     http.get("/health").raise_for_status()
-                    self.latencies.append(time.monotonic() - started)
+                    self.answered += 1
                 except httpx.HTTPError as exc:
                     self.failures.append(type(exc).__name__)
-                self.peak_kib = max(self.peak_kib, rss(self.pid))
                 time.sleep(0.05)
 
     def __enter__(self) -> HealthPoll:
@@ -56,18 +57,25 @@ class HealthPoll(threading.Thread):
         self.join()
 
 
-def test_five_thousand_digits_answer_fast_with_health_answering_and_no_growth(
-    server, client: httpx.Client
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def test_five_thousand_digits_cost_little_cpu_and_memory_with_health_answering(
+    server, client: httpx.Client, peak_rss
 ) -> None:
     assert client.post("/normalize", json={"text": "On 3/4/2025, 12 dollars."}).status_code == 200
-    with HealthPoll(server.url, server.process.pid) as poll:
-        started = time.monotonic()
-        response = client.post("/normalize", json={"text": DIGITS}, timeout=120)
-        took = time.monotonic() - started
-        time.sleep(0.2)  # a last poll or two after the answer
+    process = psutil.Process(server.process.pid)
+    with HealthPoll(server.url) as poll:
+        with peak_rss(server.process.pid) as peak:
+            started = cpu_seconds(process)
+            response = client.post("/normalize", json={"text": DIGITS}, timeout=120)
+            took = cpu_seconds(process) - started
+        while poll.answered < 3 and not poll.failures:  # a few answers around the request
+            time.sleep(0.05)
     assert response.status_code == 200, response.text
-    assert took < 2.0, f"5,000 digits took {took:.1f} s"
-    assert not poll.failures and poll.latencies, poll.failures
-    assert max(poll.latencies) < HEALTH_TIMEOUT_S
-    growth = (poll.peak_kib - poll.baseline_kib) * 1024
-    assert growth < 50 * MIB, f"server RSS grew {growth / MIB:.0f} MiB"
+    assert not any(ch.isdigit() for ch in response.json()["text"])
+    assert took < CPU_S, f"5,000 digits took {took:.2f} CPU s of the server"
+    assert peak.growth_bytes < PEAK_BYTES, f"server RSS peaked +{peak.growth_bytes / MIB:.1f} MiB"
+    assert not poll.failures, poll.failures
