@@ -96,7 +96,7 @@ serve-replicas: setup ## REPLICAS (2) service processes behind HAProxy on HOST:P
 
 soak: setup ## MINUTES (10) of mixed requests at RATE (2)/s against URL= or a tiny server; RSS, statuses, p50/p95
 	@test -n "$(URL)" || test -d checkpoints/tiny-synthetic || $(RUN) fishbench make-checkpoint --preset tiny checkpoints/tiny-synthetic
-	$(RUN) python -m harness.soak --minutes $(or $(MINUTES),10) --rate $(or $(RATE),2) $(if $(URL),--url $(URL)) $(if $(PID),--pid $(PID))
+	$(RUN) python -m serving.soak --minutes $(or $(MINUTES),10) --rate $(or $(RATE),2) $(if $(URL),--url $(URL)) $(if $(PID),--pid $(PID))
 
 ui: setup ## service + Gradio UI (:7860); PORT= moves both
 	@trap 'kill 0' EXIT; $(SERVICE) & $(UI_ENV) $(RUN) python ui/gradio_app.py

@@ -24,6 +24,7 @@ from engine import perf_model
 from engine.audio_io import SAMPLE_RATE, ReferenceAudio, load_reference
 from engine.checkpoint import CheckpointFolder
 from engine.compile_cache import configure_compilation
+from engine.machine import device_name
 from engine.profile import DTYPES, EngineProfile, upstream_precision
 from engine.sampling import GenerateOptions, read_options
 from engine.telemetry import Measure, SynthesisReport
@@ -69,7 +70,7 @@ class UpstreamBaseline:
                 precision=self.precision,
                 compile_decode="reduce-overhead",
             )
-            name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+            name = device_name(device)
             configure_compilation(stand_in, checkpoint.file("config.json"), f"upstream {name}")
         self.model, self.decode_one_token = upstream.init_model(
             str(checkpoint.path), device, self.dtype, compile=compile

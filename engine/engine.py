@@ -24,7 +24,7 @@ from engine.compile_cache import configure_compilation
 from engine.errors import GenerationCancelled, RequestError
 from engine.generation import DecodeTimings, SemanticDecoder
 from engine.perf_model import FrameBytes
-from engine.profile import EngineProfile, Hardware, resolve_profile, torch_dtype
+from engine.profile import EngineProfile, Fallback, Hardware, resolve_profile, torch_dtype
 from engine.quantize import apply_quantization
 from engine.sampling import GenerateOptions, SamplingParams, read_options
 from engine.telemetry import Measure, SynthesisReport
@@ -46,7 +46,7 @@ class OptimizedFishSpeech:
         checkpoint: CheckpointFolder,
         profile: EngineProfile,
         hardware: Hardware,
-        fallbacks: list[str],
+        fallbacks: list[Fallback],
         reference_cache_dir: Path | None = None,
     ) -> None:
         self.checkpoint = checkpoint

@@ -19,17 +19,16 @@ import glob
 import logging
 import os
 import re
-from pathlib import Path
 
 import torch
+
+from engine import machine
 
 log = logging.getLogger(__name__)
 
 DEVICE_NODE_GLOB = "/dev/nvidia[0-9]*"
-PROC_DRIVER_VERSION = Path("/proc/driver/nvidia/version")
 README_SECTION = 'README: "Installing torch for your driver"'
 
-_VERSION_RE = re.compile(r"\b(\d+\.\d+(?:\.\d+)*)\b")
 _ARCH_RE = re.compile(r"^sm_(\d+)[a-z]?$")
 
 
@@ -41,37 +40,6 @@ def _device_nodes() -> list[str]:
     """NVIDIA device nodes (``/dev/nvidia0``, ...): present whenever the kernel driver sees a GPU,
     even when torch cannot use it."""
     return sorted(glob.glob(DEVICE_NODE_GLOB))
-
-
-def parse_proc_driver_version(text: str) -> str | None:
-    """The driver version from ``/proc/driver/nvidia/version`` text (its ``NVRM version`` line)."""
-    for line in text.splitlines():
-        if line.startswith("NVRM version"):
-            match = _VERSION_RE.search(line)
-            return match.group(1) if match else None
-    return None
-
-
-def _driver_version() -> str:
-    """The installed NVIDIA driver version: NVML first (independent of torch's CUDA), then the
-    kernel module's /proc file, else "unknown"."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            return str(pynvml.nvmlSystemGetDriverVersion())
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception as exc:
-        log.debug("NVML driver version unavailable: %s", exc)
-    try:
-        version = parse_proc_driver_version(PROC_DRIVER_VERSION.read_text())
-        if version:
-            return version
-    except OSError as exc:
-        log.debug("%s unreadable: %s", PROC_DRIVER_VERSION, exc)
-    return "unknown"
 
 
 def _torch_build() -> str:
@@ -145,7 +113,7 @@ def check_cuda_usable(
     if available:
         log.debug("CUDA usable; NVIDIA device nodes: %s", ", ".join(nodes) or "none listed")
         check_gpu_arch(
-            torch.cuda.get_device_name(),
+            machine.device_name(),
             torch.cuda.get_device_capability(),
             torch.cuda.get_arch_list(),
         )
@@ -157,7 +125,7 @@ def check_cuda_usable(
             "or name a GPU to use one, or set device: cpu to run on the CPU on purpose"
         )
     if nodes:
-        driver = _driver_version() if driver_version is None else driver_version
+        driver = machine.driver_version() if driver_version is None else driver_version
         driver = " ".join(driver.split()) or "unknown"  # keep the message on one line
         raise PreflightError(
             f"NVIDIA GPU found ({_where(nodes)}, driver {driver}) but {_torch_build()} cannot use "

@@ -21,6 +21,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from engine.audio_io import MAX_REFERENCE_SECONDS, SAMPLE_RATE
 from engine.errors import ConfigError
+from engine.machine import device_name
 from engine.sampling import MAX_NEW_TOKENS
 
 log = logging.getLogger(__name__)
@@ -342,7 +343,7 @@ class Hardware:
         nf4 = probe_bitsandbytes and _bitsandbytes_4bit_works(device)
         if not cuda:
             return cls("cpu", "cpu", None, nf4)
-        return cls("cuda", torch.cuda.get_device_name(), torch.cuda.get_device_capability(), nf4)
+        return cls("cuda", device_name(), torch.cuda.get_device_capability(), nf4)
 
     @property
     def capability_str(self) -> str | None:
@@ -362,77 +363,82 @@ def _bitsandbytes_4bit_works(device: str) -> bool:
         return False
 
 
-def resolve_profile(
-    requested: EngineProfile, hw: Hardware, model_max_seq_len: int | None = None
-) -> tuple[EngineProfile, list[str]]:
-    """The profile that will actually run on ``hw`` and one note per setting that changed.
+@dataclass(frozen=True)
+class Fallback:
+    """One knob this hardware cannot run as asked: what it runs instead, and why. The harness
+    reads the fields; people read ``str()`` (``knob: asked -> runs (why)``)."""
 
-    ``model_max_seq_len`` is the checkpoint's ``config.json`` ``max_seq_len`` (its RoPE table and
-    causal mask are that long): a longer KV cache falls back to it, rounded down to whole blocks.
-    """
-    data = requested.model_dump()
-    notes: list[str] = []
+    knob: str
+    asked: Any
+    runs: Any
+    reason: str
 
-    def change(key: str, value: Any, why: str) -> None:
-        if data[key] != value:
-            notes.append(f"{key}: {data[key]} -> {value} ({why})")
-            data[key] = value
+    def __str__(self) -> str:
+        return f"{self.knob}: {self.asked} -> {self.runs} ({self.reason})"
 
-    if requested.device == "cuda" and hw.device != "cuda":
-        notes.append("device: cuda -> cpu (CUDA is not available)")
-    data["device"] = hw.device
-    cuda = hw.device == "cuda"
-    major = hw.compute_capability[0] if hw.compute_capability else 0
-    if data["quantization"] == "nf4" and not hw.bitsandbytes_4bit:
-        change("quantization", "int8", "bitsandbytes 4-bit kernels are not available")
 
-    if not cuda:
-        if data["precision"] == "auto":
-            data["precision"] = "fp32"
-        change("precision", "bf16" if data["precision"] == "bf16" else "fp32", "fp16 is GPU-only")
-        data["tf32"] = False
-        change("num_streams", 1, "CUDA streams need a CUDA device")
-        dynamic_int8 = data["quantization"] == "int8" and data["precision"] == "fp32"
-        why_eager = "torch.compile cannot trace CPU dynamic-int8 linear layers"
-        for key in ("compile_decode", "compile_codec"):
-            if dynamic_int8:
-                change(key, "none", why_eager)
-            elif data[key] in ("reduce-overhead", "max-autotune"):
-                change(key, "default", f"{data[key]} relies on CUDA graphs / Triton autotuning")
+class _Resolution:
+    """A profile's knobs being resolved, and the fallbacks taken so far."""
+
+    def __init__(self, requested: EngineProfile, hw: Hardware) -> None:
+        self.data = requested.model_dump()
+        self.hw = hw
+        self.fallbacks: list[Fallback] = []
+
+    def change(self, key: str, value: Any, why: str) -> None:
+        if self.data[key] != value:
+            self.fallbacks.append(Fallback(key, self.data[key], value, why))
+            self.data[key] = value
+
+
+def _on_cpu(r: _Resolution) -> None:
+    data = r.data
+    if data["precision"] == "auto":
+        data["precision"] = "fp32"
+    r.change("precision", "bf16" if data["precision"] == "bf16" else "fp32", "fp16 is GPU-only")
+    data["tf32"] = False
+    r.change("num_streams", 1, "CUDA streams need a CUDA device")
+    dynamic_int8 = data["quantization"] == "int8" and data["precision"] == "fp32"
+    why_eager = "torch.compile cannot trace CPU dynamic-int8 linear layers"
+    for key in ("compile_decode", "compile_codec"):
         if dynamic_int8:
-            change("compile_prefill", False, why_eager)
-    else:
-        if data["precision"] == "auto":
-            data["precision"] = "bf16" if major >= 8 else "fp16"
-        elif data["precision"] == "bf16" and major < 8:
-            change(
-                "precision",
-                "fp16",
-                f"bf16 needs compute capability 8.0, this GPU has {hw.capability_str}",
-            )
-        if data["tf32"] and major < 8:
-            change(
-                "tf32",
-                False,
-                f"TF32 needs compute capability 8.0, this GPU has {hw.capability_str}",
-            )
-        if data["quantization"] == "int4" and data["precision"] != "bf16":
-            change("quantization", "int8", "int4 (tinygemm) kernels need bf16 weights")
-        if data["quantization"] == "int8" and data["compile_decode"] == "none":
-            change(
-                "quantization",
-                "none",
-                "CUDA int8 is fast only compiled (inductor fuses its dequantization into the "
-                "matmul); eager it copies every weight to the float dtype per call",
-            )
-        if data["quantization"] == "int8" and not data["coordinate_descent_tuning"]:
-            change(
-                "coordinate_descent_tuning",
-                True,
-                "CUDA int8 is fused into the matmul only with inductor's coordinate-descent "
-                "tuning; without it every call copies each weight to the float dtype",
-            )
+            r.change(key, "none", why_eager)
+        elif data[key] in ("reduce-overhead", "max-autotune"):
+            r.change(key, "default", f"{data[key]} relies on CUDA graphs / Triton autotuning")
+    if dynamic_int8:
+        r.change("compile_prefill", False, why_eager)
 
+
+def _on_cuda(r: _Resolution) -> None:
+    data, hw = r.data, r.hw
+    major = hw.compute_capability[0] if hw.compute_capability else 0
+    too_old = f"needs compute capability 8.0, this GPU has {hw.capability_str}"
+    if data["precision"] == "auto":
+        data["precision"] = "bf16" if major >= 8 else "fp16"
+    elif data["precision"] == "bf16" and major < 8:
+        r.change("precision", "fp16", f"bf16 {too_old}")
+    if data["tf32"] and major < 8:
+        r.change("tf32", False, f"TF32 {too_old}")
+    if data["quantization"] == "int4" and data["precision"] != "bf16":
+        r.change("quantization", "int8", "int4 (tinygemm) kernels need bf16 weights")
+    if data["quantization"] == "int8" and data["compile_decode"] == "none":
+        r.change(
+            "quantization",
+            "none",
+            "CUDA int8 is fast only compiled (inductor fuses its dequantization into the "
+            "matmul); eager it copies every weight to the float dtype per call",
+        )
+    if data["quantization"] == "int8" and not data["coordinate_descent_tuning"]:
+        r.change(
+            "coordinate_descent_tuning",
+            True,
+            "CUDA int8 is fused into the matmul only with inductor's coordinate-descent "
+            "tuning; without it every call copies each weight to the float dtype",
+        )
+
+
+def _within_limits(r: _Resolution, model_max_seq_len: int | None) -> None:
+    data = r.data
     if model_max_seq_len is not None and data["max_seq_len"] > model_max_seq_len:
         limit = model_max_seq_len // KV_BLOCK * KV_BLOCK
         if limit < KV_BUCKET_MIN:
@@ -440,17 +446,34 @@ def resolve_profile(
                 f"the checkpoint's config.json max_seq_len {model_max_seq_len} is below "
                 f"the smallest supported max_seq_len {KV_BUCKET_MIN}"
             )
-        change("max_seq_len", limit, f"the checkpoint's config.json allows {model_max_seq_len}")
+        r.change("max_seq_len", limit, f"the checkpoint's config.json allows {model_max_seq_len}")
     if data["first_chunk_size"] > data["chunk_size"]:
-        change(
-            "first_chunk_size",
-            data["chunk_size"],
-            f"it cannot exceed chunk_size {data['chunk_size']}",
-        )
+        chunk = data["chunk_size"]
+        r.change("first_chunk_size", chunk, f"it cannot exceed chunk_size {chunk}")
 
-    for note in notes:
-        log.warning("profile fallback: %s", note)
-    return EngineProfile.model_validate(data), notes
+
+def resolve_profile(
+    requested: EngineProfile, hw: Hardware, model_max_seq_len: int | None = None
+) -> tuple[EngineProfile, list[Fallback]]:
+    """The profile that will actually run on ``hw`` and one ``Fallback`` per knob that changed.
+
+    ``model_max_seq_len`` is the checkpoint's ``config.json`` ``max_seq_len`` (its RoPE table and
+    causal mask are that long): a longer KV cache falls back to it, rounded down to whole blocks.
+    """
+    r = _Resolution(requested, hw)
+    if requested.device == "cuda" and hw.device != "cuda":
+        r.fallbacks.append(Fallback("device", "cuda", "cpu", "CUDA is not available"))
+    r.data["device"] = hw.device
+    if r.data["quantization"] == "nf4" and not hw.bitsandbytes_4bit:
+        r.change("quantization", "int8", "bitsandbytes 4-bit kernels are not available")
+    if hw.device == "cuda":
+        _on_cuda(r)
+    else:
+        _on_cpu(r)
+    _within_limits(r, model_max_seq_len)
+    for fallback in r.fallbacks:
+        log.warning("profile fallback: %s", fallback)
+    return EngineProfile.model_validate(r.data), r.fallbacks
 
 
 def torch_dtype(profile: EngineProfile) -> torch.dtype:

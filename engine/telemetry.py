@@ -16,6 +16,8 @@ import numpy as np
 import psutil
 import torch
 
+from engine import machine
+
 log = logging.getLogger(__name__)
 
 MISSING = "n/a"
@@ -95,30 +97,6 @@ class SynthesisReport:
         return data
 
 
-def pci_bus_id(props: Any) -> str:
-    """NVML's PCI bus id string for a torch device-properties object.
-
-    NVML numbers GPUs in PCI order while torch follows CUDA_VISIBLE_DEVICES / CUDA_DEVICE_ORDER,
-    so indexes can name different GPUs; the PCI address names the same one in both.
-    """
-    return f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
-
-
-def nvml_handle(nvml: Any, device: torch.device) -> Any:
-    """The NVML handle of the GPU torch uses for `device`, found by PCI bus id; falls back to
-    torch's index (which may name another GPU) when the bus id lookup fails."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    try:
-        bus_id = pci_bus_id(torch.cuda.get_device_properties(index))
-        by_bus_id = getattr(nvml, "nvmlDeviceGetHandleByPciBusId_v2", None) or (
-            nvml.nvmlDeviceGetHandleByPciBusId
-        )
-        return by_bus_id(bus_id)
-    except Exception as exc:
-        log.info("NVML lookup by PCI bus id failed (%s); using index %d", exc, index)
-        return nvml.nvmlDeviceGetHandleByIndex(index)
-
-
 @dataclass(frozen=True)
 class OwnProcess:
     """This process in NVML's process list: its NVML pid, or None and why it cannot be told."""
@@ -172,11 +150,8 @@ class NvmlSampler:
         self._thread: threading.Thread | None = None
         if device.type == "cuda":
             try:
-                import pynvml
-
-                pynvml.nvmlInit()
-                self.nvml = pynvml
-                self.handle = nvml_handle(pynvml, device)
+                self.nvml = machine.nvml()
+                self.handle = machine.nvml_handle(self.nvml, device)
             except Exception as exc:
                 log.info("NVML unavailable: %s", exc)
 
@@ -201,21 +176,26 @@ class NvmlSampler:
         used = [p.usedGpuMemory for p in procs if p.pid == own.pid and p.usedGpuMemory]
         return used[0] / 2**20 if used else None
 
+    def _sample(self) -> bool:
+        """One utilization and process-memory sample; False once NVML stops answering."""
+        try:
+            self.samples.append(float(self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu))
+        except Exception as exc:
+            log.warning(
+                "NVML stopped answering after %d samples; GPU utilization for this request "
+                "uses those only: %s",
+                len(self.samples),
+                exc,
+            )
+            return False
+        mb = self._process_mb()
+        if mb is not None:
+            self.process_mb = max(self.process_mb or 0.0, mb)
+        return True
+
     def _run(self) -> None:
-        while not self._stop.wait(self.period_s):
-            try:
-                self.samples.append(float(self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu))
-            except Exception as exc:
-                log.warning(
-                    "NVML stopped answering after %d samples; GPU utilization for this request "
-                    "uses those only: %s",
-                    len(self.samples),
-                    exc,
-                )
-                return
-            mb = self._process_mb()
-            if mb is not None:
-                self.process_mb = max(self.process_mb or 0.0, mb)
+        while not self._stop.wait(self.period_s) and self._sample():
+            pass
 
     def __enter__(self) -> NvmlSampler:
         if self.handle is not None:
@@ -229,6 +209,7 @@ class NvmlSampler:
             return
         self._stop.set()
         self._thread.join()
+        self._sample()  # a request shorter than one period still gets its figures
         end = self._energy_mj()
         if end is not None and self._energy_start is not None:
             self.energy_j = (end - self._energy_start) / 1000.0

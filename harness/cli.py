@@ -8,9 +8,12 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from engine.errors import ConfigError, UserError
 from harness.gpu_check import cli as gpu_check
+from harness.reports import BENCH_DIR, COMPARE_DIR
+from harness.sweep import run as sweep_command
 
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog."
 
@@ -85,7 +88,7 @@ def _fidelity(args: argparse.Namespace) -> int:
 
 
 def _fidelity_report(args: argparse.Namespace) -> int:
-    from harness.quality.fidelity_report import SPREAD, run_fidelity, to_markdown, write_report
+    from harness.quality.fidelity_report import SPREAD, run_fidelity, to_markdown, write_fidelity
 
     if args.reference:
         raise ConfigError("--reference applies to a single --profile")
@@ -99,21 +102,21 @@ def _fidelity_report(args: argparse.Namespace) -> int:
         on_row=lambda row: print(json.dumps(row), flush=True),
     )
     if args.output:
-        path = write_report(meta, rows, args.output)
+        path = write_fidelity(meta, rows, args.output)
         logging.getLogger("fishbench").info("wrote %s", path)
     print(to_markdown(meta, rows), file=sys.stderr)
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from harness.bench import run_bench
+    from harness.bench.run import run_bench
 
     run_bench(args.checkpoint, args.frames, args.repeats, args.out_dir, args.reference, args.rows)
     return 0
 
 
 def _profile_ops(args: argparse.Namespace) -> int:
-    from harness.op_profile import profile_ops, to_markdown, write_report
+    from harness.bench.op_profile import profile_ops, to_markdown, write_profile
 
     knobs = {
         "precision": args.precision,
@@ -141,16 +144,9 @@ def _profile_ops(args: argparse.Namespace) -> int:
         name=Path(args.profile).stem if args.profile else None,
     )
     if args.output:
-        logging.getLogger("fishbench").info("wrote %s", write_report(result, args.output))
+        logging.getLogger("fishbench").info("wrote %s", write_profile(result, args.output))
     print(to_markdown(result))
     return 0
-
-
-def _sweep(args: argparse.Namespace) -> int:
-    from harness.sweep.runner import main as sweep_main
-
-    flags = ["--multirun"] * args.multirun + ["--cfg"] * args.cfg
-    return sweep_main(flags + args.overrides) or 0
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -159,11 +155,8 @@ def _compare(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fishbench", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_model_commands(sub: Any) -> None:
+    """make-checkpoint, check, synth and normalize: a checkpoint and what it says."""
     p = sub.add_parser(
         "make-checkpoint", help="write a synthetic checkpoint in the released format"
     )
@@ -200,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-normalize", action="store_true", help="apply only the pronunciations")
     p.set_defaults(func=_normalize)
 
+
+def _add_measuring_commands(sub: Any) -> None:
+    """fidelity, bench, profile-ops and gpu-check: what a profile costs and keeps."""
     p = sub.add_parser(
         "fidelity", help="teacher-forced agreement and codec SNR of a profile vs fp32"
     )
@@ -225,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--reference", help="reference recording (default: 10 s generated speech)")
     p.add_argument("--rows", nargs="*", help="subset of row names")
-    p.add_argument("--out-dir", type=Path, default=Path("reports/bench"))
+    p.add_argument("--out-dir", type=Path, default=BENCH_DIR)
     p.set_defaults(func=_bench)
 
     p = sub.add_parser(
@@ -249,11 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     gpu_check.add_arguments(p)
     p.set_defaults(func=gpu_check.run)
 
+
+def _add_sweep_commands(sub: Any) -> None:
+    """sweep and compare: finding the profile, and comparing machines."""
     p = sub.add_parser("sweep", help="Hydra sweep; overrides the Hydra way (key=value)")
-    p.add_argument("-m", "--multirun", action="store_true", help="sweep comma lists of knobs")
-    p.add_argument("--cfg", action="store_true", help="print the composed config and exit")
-    p.add_argument("overrides", nargs="*", help="e.g. grid=full-gpu scenario.repeats=3")
-    p.set_defaults(func=_sweep)
+    sweep_command.add_arguments(p)
+    p.set_defaults(func=sweep_command.run)
 
     p = sub.add_parser(
         "compare", help="each hardware's champion vs its baseline, from an MLflow store"
@@ -262,8 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else mlflow.db)"
     )
     p.add_argument("--experiment", default="fishbench-sweep")
-    p.add_argument("-o", "--out-dir", type=Path, default=Path("reports/compare"))
+    p.add_argument("-o", "--out-dir", type=Path, default=COMPARE_DIR)
     p.set_defaults(func=_compare)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fishbench", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    for add in (_add_model_commands, _add_measuring_commands, _add_sweep_commands):
+        add(sub)
     return parser
 
 

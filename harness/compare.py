@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from engine.errors import ConfigError
 from engine.telemetry import MISSING, figure
+from harness.reports import markdown_table, stamp, write_report
 from harness.sweep.config import LOCAL_TRACKING_URI
 from harness.sweep.report import p50_text
 from harness.sweep.tracking import LOCAL_UI_URL, champions_url
@@ -103,6 +103,19 @@ def ui_url(tracking_uri: str, experiment_id: str) -> str:
     return champions_url(LOCAL_UI_URL, experiment_id) + " (after `make mlflow-ui`)"
 
 
+COLUMNS = (
+    "hardware",
+    "sweep",
+    "baseline p50 s",
+    "champion",
+    "champion p50 s (95% CI)",
+    "speed-up",
+    "memory MB",
+    "baseline memory MB",
+    "gates",
+)
+
+
 def to_markdown(results: Sequence[HardwareResult], tracking_uri: str, plot: str, ui: str) -> str:
     lines = [
         "# Champions by hardware",
@@ -112,25 +125,25 @@ def to_markdown(results: Sequence[HardwareResult], tracking_uri: str, plot: str,
         "- speed-up: the champion's p50 latency against the baseline of its own sweep; memory: "
         "peak reserved VRAM, host RSS on CPU",
         "",
-        "| hardware | sweep | baseline p50 s | champion | champion p50 s (95% CI) | speed-up "
-        "| memory MB | baseline memory MB | gates | " + " | ".join(MACHINE_TAGS) + " |",
-        "|" + "---|" * (9 + len(MACHINE_TAGS)),
     ]
+    rows = []
     for r in results:
         tags = r.champion.data.tags
-        cells = [
-            r.hardware_id,
-            r.sweep,
-            _p50(r.baseline),
-            r.champion.info.run_name,
-            _p50(r.champion),
-            figure(r.speedup, ".2f", "x"),
-            figure(memory_mb(r.champion), ".0f"),
-            figure(memory_mb(r.baseline), ".0f"),
-            _gates(r),
-            *(tags.get(key, "n/a") for key in MACHINE_TAGS),
-        ]
-        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+        rows.append(
+            [
+                r.hardware_id,
+                r.sweep,
+                _p50(r.baseline),
+                r.champion.info.run_name,
+                _p50(r.champion),
+                figure(r.speedup, ".2f", "x"),
+                figure(memory_mb(r.champion), ".0f"),
+                figure(memory_mb(r.baseline), ".0f"),
+                _gates(r),
+                *(tags.get(key, "n/a") for key in MACHINE_TAGS),
+            ]
+        )
+    lines += markdown_table(COLUMNS + MACHINE_TAGS, rows)
     lines += ["", f"![latency vs memory per hardware]({plot})", ""]
     return "\n".join(lines)
 
@@ -168,14 +181,17 @@ def compare(tracking_uri: str, experiment: str, out_dir: Path) -> Path:
     if not results:
         raise ConfigError(f"no champion with hardware tags in {tracking_uri}: run a sweep first")
     out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    png = plot(results, out_dir / f"{stamp}.png")
-    report = out_dir / f"{stamp}.md"
+    name = stamp()
+    png = plot(results, out_dir / f"{name}.png")
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    report.write_text(
-        to_markdown(results, tracking_uri, png.name, ui_url(tracking_uri, experiment_id))
-    )
-    return report
+    markdown = to_markdown(results, tracking_uri, png.name, ui_url(tracking_uri, experiment_id))
+    data = {
+        "tracking_uri": tracking_uri,
+        "champions": [
+            {"hardware_id": r.hardware_id, "sweep": r.sweep, "speedup": r.speedup} for r in results
+        ],
+    }
+    return write_report(out_dir, name, markdown, data)
 
 
 def run(args: argparse.Namespace) -> int:

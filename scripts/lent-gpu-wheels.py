@@ -25,7 +25,7 @@ LENT_GPU_HAS = frozenset(_LENT_GPU_HAS.split())
 STEP_MODULES = (
     "engine.engine",
     "engine.synthetic",
-    "harness.bench",
+    "harness.bench.run",
     "harness.gpu_check.steps",
     "harness.quality.fidelity_report",
     "torchao",

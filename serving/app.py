@@ -16,7 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from serving.dependencies import Services, authorize
+from serving.dependencies import Services, limit_rate
 from serving.errors import install_error_handlers
 from serving.guard import RequestGuard, open_paths, proxy_warning
 from serving.routers import (
@@ -144,7 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     install_error_handlers(app)
     app.include_router(health.router)
-    guarded = [Depends(authorize)]
+    guarded = [Depends(limit_rate)]
     for module in (tts, openai, text, voices, metrics, cache, emotions):
         app.include_router(module.router, dependencies=guarded)
     app.include_router(speech_socket.router)  # the guard checks its key; it limits its own rate

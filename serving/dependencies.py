@@ -74,7 +74,7 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 _bearer = HTTPBearer(auto_error=False, description="API_KEY, when the server sets one")
 
 
-def authorize(
+def limit_rate(
     request: Request,
     services: ServicesDep,
     _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],

@@ -150,7 +150,8 @@ def test_bench_runs_on_cpu_and_writes_json_and_markdown(
 
 
 def test_a_failing_bench_row_is_reported_with_its_reason(tiny_checkpoint: Path) -> None:
-    from harness.bench import Row, reference_signal, run_row
+    from harness.bench.rows import Row, reference_signal
+    from harness.bench.run import run_row
 
     result = run_row(
         Row("broken", "engine", {"precision": "int3"}),
@@ -164,24 +165,24 @@ def test_a_failing_bench_row_is_reported_with_its_reason(tiny_checkpoint: Path) 
 
 
 def test_bandwidth_ceiling_comes_from_the_hardware_presets() -> None:
-    from harness.bench import _preset
+    from harness.bench.run import hardware_preset
 
-    assert _preset("NVIDIA H100 80GB HBM3")["bandwidth_gb_s"] == 3350
-    assert _preset("NVIDIA GeForce RTX 4060")["bandwidth_gb_s"] == 272
-    assert _preset("cpu")["bandwidth_gb_s"] is None
-    assert _preset("Some Other GPU")["bandwidth_gb_s"] is None
+    assert hardware_preset("NVIDIA H100 80GB HBM3")["bandwidth_gb_s"] == 3350
+    assert hardware_preset("NVIDIA GeForce RTX 4060")["bandwidth_gb_s"] == 272
+    assert hardware_preset("cpu")["bandwidth_gb_s"] is None
+    assert hardware_preset("Some Other GPU")["bandwidth_gb_s"] is None
 
 
 def test_bench_reads_fidelity_verdicts_of_the_same_checkpoint(tmp_path: Path) -> None:
-    from harness.bench import _verdict, fidelity_verdicts
+    from harness.bench.report import fidelity_verdicts, verdict
 
     row = {"runs_as": "cpu bf16 int8", "passes_gates": False, "gate_failures": ["slow_kl=1"]}
     report = {"meta": {"checkpoint": "checkpoints/s1-mini-synthetic"}, "rows": [row]}
     (tmp_path / "cpu-20261123-000000.json").write_text(json.dumps(report))
     verdicts = fidelity_verdicts(tmp_path, "cpu", "elsewhere/s1-mini-synthetic")
     profile = {"precision": "bf16", "quantization": "int8"}
-    assert _verdict({"active_profile": profile}, "cpu", verdicts) == "fail (slow_kl=1)"
-    assert _verdict({"active_profile": profile | {"quantization": "int4"}}, "cpu", verdicts) == (
+    assert verdict({"active_profile": profile}, "cpu", verdicts) == "fail (slow_kl=1)"
+    assert verdict({"active_profile": profile | {"quantization": "int4"}}, "cpu", verdicts) == (
         "not measured"
     )
     assert fidelity_verdicts(tmp_path, "cpu", "checkpoints/tiny-synthetic") == {}

@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 PREFIXES = ("uv run --frozen ", "uv run ")
-PACKAGES = ("engine", "harness", "serving", "ui")  # python -m of other modules (pip) is the system's
+PACKAGES = ("engine", "harness", "serving", "ui")  # python -m of others (pip) is the system's
 
 
 def _pages() -> list[Path]:

@@ -25,6 +25,7 @@ SCRIPT = ROOT / "scripts" / "gpu-acceptance.sh"
 
 
 @pytest.mark.compiled
+@pytest.mark.timeout(3000)  # five parts, inductor compiling on two cores
 def test_dry_run_takes_every_part_through_the_compiled_rows(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -123,7 +124,7 @@ def test_report_names_follow_the_gpu() -> None:
 def test_cudagraph_skip_reasons_are_collected_as_inductor_logs_them() -> None:
     from torch._inductor.cudagraph_utils import cudagraphs_log, log_cudagraph_skip_and_bump_counter
 
-    from harness.bench import CudagraphSkipReasons
+    from harness.bench.run import CudagraphSkipReasons
 
     reasons = CudagraphSkipReasons.attach()
     try:

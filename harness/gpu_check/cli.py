@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from harness.gpu_check.plan import PARTS, Plan
+from harness.reports import BENCH_DIR
 
 log = logging.getLogger("gpu-check")
 
@@ -62,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"one part ({parts}), or all in turn",
     )
     parser.add_argument("--dry-run", action="store_true", help="every step on CPU, tiny sizes")
-    parser.add_argument("--out-dir", type=Path, default=Path("reports/bench"))
+    parser.add_argument("--out-dir", type=Path, default=BENCH_DIR)
     parser.add_argument("--checkpoint", type=Path, help="default: the s1-mini / tiny synthetic one")
     parser.add_argument(
         "--cache-dir",

@@ -4,7 +4,6 @@ tables it links, copied beside it)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import shutil
 import time
@@ -13,6 +12,7 @@ from typing import Any
 
 from harness.gpu_check.plan import PARTS
 from harness.gpu_check.steps import TTFA_ROW, Run
+from harness.reports import markdown_table, write_report
 
 
 def slug(name: str) -> str:
@@ -43,33 +43,23 @@ def _head(run: Run) -> list[str]:
         + ", ".join(f"{k} `{v}`" for k, v in env.items())
         + ".",
         "",
-        "| step | status | seconds | summary |",
-        "|---|---|---|---|",
     ]
-    lines += [
-        f"| {s.name} | {s.status} | {s.seconds:.1f} | {s.summary.replace('|', '/')} |"
-        for s in run.steps
-    ]
-    return lines
+    rows = [(s.name, s.status, f"{s.seconds:.1f}", s.summary) for s in run.steps]
+    return lines + markdown_table(("step", "status", "seconds", "summary"), rows)
+
+
+def _sdpa_cells(r: dict[str, Any]) -> tuple[object, ...]:
+    if "error" in r:
+        return (r["precision"], r["shape"], f"FAILED: {r['error']}", "", "")
+    backend = f"{r['backend']} (`{r['op']}`)"
+    strides = tuple(r["kernel_out_strides"])
+    return (r["precision"], r["shape"], backend, strides, r["result_contiguous"])
 
 
 def _sdpa(rows: list[dict[str, Any]]) -> list[str]:
-    lines = [
-        "",
-        "## SDPA kernel per precision (dispatch trace of `grouped_attention`)",
-        "",
-        "| precision | call | backend | kernel output strides | result contiguous |",
-        "|---|---|---|---|---|",
-    ]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['precision']} | {r['shape']} | FAILED: {r['error']} | | |")
-            continue
-        lines.append(
-            f"| {r['precision']} | {r['shape']} | {r['backend']} (`{r['op']}`) "
-            f"| {tuple(r['kernel_out_strides'])} | {r['result_contiguous']} |"
-        )
-    return lines
+    head = ("precision", "call", "backend", "kernel output strides", "result contiguous")
+    title = "## SDPA kernel per precision (dispatch trace of `grouped_attention`)"
+    return ["", title, "", *markdown_table(head, [_sdpa_cells(r) for r in rows])]
 
 
 def _fidelity(fidelity: dict[str, Any]) -> list[str]:
@@ -87,35 +77,45 @@ def _fidelity(fidelity: dict[str, Any]) -> list[str]:
     return lines
 
 
+BENCH_COLUMNS = (
+    "row",
+    "frames/s",
+    "speed-up",
+    "KV bucket",
+    "TTFA ms",
+    "peak alloc / reserved MB",
+    "compile s",
+    "CUDA-graph skips",
+)
+
+
+def _bench_cells(r: dict[str, Any]) -> tuple[object, ...]:
+    if "error" in r:
+        return (r["row"], f"FAILED: {' '.join(r['error'].split())[:300]}", *[""] * 6)
+    reasons = "; ".join(r.get("cudagraph_skip_reasons") or [])
+    return (
+        r["row"],
+        f"{r['frames_per_s']:.1f}",
+        "n/a" if r.get("speedup") is None else f"{r['speedup']:.2f}x",
+        r.get("kv_bucket") or "static",
+        f"{r['ttfa_p50_s'] * 1000:.0f}",
+        f"{_mb(r['peak_allocated_mb'])} / {_mb(r['peak_reserved_mb'])}",
+        f"{r['compile_s']:.1f}",
+        f"{r.get('cudagraph_skips', 0)}{f' ({reasons})' if reasons else ''}",
+    )
+
+
 def _bench(bench: dict[str, Any]) -> list[str]:
     meta = bench["meta"]
-    lines = [
+    return [
         "",
         f"## Bench ({meta['frames']} frames, {meta['repeats']} repeats, "
         f"{meta['reference_s']:.0f} s saved voice)",
         "",
         f"Full table: `{bench['report']}`. Probe {meta['probe_gbs']:.0f} GB/s.",
         "",
-        "| row | frames/s | speed-up | KV bucket | TTFA ms | peak alloc / reserved MB "
-        "| compile s | CUDA-graph skips |",
-        "|---|---|---|---|---|---|---|---|",
+        *markdown_table(BENCH_COLUMNS, [_bench_cells(r) for r in bench["rows"]]),
     ]
-    for r in bench["rows"]:
-        if "error" in r:
-            lines.append(
-                f"| {r['row']} | FAILED: {' '.join(r['error'].split())[:300]} |" + " |" * 6
-            )
-            continue
-        reasons = "; ".join(r.get("cudagraph_skip_reasons") or [])
-        speedup = "n/a" if r.get("speedup") is None else f"{r['speedup']:.2f}x"
-        lines.append(
-            f"| {r['row']} | {r['frames_per_s']:.1f} | {speedup} "
-            f"| {r.get('kv_bucket') or 'static'} | {r['ttfa_p50_s'] * 1000:.0f} "
-            f"| {_mb(r['peak_allocated_mb'])} / "
-            f"{_mb(r['peak_reserved_mb'])} | {r['compile_s']:.1f} | "
-            f"{r.get('cudagraph_skips', 0)}{f' ({reasons})' if reasons else ''} |"
-        )
-    return lines
 
 
 def _ttfa(t: dict[str, Any], reference_s: float) -> list[str]:
@@ -189,19 +189,17 @@ def write_reports(run: Run) -> Path:
     reports it links copied beside it; returns the Markdown's path."""
     out = run.plan.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{slug(run.context.get('device_name', 'unknown'))}-check-part{run.part}"
+    stem = f"{slug(run.context.get('device_name', 'unknown'))}-check-part{run.part}"
     for key in ("bench", "fidelity"):
         if run.context.get(key):
             source = Path(run.context[key]["report"])
             for suffix in (".md", ".json"):
-                shutil.copyfile(source.with_suffix(suffix), out / f"{stem.name}-{key}{suffix}")
-            run.context[key]["report"] = f"{stem.name}-{key}.md"
+                shutil.copyfile(source.with_suffix(suffix), out / f"{stem}-{key}{suffix}")
+            run.context[key]["report"] = f"{stem}-{key}.md"
     data = {
         "part": run.part,
         "plan": {k: str(v) for k, v in dataclasses.asdict(run.plan).items()},
         "steps": [dataclasses.asdict(s) for s in run.steps],
         "context": run.context,
     }
-    Path(f"{stem}.json").write_text(json.dumps(data, indent=2, default=str))
-    Path(f"{stem}.md").write_text(to_markdown(run))
-    return Path(f"{stem}.md")
+    return write_report(out, stem, to_markdown(run), data)

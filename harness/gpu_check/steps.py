@@ -60,8 +60,8 @@ class Run:
 
 
 def bench_rows(plan: Plan, names: tuple[str, ...]) -> list:
-    """``harness.bench`` rows by name, in the plan's sizes (see ``DRY_RUN_OPTIONS``)."""
-    from harness.bench import GPU_ROWS, Row
+    """``harness.bench.run`` rows by name, in the plan's sizes (see ``DRY_RUN_OPTIONS``)."""
+    from harness.bench.rows import GPU_ROWS, Row
 
     rows = {row.name: row for row in GPU_ROWS}
     chosen = [rows[name] for name in names]
@@ -85,7 +85,8 @@ def row_profile(plan: Plan, name: str = TTFA_ROW):
 def step_environment(run: Run) -> str:
     import torch
 
-    from engine.preflight import _driver_version, check_cuda_usable, lowest_arch
+    from engine.machine import device_name, driver_version
+    from engine.preflight import check_cuda_usable, lowest_arch
 
     facts: dict[str, Any] = {
         "torch": torch.__version__,
@@ -106,12 +107,12 @@ def step_environment(run: Run) -> str:
         check_cuda_usable("cuda")
         props = torch.cuda.get_device_properties(0)
         facts |= {
-            "device": torch.cuda.get_device_name(0),
+            "device": device_name(),
             "compute_capability": "{}.{}".format(*torch.cuda.get_device_capability(0)),
             "wheel_lowest_arch": f"sm_{lowest_arch(torch.cuda.get_arch_list())}",
             "vram_mb": props.total_memory // 2**20,
             "multiprocessors": props.multi_processor_count,
-            "driver": _driver_version(),
+            "driver": driver_version(),
         }
         if facts["c_compiler"] is None:
             raise RuntimeError("no C compiler (cc/gcc): Triton cannot build its launcher")
@@ -222,14 +223,14 @@ def step_sdpa(run: Run) -> str:
 def step_fidelity(run: Run) -> str:
     """bf16 and int8 against fp32; int8 compiled, the only form CUDA runs it in."""
     from engine.profile import EngineProfile
-    from harness.quality.fidelity_report import run_fidelity, write_report
+    from harness.quality.fidelity_report import run_fidelity, write_fidelity
 
     profiles = {
         "bf16": EngineProfile(precision="bf16"),
         "bf16-int8": EngineProfile(precision="bf16", quantization="int8", compile_decode="default"),
     }
     meta, rows = run_fidelity(run.context["checkpoint"], profiles, run.plan.fidelity_frames)
-    path = write_report(meta, rows, run.plan.work_dir / "fidelity")
+    path = write_fidelity(meta, rows, run.plan.work_dir / "fidelity")
     run.context["fidelity"] = {"report": str(path), "rows": rows}
     verdicts = []
     for row in rows:
@@ -246,7 +247,8 @@ def step_bench(run: Run) -> str:
     import json
 
     from engine.audio_io import SAMPLE_RATE, write_wav
-    from harness.bench import reference_signal, run_bench
+    from harness.bench.rows import reference_signal
+    from harness.bench.run import run_bench
 
     plan = run.plan
     reference = plan.work_dir / "reference.wav"
@@ -292,7 +294,7 @@ def step_ttfa(run: Run) -> str:
     import torch
 
     from engine.telemetry import summarize
-    from harness.bench import REFERENCE_TEXT, TEXT, reference_signal
+    from harness.bench.rows import REFERENCE_TEXT, TEXT, reference_signal
 
     plan = run.plan
     voices = plan.work_dir / "voices"
@@ -377,7 +379,7 @@ def step_warmup(run: Run) -> str:
 def step_default_request(run: Run) -> str:
     """One request as a user sends it: no fixed frame count, so generation ends at the model's
     end-of-speech (or the frame budget), through the path the benches never take."""
-    from harness.bench import TEXT
+    from harness.bench.rows import TEXT
 
     engine = run.context.pop("engine", None) or _engine(run.plan, run.context["checkpoint"])
     chunks = list(engine.synthesize_stream(TEXT, seed=7))
@@ -396,7 +398,7 @@ def _budget_request(job: dict[str, Any]) -> dict[str, Any]:
 
     from engine.compile_cache import COMPILE_CACHE_ENV
     from engine.engine import OptimizedFishSpeech
-    from harness.bench import TEXT
+    from harness.bench.rows import TEXT
 
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, job["budget_gb"] * 2**30 / total))
@@ -411,7 +413,7 @@ def _budget_request(job: dict[str, Any]) -> dict[str, Any]:
 def step_vram_budgets(run: Run) -> str:
     """The TTFA row's profile with the process capped at what an 8 GB and a 12 GB card leave
     (``VRAM_BUDGETS_GB``): does start-up and a default request fit, and at what peak."""
-    from harness.launcher import run_in_child
+    from harness.launchers.local import run_in_child
 
     if run.plan.dry_run:
         raise SkipStep("no device memory to cap on the CPU")

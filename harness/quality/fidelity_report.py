@@ -6,7 +6,6 @@ the gates in ``engine.fidelity.FIDELITY_GATES`` are chosen from.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -18,7 +17,9 @@ import torch
 from engine.checkpoint import CheckpointFolder
 from engine.engine import OptimizedFishSpeech
 from engine.fidelity import FidelityReference, compare_profile, flatness, passes_gates
+from engine.machine import device_name
 from engine.profile import EngineProfile
+from harness.reports import markdown_table, stamp, write_report
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def run_fidelity(
         if on_row is not None:
             on_row(row)
     meta = {
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "device": device_name(),
         "checkpoint": str(folder.path),
         "synthetic": folder.is_synthetic,
         "frames": frames,
@@ -82,6 +83,36 @@ def run_fidelity(
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     return meta, rows
+
+
+COLUMNS = (
+    "profile",
+    "runs as",
+    "slow KL",
+    "slow top-1",
+    "fast KL",
+    "fast top-1",
+    "codec SNR dB",
+    "stream max diff",
+    "gates",
+)
+
+
+def _cells(r: dict[str, Any]) -> list[str]:
+    if "error" in r:
+        return [r["profile"], r["runs_as"], f"FAILED: {r['error']}", *[""] * 6]
+    gates = "pass" if r["passes_gates"] else "FAIL: " + "; ".join(r["gate_failures"])
+    return [
+        r["profile"],
+        r["runs_as"],
+        f"{r['slow_kl']:.2e}",
+        f"{r['slow_top1']:.3f}",
+        f"{r['fast_kl']:.2e}",
+        f"{r['fast_top1']:.3f}",
+        f"{r['codec_snr_db']:.1f}",
+        f"{r['stream_max_abs_diff']:.1e}",
+        gates,
+    ]
 
 
 def to_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
@@ -100,20 +131,8 @@ def to_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         )
         + ".",
         "",
-        "| profile | runs as | slow KL | slow top-1 | fast KL | fast top-1 | codec SNR dB "
-        "| stream max diff | gates |",
-        "|" + "---|" * 9,
     ]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['profile']} | {r['runs_as']} | FAILED: {r['error']} |" + " |" * 6)
-            continue
-        gates = "pass" if r["passes_gates"] else "FAIL: " + "; ".join(r["gate_failures"])
-        lines.append(
-            f"| {r['profile']} | {r['runs_as']} | {r['slow_kl']:.2e} | {r['slow_top1']:.3f} "
-            f"| {r['fast_kl']:.2e} | {r['fast_top1']:.3f} | {r['codec_snr_db']:.1f} "
-            f"| {r['stream_max_abs_diff']:.1e} | {gates} |"
-        )
+    lines += markdown_table(COLUMNS, [_cells(r) for r in rows])
     lines += [
         "",
         "KL: mean KL(fp32 || profile) per position, in nats. Codec SNR: the profile's codec "
@@ -123,11 +142,8 @@ def to_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(meta: dict[str, Any], rows: list[dict[str, Any]], out_dir: Path) -> Path:
+def write_fidelity(meta: dict[str, Any], rows: list[dict[str, Any]], out_dir: Path) -> Path:
     """``<device>-<time>.json`` and ``.md`` under ``out_dir``; returns the Markdown path."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     device = meta["device"].replace(" ", "_").replace("/", "_")
-    stem = out_dir / f"{device}-{time.strftime('%Y%m%d-%H%M%S')}"
-    Path(f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    Path(f"{stem}.md").write_text(to_markdown(meta, rows))
-    return Path(f"{stem}.md")
+    data = {"meta": meta, "rows": rows}
+    return write_report(out_dir, f"{device}-{stamp()}", to_markdown(meta, rows), data)

@@ -17,7 +17,7 @@ import numpy as np
 
 from engine.audio_io import WHISPER_RATE
 from engine.errors import RequestError
-from harness.launcher import run_in_child
+from harness.launchers.local import run_in_child
 from harness.sweep.config import AsrConf
 
 SYNTHETIC_NOTE = "n/a: synthetic checkpoint (random weights speak noise, so WER would mean nothing)"

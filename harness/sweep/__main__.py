@@ -1,6 +1,6 @@
 import sys
 
-from harness.sweep.runner import main
+from harness.sweep.run import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from engine.checkpoint import CheckpointError, CheckpointFolder
 from engine.errors import ConfigError
+from engine.machine import device_name
 from engine.paths import CONF_DIR
 from harness.sweep.config import register_configs
 
@@ -59,7 +60,7 @@ def auto_groups(checkpoint: str) -> dict[str, str]:
     if not (torch.cuda.is_available() and has_real_checkpoint(checkpoint)):
         return {"hardware": "cpu", "grid": "quick-cpu"}
     return {
-        "hardware": detect_hardware_preset(torch.cuda.get_device_name()),
+        "hardware": detect_hardware_preset(device_name()),
         "grid": "full-gpu",
         "scenario": "long",
     }

@@ -75,11 +75,11 @@ def trial_name(overrides: dict[str, Any]) -> str:
 
 
 def _skip_reason(requested: EngineProfile, swept: dict[str, Any], hw: Hardware) -> str | None:
-    active, notes = resolve_profile(requested, hw)
+    active, fallbacks = resolve_profile(requested, hw)
     changed = [
         key for key, value in swept.items() if value != "auto" and getattr(active, key) != value
     ]
-    reasons = [note for note in notes if note.split(":", 1)[0] in changed]
+    reasons = [str(fallback) for fallback in fallbacks if fallback.knob in changed]
     return "; ".join(reasons) if changed else None
 
 

@@ -25,12 +25,12 @@ from rich.progress import (
 from engine.checkpoint import CheckpointFolder
 from engine.profile import Hardware
 from harness.quality.wer import SYNTHETIC_NOTE
+from harness.sweep.attempt import TrialContext, execute_trial
 from harness.sweep.config import SweepConf
 from harness.sweep.grid import TrialSpec, base_knobs, config_hash, trial_inputs
 from harness.sweep.machine import hardware_tags
 from harness.sweep.plan import Budget, GridPlan, PastTrial, Plan, order_by_promise
 from harness.sweep.store import SweepFolder
-from harness.sweep.trials import TrialContext, execute_trial
 from harness.trial.record import TrialRecord
 
 if TYPE_CHECKING:
@@ -207,8 +207,8 @@ def run_trials(
 def run_trials_on_ray(
     sweep: OpenSweep, specs: list[TrialSpec], reference: str | None, console: Console
 ) -> TrialsRun:
-    """``launcher=ray``: the grid's trials as Ray tasks (``harness.sweep.ray_launcher``)."""
-    from harness.sweep.ray_launcher import run_on_ray
+    """``launcher=ray``: the grid's trials as Ray tasks (``harness.launchers.ray``)."""
+    from harness.launchers.ray import run_on_ray
 
     finished = sweep.folder.finished(sweep.conf.retry_failed)
     landed: dict[str, TrialRecord] = {}

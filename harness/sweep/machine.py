@@ -9,40 +9,19 @@ header sums up what every trial's own watch saw, so a reader knows how far to tr
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from engine.machine import cpu_model, driver_version
 from engine.profile import Hardware
 from harness.trial.isolation import watch_isolation
 from harness.trial.record import TrialRecord
 
 SURVEY_S = 1.0
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _driver_version() -> str:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        return str(pynvml.nvmlSystemGetDriverVersion())
-    except Exception as exc:  # no NVML: the tag says why
-        return f"n/a ({type(exc).__name__})"
 
 
 def hardware_tags(hw: Hardware) -> dict[str, str]:
@@ -52,7 +31,7 @@ def hardware_tags(hw: Hardware) -> dict[str, str]:
     tags = {
         "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda or "n/a",
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_cores": str(cores),
     }
     if hw.device == "cuda":
@@ -61,7 +40,7 @@ def hardware_tags(hw: Hardware) -> dict[str, str]:
             gpu_name=hw.name,
             compute_capability=hw.capability_str or "n/a",
             vram_mb=str(vram),
-            driver_version=_driver_version(),
+            driver_version=driver_version(),
             hardware_id=hw.name,
         )
     else:

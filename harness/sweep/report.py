@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.table import Table
 
 from engine.telemetry import figure
+from harness.reports import markdown_table
 from harness.sweep.plots import memory_axis, plot_latency_vs_memory, plot_stages
 from harness.sweep.selection import Selection
 from harness.trial.record import FAILED, SKIPPED, TrialRecord
@@ -117,13 +118,6 @@ def console_table(records: Sequence[TrialRecord], selection: Selection, title: s
     return table
 
 
-def _markdown_table(rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    return lines + [
-        "| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows
-    ]
-
-
 def _details(records: Sequence[TrialRecord], selection: Selection) -> list[str]:
     lines = []
     failed = [r for r in records if r.status == FAILED]
@@ -196,7 +190,7 @@ def write_report(
             "runs them.",
         ]
     lines += ["", "## Search", "", *context.search]
-    lines += ["", "## Trials", "", *_markdown_table(table_rows(records, selection))]
+    lines += ["", "## Trials", "", *markdown_table(COLUMNS, table_rows(records, selection))]
     lines += _details(records, selection)
     lines += [
         "",

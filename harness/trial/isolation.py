@@ -125,12 +125,11 @@ class GpuWindow:
         if device != "cuda":
             return cls(unavailable="n/a on CPU")
         try:
-            import pynvml
             import torch
 
-            from engine.telemetry import nvml_handle
+            from engine.machine import nvml, nvml_handle
 
-            pynvml.nvmlInit()
+            pynvml = nvml()
             handle = nvml_handle(pynvml, torch.device("cuda"))
         except Exception as exc:
             log.warning("GPU isolation check unavailable: %s", exc)

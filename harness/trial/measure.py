@@ -96,7 +96,7 @@ def load_candidate(job: dict[str, Any]) -> Subject:
         compile_s,
         lambda: engine.frame_bytes().as_dict(),
         engine.active_profile.knobs(),
-        engine.fallbacks,
+        [str(f) for f in engine.fallbacks],
     )
 
 
@@ -177,7 +177,12 @@ def repeat_policy(scenario: dict[str, Any]) -> RepeatPolicy:
 PEAKS = ("peak_allocated_mb", "peak_reserved_mb", "nvml_process_mb", "host_rss_mb")
 
 
-def _repeat(subject: Subject) -> tuple[dict[str, Any], np.ndarray]:
+def load_subject(job: dict[str, Any]) -> Subject:
+    """The upstream baseline or our engine, loaded and warmed up for the job's scenario."""
+    return load_baseline(job) if job["kind"] == BASELINE else load_candidate(job)
+
+
+def measure_request(subject: Subject) -> tuple[dict[str, Any], np.ndarray]:
     """One timed repeat: the one-shot report, with streaming's first-audio time and memory peaks."""
     audio = subject.synthesize()
     run = subject.last_report()
@@ -195,14 +200,16 @@ def _repeat(subject: Subject) -> tuple[dict[str, Any], np.ndarray]:
 def run_trial(job: dict[str, Any]) -> dict[str, Any]:
     """Measure one baseline or candidate job; a plain dict (the parent builds the record)."""
     scenario = job["scenario"]
-    subject = load_baseline(job) if job["kind"] == BASELINE else load_candidate(job)
+    subject = load_subject(job)
     t0 = time.perf_counter()
     for _ in range(scenario["warmup_runs"]):
-        _repeat(subject)
+        measure_request(subject)
     compile_s = subject.compile_s + time.perf_counter() - t0
     with watch_isolation(job["knobs"]["device"]) as isolation:
         repeats = repeat_until_stable(
-            partial(_repeat, subject), lambda done: done[0]["total_s"], repeat_policy(scenario)
+            partial(measure_request, subject),
+            lambda done: done[0]["total_s"],
+            repeat_policy(scenario),
         )
     runs = [run for run, _ in repeats.results]
     write_wav(Path(job["out_dir"]) / "sample.wav", repeats.results[-1][1])

@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
+from engine.telemetry import summarize
 from harness.trial.repeats import MedianInterval, coefficient_of_variation
 
 STAGES = ("encode_s", "prefill_s", "decode_s", "codec_s")
@@ -35,40 +34,34 @@ def _values(runs: Sequence[dict[str, Any]], key: str) -> list[float]:
     return [float(run[key]) for run in runs if run.get(key) is not None]
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    return float(np.percentile(values, q)) if values else None
-
-
-_REDUCERS = {"max": np.max, "mean": np.mean, "median": np.median}
-
-
-def _reduce(values: list[float], how: str) -> float | None:
-    return float(_REDUCERS[how](values)) if values else None
+# How each per-run figure is summed up over the repeats: a summary statistic of
+# ``engine.telemetry.summarize`` (the one rule every report uses).
+_REDUCED = {
+    "frames_per_s": "p50",
+    "rtf": "p50",
+    "audio_s": "p50",
+    "j_per_audio_s": "p50",
+    "gpu_util_pct": "mean",
+    "peak_allocated_mb": "max",
+    "peak_reserved_mb": "max",
+    "nvml_process_mb": "max",
+    "host_rss_mb": "max",
+}
 
 
 def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, float | None]:
-    """Latency p50/p95, time to first audio, stage medians, rates and peak memory of the repeats."""
-    total, ttfa = _values(runs, "total_s"), _values(runs, "ttfa_s")
-    summary: dict[str, float | None] = {
-        "latency_p50_s": _percentile(total, 50),
-        "latency_p95_s": _percentile(total, 95),
-        "ttfa_p50_s": _percentile(ttfa, 50),
-        "ttfa_p95_s": _percentile(ttfa, 95),
-        "stream_total_p50_s": _percentile(_values(runs, "stream_total_s"), 50),
-    }
-    summary.update({f"stage_{stage}": _reduce(_values(runs, stage), "median") for stage in STAGES})
-    for key, how in (
-        ("frames_per_s", "median"),
-        ("rtf", "median"),
-        ("audio_s", "median"),
-        ("j_per_audio_s", "median"),
-        ("gpu_util_pct", "mean"),
-        ("peak_allocated_mb", "max"),
-        ("peak_reserved_mb", "max"),
-        ("nvml_process_mb", "max"),
-        ("host_rss_mb", "max"),
-    ):
-        summary[key] = _reduce(_values(runs, key), how)
+    """Latency p50/p95/max, time to first audio, stage medians, rates and peak memory of the
+    repeats; a figure no repeat measured is None."""
+    summaries = {key: summarize(_values(runs, key)) for key in ("total_s", "ttfa_s")}
+    summary: dict[str, float | None] = {}
+    for key, name in (("total_s", "latency"), ("ttfa_s", "ttfa")):
+        for stat in ("p50", "p95", "max"):
+            summary[f"{name}_{stat}_s"] = summaries[key].get(stat)
+    summary["stream_total_p50_s"] = summarize(_values(runs, "stream_total_s")).get("p50")
+    for stage in STAGES:
+        summary[f"stage_{stage}"] = summarize(_values(runs, stage)).get("p50")
+    for key, stat in _REDUCED.items():
+        summary[key] = summarize(_values(runs, key)).get(stat)
     return summary
 
 

@@ -78,7 +78,7 @@ def describe(engine: OptimizedFishSpeech | None, **fields: object) -> HealthResp
         quantization=profile.quantization,
         profile=profile.knobs(),
         provenance=_provenance(profile.provenance),
-        fallbacks=engine.fallbacks,
+        fallbacks=[str(f) for f in engine.fallbacks],
         synthetic_checkpoint=engine.checkpoint.is_synthetic,
         warmup_s=engine.compile_seconds,
     )

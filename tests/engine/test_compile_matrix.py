@@ -71,6 +71,7 @@ def _with_backend(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.compiled
+@pytest.mark.timeout(1800)  # an inductor warm-up of every graph takes minutes on two cores
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list(COMPILED))
 def test_compiled_engine_matches_eager_and_never_recompiles_after_warmup(

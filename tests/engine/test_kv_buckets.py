@@ -18,7 +18,7 @@ from engine.audio_io import MAX_REFERENCE_SECONDS, SAMPLE_RATE
 from engine.caches import PrefixKVCache
 from engine.engine import OptimizedFishSpeech
 from engine.profile import DEFAULT_MAX_SEQ_LEN, MAX_REFERENCE_FRAMES, EngineProfile, kv_bucket
-from harness.bench import reference_signal
+from harness.bench.rows import reference_signal
 
 TEXT = "A voice saved once is reused for every request."
 

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from engine.preflight import PreflightError, check_cuda_usable, parse_proc_driver_version
-from engine.telemetry import pci_bus_id
+from engine.machine import parse_proc_driver_version, pci_bus_id
+from engine.preflight import PreflightError, check_cuda_usable
 
 NODE = ["/dev/nvidia0"]
 # torch.cuda.get_arch_list() of a torch 2.11 +cu130 wheel: nothing older than Turing (sm_75).

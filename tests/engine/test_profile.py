@@ -155,12 +155,14 @@ def test_yaml_that_is_not_a_profile_mapping_is_one_line(tmp_path: Path) -> None:
 
 def test_max_seq_len_falls_back_to_the_checkpoint_limit(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
-        active, notes = resolve_profile(
+        active, fallbacks = resolve_profile(
             EngineProfile(max_seq_len=8192), CPU, model_max_seq_len=2048
         )
     assert active.max_seq_len == 2048
-    assert notes == ["max_seq_len: 8192 -> 2048 (the checkpoint's config.json allows 2048)"]
-    assert [r.getMessage() for r in caplog.records] == [f"profile fallback: {notes[0]}"]
+    assert [str(f) for f in fallbacks] == [
+        "max_seq_len: 8192 -> 2048 (the checkpoint's config.json allows 2048)"
+    ]
+    assert [r.getMessage() for r in caplog.records] == [f"profile fallback: {fallbacks[0]}"]
     odd = resolve_profile(EngineProfile(max_seq_len=8192), CPU, model_max_seq_len=2047)[0]
     assert odd.max_seq_len == 2040
     assert resolve_profile(EngineProfile(max_seq_len=1024), CPU, 2048) == (
@@ -170,28 +172,30 @@ def test_max_seq_len_falls_back_to_the_checkpoint_limit(caplog: pytest.LogCaptur
 
 
 def test_first_chunk_larger_than_chunk_size_falls_back_to_it() -> None:
-    active, notes = resolve_profile(EngineProfile(chunk_size=8, first_chunk_size=12), CPU)
+    active, fallbacks = resolve_profile(EngineProfile(chunk_size=8, first_chunk_size=12), CPU)
     assert (active.chunk_size, active.first_chunk_size) == (8, 8)
-    assert notes == ["first_chunk_size: 12 -> 8 (it cannot exceed chunk_size 8)"]
+    assert [str(f) for f in fallbacks] == [
+        "first_chunk_size: 12 -> 8 (it cannot exceed chunk_size 8)"
+    ]
     assert resolve_profile(EngineProfile(chunk_size=8, first_chunk_size=8), CPU)[1] == []
 
 
 def test_cpu_falls_back_with_one_line_per_change(caplog: pytest.LogCaptureFixture) -> None:
     requested = EngineProfile(precision="fp16", num_streams=3, compile_decode="reduce-overhead")
     with caplog.at_level(logging.WARNING):
-        active, notes = resolve_profile(requested, CPU)
+        active, fallbacks = resolve_profile(requested, CPU)
     assert (active.device, active.precision, active.num_streams) == ("cpu", "fp32", 1)
     assert active.compile_decode == "default"
-    assert len(notes) == 3 and len(caplog.records) == 3
-    assert any("CUDA streams need a CUDA device" in n for n in notes)
+    assert len(fallbacks) == 3 and len(caplog.records) == 3
+    assert any("CUDA streams need a CUDA device" in str(f) for f in fallbacks)
     graphs_off = resolve_profile(EngineProfile(compile_decode="max-autotune"), CPU)[0]
     assert graphs_off.compile_decode == "default"
 
 
 def test_cpu_runs_bf16_int4_and_nf4_on_its_own_kernels() -> None:
     requested = EngineProfile(precision="bf16", quantization="int4", compile_decode="default")
-    active, notes = resolve_profile(requested, CPU)
-    assert notes == []
+    active, fallbacks = resolve_profile(requested, CPU)
+    assert fallbacks == []
     assert (active.precision, active.quantization, active.compile_decode) == (
         "bf16",
         "int4",
@@ -201,11 +205,14 @@ def test_cpu_runs_bf16_int4_and_nf4_on_its_own_kernels() -> None:
 
 
 def test_nf4_without_bitsandbytes_kernels_falls_back_to_int8() -> None:
-    active, notes = resolve_profile(
+    active, fallbacks = resolve_profile(
         EngineProfile(quantization="nf4", compile_decode="default"), CPU
     )
     assert active.quantization == "int8" and active.compile_decode == "none"
-    assert notes[0] == "quantization: nf4 -> int8 (bitsandbytes 4-bit kernels are not available)"
+    assert (
+        str(fallbacks[0])
+        == "quantization: nf4 -> int8 (bitsandbytes 4-bit kernels are not available)"
+    )
 
 
 def test_auto_precision_follows_compute_capability() -> None:
@@ -216,19 +223,19 @@ def test_auto_precision_follows_compute_capability() -> None:
 
 def test_bf16_and_nf4_fall_back_where_the_gpu_lacks_them() -> None:
     requested = EngineProfile(precision="bf16", quantization="nf4", compile_decode="default")
-    active, notes = resolve_profile(requested, RTX_2080)
+    active, fallbacks = resolve_profile(requested, RTX_2080)
     assert active.precision == "fp16" and active.quantization == "int8"
-    assert any("compute capability 8.0, this GPU has 7.5" in n for n in notes)
-    assert any("bitsandbytes" in n for n in notes)
+    assert any("compute capability 8.0, this GPU has 7.5" in str(f) for f in fallbacks)
+    assert any("bitsandbytes" in str(f) for f in fallbacks)
     assert resolve_profile(EngineProfile(quantization="nf4"), RTX_4060)[0].quantization == "nf4"
 
 
 def test_cuda_int8_runs_only_compiled() -> None:
     """Eager, CUDA int8 would copy every weight to the float dtype per call (slower than bf16);
     compiled, inductor fuses that into the matmul. The grid records eager int8 as SKIPPED."""
-    active, notes = resolve_profile(EngineProfile(quantization="int8"), RTX_4060)
+    active, fallbacks = resolve_profile(EngineProfile(quantization="int8"), RTX_4060)
     assert active.quantization == "none"
-    assert notes == [
+    assert [str(f) for f in fallbacks] == [
         "quantization: int8 -> none (CUDA int8 is fast only compiled (inductor fuses its "
         "dequantization into the matmul); eager it copies every weight to the float dtype per "
         "call)"
@@ -247,9 +254,12 @@ def test_cuda_int8_runs_only_in_its_fused_form() -> None:
     unfused = EngineProfile(
         quantization="int8", compile_decode="default", coordinate_descent_tuning=False
     )
-    active, notes = resolve_profile(unfused, RTX_4060)
+    active, fallbacks = resolve_profile(unfused, RTX_4060)
     assert (active.quantization, active.coordinate_descent_tuning) == ("int8", True)
-    assert notes == [
+    assert [(f.knob, f.asked, f.runs) for f in fallbacks] == [
+        ("coordinate_descent_tuning", False, True)
+    ]
+    assert [str(f) for f in fallbacks] == [
         "coordinate_descent_tuning: False -> True (CUDA int8 is fused into the matmul only with "
         "inductor's coordinate-descent tuning; without it every call copies each weight to the "
         "float dtype)"
@@ -265,8 +275,8 @@ def test_engine_reports_the_profile_that_actually_runs(engine) -> None:
 
 def test_cpu_dynamic_int8_runs_uncompiled() -> None:
     requested = EngineProfile(quantization="int8", compile_decode="default", compile_prefill=True)
-    active, notes = resolve_profile(requested, CPU)
+    active, fallbacks = resolve_profile(requested, CPU)
     assert (active.compile_decode, active.compile_prefill) == ("none", False)
-    assert all("dynamic-int8" in n for n in notes)
+    assert all("dynamic-int8" in str(f) for f in fallbacks)
     weight_only = resolve_profile(requested.model_copy(update={"precision": "bf16"}), CPU)[0]
     assert weight_only.compile_decode == "default" and weight_only.compile_prefill

@@ -9,7 +9,8 @@ import pytest
 from rich.console import Console
 
 from harness.sweep.compose import build_config
-from harness.sweep.runner import SweepOutcome, run_sweep
+from harness.sweep.conclude import SweepOutcome
+from harness.sweep.run import run_sweep
 
 # Short trials: 16 frames, six timed repeats at most, 8 fidelity frames.
 QUICK = (

@@ -4,7 +4,7 @@ while the child did (the kernel's count in /proc/vmstat), rather than a guess at
 
 from __future__ import annotations
 
-from harness.launcher import death_reason
+from harness.launchers.local import death_reason
 
 
 def test_a_death_is_told_by_its_signal_and_what_the_kernel_counted() -> None:

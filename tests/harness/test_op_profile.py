@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from engine.profile import EngineProfile
+from harness.bench.op_profile import profile_ops, to_markdown
 from harness.cli import main
-from harness.op_profile import profile_ops, to_markdown
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::linear", "aten::bmm")
 

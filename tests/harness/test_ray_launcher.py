@@ -15,7 +15,7 @@ import psutil
 import pytest
 import ray
 
-from harness.sweep.runner import SweepOutcome
+from harness.sweep.conclude import SweepOutcome
 
 pytestmark = pytest.mark.slow
 # Its prompt alone overflows max_seq_len=256: the trial fails inside its worker.

@@ -13,7 +13,8 @@ from rich.console import Console
 from engine.engine import OptimizedFishSpeech
 from engine.profile import EngineProfile
 from harness.sweep.compose import build_config
-from harness.sweep.runner import SweepOutcome, run_sweep
+from harness.sweep.conclude import SweepOutcome
+from harness.sweep.run import run_sweep
 
 pytestmark = pytest.mark.slow
 

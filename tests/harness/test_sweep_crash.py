@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness.sweep.runner import SweepOutcome
+from harness.sweep.conclude import SweepOutcome
 from harness.sweep.tracking import TRIALS_TABLE, SweepTracker
 from harness.trial.record import TrialRecord
 

@@ -20,7 +20,8 @@ from faults import script_env
 from rich.console import Console
 
 from harness.sweep.compose import build_config
-from harness.sweep.runner import SweepOutcome, run_sweep
+from harness.sweep.conclude import SweepOutcome
+from harness.sweep.run import run_sweep
 
 pytestmark = pytest.mark.slow
 # A sweep whose trials hang (faults.hang) until killed: it holds its folder for as long as needed.
@@ -28,11 +29,11 @@ HANGING_SWEEP = """
 import sys
 
 from faults import hang
-from harness.sweep import trials
-from harness.sweep.runner import main
+from harness.sweep import attempt
+from harness.sweep.run import main
 
 if __name__ == "__main__":
-    trials.run_trial = hang
+    attempt.run_trial = hang
     sys.exit(main(sys.argv[1:]))
 """
 FAST = (

@@ -20,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main as fishbench
-from harness.sweep.runner import SweepOutcome
+from harness.sweep.conclude import SweepOutcome
 
 pytestmark = pytest.mark.slow
 TinySweep = Callable[..., SweepOutcome]  # the tiny_sweep fixture (tests/harness/conftest.py)

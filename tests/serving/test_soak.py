@@ -8,11 +8,11 @@ import re
 import httpx
 import pytest
 
-from harness.soak.__main__ import main
-from harness.soak.load import LATE_S, Result, judge, run
-from harness.soak.mix import Kind, error_body, sse_done
-from harness.soak.report import Tick, format_tick, verdict
-from harness.soak.server import server_env
+from serving.soak.__main__ import main
+from serving.soak.load import LATE_S, Result, judge, run
+from serving.soak.mix import Kind, error_body, sse_done
+from serving.soak.report import Tick, format_tick, verdict
+from serving.soak.server import server_env
 
 TICK = re.compile(
     r"^min +[\d.]+  rss +[\d.]+ MB  requests +\d+ \[[\d: ]+\]  speech p50 .+ p95 .+  late \d+$"

@@ -34,9 +34,9 @@ from ray._private import ray_constants
 from rich.console import Console
 
 from engine.errors import ConfigError
+from harness.sweep.attempt import TrialContext, execute_trial
 from harness.sweep.config import SweepConf
 from harness.sweep.grid import TrialSpec
-from harness.sweep.trials import TrialContext, execute_trial
 from harness.trial.record import TrialRecord
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ On a GPU the ranking is by CUDA self time: the kernel time each CPU-side op laun
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -22,7 +21,9 @@ from torch.profiler import ProfilerActivity
 
 from engine.checkpoint import CheckpointFolder
 from engine.errors import ConfigError
+from engine.machine import device_name
 from engine.profile import EngineProfile
+from harness.reports import stamp, write_report
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,6 @@ def _profile_name(active: EngineProfile) -> str:
     if active.compile_decode != "none":
         parts.append(f"compile-{active.compile_decode}")
     return "-".join(parts)
-
-
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def _load(
@@ -69,7 +66,7 @@ def _load(
     return runner, {
         "profile": _profile_name(active),
         "knobs": active.knobs(),
-        "fallbacks": list(runner.fallbacks),
+        "fallbacks": [str(f) for f in runner.fallbacks],
     }
 
 
@@ -148,7 +145,7 @@ def profile_ops(
         raise ValueError("the profiled run generated no frames; nothing to divide by")
     rows, total_ms_per_frame = _rows(prof.key_averages(), on_gpu, report.frames)
     meta = {
-        "device": _device_name(runner.device),
+        "device": device_name(runner.device),
         "device_type": runner.device.type,
         "time_basis": "cuda" if on_gpu else "cpu",
         "profile": name or about["profile"],
@@ -206,12 +203,8 @@ def to_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(result: dict[str, Any], out_dir: Path) -> Path:
+def write_profile(result: dict[str, Any], out_dir: Path) -> Path:
     """``<device>-<profile>-<time>.md`` and ``.json`` under ``out_dir``; returns the Markdown."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     meta = result["meta"]
     label = f"{meta['device']}-{meta['profile']}".replace(" ", "_").replace("/", "_")
-    stem = out_dir / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
-    Path(f"{stem}.json").write_text(json.dumps(result, indent=2))
-    Path(f"{stem}.md").write_text(to_markdown(result))
-    return Path(f"{stem}.md")
+    return write_report(out_dir, f"{label}-{stamp()}", to_markdown(result), result)

@@ -82,8 +82,9 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, log_path: Path) -> N
 
 @contextmanager
 def own_server(checkpoint: Path, max_new_tokens: int, queue_size: int) -> Iterator[Target]:
-    """uvicorn on ``checkpoint`` in a scratch folder (no ``.env`` read), stopped and removed
-    afterwards; its log stays in ``outputs/soak``."""
+    """``python -m serving`` (the service's own HTTP limits included) on ``checkpoint`` in a
+    scratch folder (no ``.env`` read), stopped and removed afterwards; its log stays in
+    ``outputs/soak``."""
     if not (checkpoint / "config.json").is_file():
         raise FileNotFoundError(
             f"no checkpoint in {checkpoint}: make one with "
@@ -93,12 +94,12 @@ def own_server(checkpoint: Path, max_new_tokens: int, queue_size: int) -> Iterat
     port = _free_port()
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log_path = (LOG_DIR / f"server-{time.strftime('%Y%m%d-%H%M%S')}-{port}.log").resolve()
-    command = [sys.executable, "-m", "uvicorn", "serving.app:app", "--port", str(port)]
+    env = server_env(checkpoint, workdir, max_new_tokens, queue_size)
     with log_path.open("wb") as sink:
         process = subprocess.Popen(
-            command,
+            [sys.executable, "-m", "serving"],
             cwd=workdir,
-            env=server_env(checkpoint, workdir, max_new_tokens, queue_size),
+            env=env | {"HOST": "127.0.0.1", "PORT": str(port)},
             stdout=sink,
             stderr=subprocess.STDOUT,
         )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.telemetry import figure
-from harness.soak.load import LATE_S, Result
+from serving.soak.load import LATE_S, Result
 
 MAX_RSS_GROWTH = 0.10
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from harness.soak.mix import Kind
 from serving.services.synthesis import NO_AUDIO
+from serving.soak.mix import Kind
 
 LATE_S = 0.25  # a start this far behind its slot counts as late
 

@@ -1,4 +1,4 @@
-"""``python -m harness.soak``: soak a server given by URL, or one started here on a checkpoint."""
+"""``python -m serving.soak``: soak a server given by URL, or one started here on a checkpoint."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from harness.soak.runner import SoakConfig, soak
-from harness.soak.server import own_server, rss_bytes
+from serving.soak.runner import SoakConfig, soak
+from serving.soak.server import own_server, rss_bytes
 
 # Small enough that a 2-core CPU keeps up with 2 requests/s of the tiny checkpoint.
 MAX_NEW_TOKENS = 16
@@ -19,7 +19,7 @@ MAX_NEW_TOKENS = 16
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m harness.soak",
+        prog="python -m serving.soak",
         description=__doc__,
         epilog="SOAK_API_KEY: the bearer key of a --url server that sets API_KEY.",
     )
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     """Exit 0 when the soak passed, 1 when it failed, 2 when it could not run."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("harness.soak").setLevel(logging.INFO)
+    logging.getLogger("serving.soak").setLevel(logging.INFO)
     config = partial(
         SoakConfig,
         minutes=args.minutes,

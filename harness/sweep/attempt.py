@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.profile import EngineProfile
-from harness.launcher import reclaim, run_in_child
+from harness.launchers.local import reclaim, run_in_child
 from harness.quality.wer import measure_wer
 from harness.sweep.config import IsolationConf, SweepConf
 from harness.sweep.grid import TrialSpec

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import httpx
 
-from harness.soak.load import Result, run
-from harness.soak.mix import REFERENCE_TEXT, mix, reference_wav
-from harness.soak.report import Tick, format_tick, megabytes, summary, verdict
+from serving.soak.load import Result, run
+from serving.soak.mix import REFERENCE_TEXT, mix, reference_wav
+from serving.soak.report import Tick, format_tick, megabytes, summary, verdict
 
 
 @dataclass(frozen=True)

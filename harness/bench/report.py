@@ -1,0 +1,204 @@
+"""The bench's report: the speed table, the bytes-per-frame table and the GPU projection."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.checkpoint import CheckpointFolder
+from engine.telemetry import figure
+from harness.reports import markdown_table
+
+
+def fidelity_verdicts(fidelity_dir: Path, device: str, checkpoint: str) -> dict[str, dict]:
+    """The latest fidelity spread for this device and checkpoint, keyed by what it ran as
+    (``"cpu bf16 int8"``); empty when none was measured."""
+    reports = sorted(fidelity_dir.glob(f"{device.replace(' ', '_')}-*.json"))
+    for path in reversed(reports):
+        data = json.loads(path.read_text())
+        if Path(data["meta"]["checkpoint"]).name == Path(checkpoint).name:
+            return {r["runs_as"]: r | {"report": path.name} for r in data["rows"] if "runs_as" in r}
+    return {}
+
+
+def verdict(result: dict[str, Any], device: str, verdicts: dict[str, dict]) -> str:
+    """A row's fidelity verdict, from the spread report of what the row ran as."""
+    profile = result.get("active_profile")
+    if profile is None:
+        return "reference (upstream)"
+    if profile["precision"] == "fp32" and profile["quantization"] == "none":
+        return "reference (fp32)"
+    found = verdicts.get(f"{device} {profile['precision']} {profile['quantization']}")
+    if found is None:
+        return "not measured"
+    failures = "; ".join(found.get("gate_failures") or [])
+    return "pass" if found["passes_gates"] else f"fail ({failures})"
+
+
+def _model_label(checkpoint: str) -> str:
+    from fish_speech.models.text2semantic.llama import BaseModelArgs
+
+    from engine.upstream import build_dual_ar
+
+    cfg = BaseModelArgs.from_pretrained(checkpoint)
+    params = sum(p.numel() for p in build_dual_ar(Path(checkpoint), "meta").parameters())
+    layers = f"{cfg.n_layer} slow + {cfg.n_fast_layer} fast layers"
+    return f"DualAR {params / 1e6:.0f} M parameters ({layers})"
+
+
+def run_meta(
+    folder: CheckpointFolder,
+    device: str,
+    frames: int,
+    repeats: int,
+    threads: int | None,
+    reference_s: float,
+    probe_gbs: float,
+) -> dict[str, Any]:
+    """What the report's header says about the run."""
+    from fish_speech.models.text2semantic.llama import BaseModelArgs
+
+    from engine import perf_model
+    from engine.compile_cache import inductor_settings
+    from engine.profile import EngineProfile
+
+    cfg = BaseModelArgs.from_pretrained(str(folder.path))
+    return {
+        "device": device,
+        "device_slug": re.sub(r"[ /]", "_", device),
+        "size": "s1-mini" if cfg.n_layer >= 28 else folder.path.name,
+        "model": _model_label(str(folder.path)),
+        "checkpoint": str(folder.path),
+        "synthetic": folder.is_synthetic,
+        "frames": frames,
+        "repeats": repeats,
+        "threads": threads or torch.get_num_threads(),
+        "reference_s": reference_s,
+        "torch": torch.__version__,
+        "probe_gbs": probe_gbs,
+        "inductor_settings": inductor_settings(EngineProfile()),
+        "gpu_projection_gb": {
+            name: fb.total / 1e9 for name, fb in perf_model.gpu_projection(cfg).items()
+        },
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def _compile_cell(r: dict[str, Any]) -> str:
+    if r.get("cold_compile_s") is None:
+        return f"{r['compile_s']:.1f} (one process)" if r.get("compiled") else "eager"
+    cold, warm = r["cold_compile_s"], r["compile_s"]
+    return f"{cold:.1f} / {warm:.1f} ({warm / cold:.0%})" if cold else f"{cold:.1f} / {warm:.1f}"
+
+
+SPEED_COLUMNS = (
+    "row",
+    "frames/s",
+    "spread",
+    "speed-up",
+    "ms/frame",
+    "TTFA ms (saved voice)",
+    "RTF",
+    "peak alloc MB",
+    "peak reserved / RSS MB",
+    "GPU %",
+    "GB/frame",
+    "GB/s",
+    "% of probe",
+    "compile s cold / warm",
+    "fidelity gates",
+)
+
+
+def _speed_cells(r: dict[str, Any]) -> list[str]:
+    if "error" in r:
+        return [r["row"], f"FAILED: {r['error'].strip().splitlines()[0]}", *[""] * 13]
+    return [
+        r["row"],
+        f"{r['frames_per_s']:.2f}",
+        f"{r['frames_per_s_spread']:.1%}",
+        figure(r.get("speedup"), ".2f", "x"),
+        f"{r['ms_per_frame']:.1f}",
+        f"{r['ttfa_p50_s'] * 1000:.0f}",
+        f"{r['rtf']:.2f}",
+        figure(r["peak_allocated_mb"], ".0f"),
+        figure(r["peak_reserved_mb"] or r["host_rss_mb"], ".0f"),
+        figure(r["gpu_util_pct"], ".0f"),
+        f"{r['gb_per_frame']:.3f}",
+        f"{r['achieved_gb_s']:.1f}",
+        figure(r.get("probe_fraction"), ".0%"),
+        _compile_cell(r),
+        r.get("fidelity", "n/a"),
+    ]
+
+
+def _header(meta: dict[str, Any]) -> list[str]:
+    settings = ", ".join(f"`{k}={v}`" for k, v in meta["inductor_settings"].items())
+    ceiling = meta.get("bandwidth_ceiling_gbs")
+    return [
+        f"# fishbench bench: {meta['device']}",
+        "",
+        f"Model: {meta['model']}. Checkpoint `{meta['checkpoint']}` "
+        f"({'synthetic' if meta['synthetic'] else 'real'} weights), {meta['frames']} fixed frames, "
+        f"{meta['repeats']} timed repeats after one untimed warm-up, reference "
+        f"{meta['reference_s']:.1f} s (its codes and prompt K/V cached after the warm-up: a saved "
+        f"voice), torch {meta['torch']}, {meta['threads']} threads.",
+        "",
+        "Memory-bandwidth probe (sum of a 1 GiB tensor, best of 5): "
+        f"**{meta['probe_gbs']:.1f} GB/s**"
+        + (f"; datasheet ceiling {ceiling} GB/s." if ceiling else "."),
+        f"Inductor settings for every compiled row: {settings}.",
+        "",
+    ]
+
+
+def _notes(meta: dict[str, Any]) -> list[str]:
+    return [
+        "",
+        "Speed-up: frames/s over `upstream-eager` in this run (decode only, prefill excluded for "
+        "every row). Spread: (max - min) / median frames/s over the repeats.",
+        "TTFA for upstream is its whole generation: it sends audio only after the segment is done.",
+        "Compile: the warm-up request's time less a steady-state request's, in a process with an "
+        "empty compile cache (cold) and in the timed process, started from that cache (warm).",
+        "Fidelity gates: verdict of the latest `fishbench fidelity --spread` for this device and "
+        f"checkpoint ({meta.get('fidelity_report') or 'none found'}).",
+    ]
+
+
+def _bytes_table(rows: list[dict[str, Any]]) -> list[str]:
+    parts = ("slow_layers", "fast_layers", "heads", "kv_cache", "total")
+    head = ("row", "KV bucket", "slow layers", "fast layers (x10)", "heads", "KV cache", "total")
+    cells = [
+        (r["row"], r.get("kv_bucket") or "static")
+        + tuple(f"{r['bytes_per_frame'][k] / 1e9:.3f}" for k in parts)
+        for r in rows
+        if "error" not in r
+    ]
+    return ["", "## Bytes per frame (engine.perf_model), GB", "", *markdown_table(head, cells)]
+
+
+def _projection(meta: dict[str, Any]) -> list[str]:
+    head = ("row", "GB/frame", "frames/s at RTX 3060 (360 GB/s)", "at RTX 4060 (272 GB/s)")
+    cells = [
+        (name, f"{gb:.3f}", f"{360 / gb:.0f}", f"{272 / gb:.0f}")
+        for name, gb in meta["gpu_projection_gb"].items()
+    ]
+    return [
+        "",
+        "## GPU rows, projected from the same model (bf16 weights, 2048 KV bucket)",
+        "",
+        *markdown_table(head, cells),
+        "\nProjection = bandwidth / bytes per frame: an upper bound that no GPU here measured.",
+    ]
+
+
+def to_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The bench report: speed table, bytes-per-frame table, and the GPU projection."""
+    table = markdown_table(SPEED_COLUMNS, [_speed_cells(r) for r in rows])
+    lines = _header(meta) + table + _notes(meta)
+    return "\n".join(lines + _bytes_table(rows) + _projection(meta)) + "\n"

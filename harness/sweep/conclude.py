@@ -1,0 +1,154 @@
+"""The end of a sweep: select the winner, export it, tag it champion, write the report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from harness.sweep.config import SweepConf
+from harness.sweep.export import export_profile
+from harness.sweep.grid import TrialSpec, base_knobs
+from harness.sweep.loop import OpenSweep, TrialsRun
+from harness.sweep.machine import state_lines
+from harness.sweep.report import SweepContext, console_table, speedup, write_report
+from harness.sweep.selection import Gates, Selection, pareto_front, select_winner
+from harness.trial.record import TrialRecord
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    folder: Path
+    records: list[TrialRecord]
+    selection: Selection
+    profile_path: Path | None
+    report_path: Path
+    parent_run_id: str
+    not_run: list[str]
+
+
+def _search_lines(
+    sweep: OpenSweep,
+    run: TrialsRun,
+    specs: list[TrialSpec],
+    front: list[TrialRecord],
+    asked: int,
+) -> list[str]:
+    """How candidates were found, the Pareto front, and (for Optuna) what the grid would cost."""
+    conf = sweep.conf
+    measured = sum(1 for r in run.records if not r.is_baseline and r.ok)
+    points = ", ".join(
+        f"{r.name} ({r.metric(conf.quality.objective):.3g} s, {r.memory_mb:.0f} MB)" for r in front
+    )
+    lines = [
+        f"- Pareto front of {conf.quality.objective} and peak memory among the {measured} "
+        f"measured candidates that pass the quality gates: {points or 'empty'}"
+    ]
+    if conf.search.name != "optuna":
+        return [f"- search: the `{conf.grid.name}` grid, most promising first", *lines]
+    from harness.sweep.search import search_space, space_size
+
+    space = search_space(conf, base_knobs(conf))
+    grid_trials = len([s for s in specs if not s.is_baseline])
+    mean_wall = sum(run.wall_s) / len(run.wall_s) if run.wall_s else 0.0
+    distinct = sum(1 for r in run.records if not r.is_baseline)
+    return [
+        f"- search: Optuna NSGA-II over {', '.join(space)} ({space_size(space)} configurations): "
+        f"{asked} suggestions, {distinct} distinct candidates, {measured} measured, "
+        f"{sum(run.wall_s) / 60:.1f} min of trials; the full `{conf.grid.name}` grid is "
+        f"{grid_trials} candidates, about {grid_trials * mean_wall / 60:.0f} min at this sweep's "
+        f"mean of {mean_wall:.0f} s a trial",
+        *lines,
+    ]
+
+
+def _export_winner(
+    sweep: OpenSweep, selection: Selection, baseline: TrialRecord | None
+) -> tuple[list[Path], Path | None, dict[str, float]]:
+    """The winner's profile files (the dated one an MLflow artifact), and its metrics."""
+    if selection.winner is None:
+        return [], None, {}
+    ratio = speedup(selection.winner, baseline)
+    dated, profile_path = export_profile(
+        selection.winner,
+        sweep.hw,
+        sweep.conf.hardware.name,
+        sweep.checkpoint,
+        ratio,
+        Path(sweep.conf.reports_dir),
+        sweep.folder.sweep_id,
+    )
+    sweep.tracker.mark_champion(selection.winner.run_id, sweep.parent_id, sweep.tags["hardware_id"])
+    return [dated], profile_path, {**selection.winner.metrics, "speedup_vs_baseline": ratio}
+
+
+def _scenario_line(conf: SweepConf) -> str:
+    s = conf.scenario
+    return (
+        f"{s.name} ({s.fixed_frames} frames; {s.repeats} to {s.max_repeats} timed repeats until "
+        f"the p50's 95 % interval is within +-{s.ci_target_pct:g} %, at most {s.max_repeat_s:g} s)"
+    )
+
+
+def conclude(
+    sweep: OpenSweep,
+    specs: list[TrialSpec],
+    run: TrialsRun,
+    start_state: dict[str, Any],
+    console: Console,
+) -> SweepOutcome:
+    """Select and export the winner, tag it champion, write the report, print the table."""
+    conf, checkpoint, records = sweep.conf, sweep.checkpoint, run.records
+    gates = Gates(
+        conf.quality,
+        conf.hardware.vram_budget_mb,
+        not checkpoint.is_synthetic,
+        conf.selection.allow_noisy,
+    )
+    selection = select_winner(records, gates)
+    baseline = next((r for r in records if r.is_baseline), None)
+    sweep.tracker.tag_gates(records, selection.failures)
+    artifacts, profile_path, winner_metrics = _export_winner(sweep, selection, baseline)
+    candidates = [r for r in records if not r.is_baseline and gates.feasible(r, baseline)]
+    front = pareto_front(candidates, conf.quality.objective, conf.quality.objective_goal)
+    context = SweepContext(
+        sweep_id=sweep.folder.sweep_id,
+        checkpoint=str(checkpoint.path),
+        checkpoint_hash=checkpoint.content_hash,
+        synthetic=checkpoint.is_synthetic,
+        hardware=conf.hardware.name,
+        device_name=sweep.hw.name,
+        torch_version=torch.__version__,
+        grid=conf.grid.name,
+        scenario=_scenario_line(conf),
+        wer_note=sweep.tags.get("wer"),
+        profile_path=profile_path,
+        machine=state_lines(start_state, records),
+        search=_search_lines(sweep, run, specs, front, run.asked),
+        front=[r.name for r in front],
+        not_run=run.not_run,
+        budget_minutes=conf.budget_minutes,
+    )
+    report = write_report(sweep.folder.root, records, selection, context)
+    artifacts += [
+        report,
+        sweep.folder.root / "latency_vs_memory.png",
+        sweep.folder.root / "stages.png",
+    ]
+    parent_tags = {
+        "winner": selection.summary,
+        "noisy_trials": str(sum(bool(r.noisy) for r in records)),
+    }
+    if run.not_run:
+        parent_tags["not_run"] = ", ".join(run.not_run)
+    sweep.tracker.finish_parent(sweep.parent_id, winner_metrics, parent_tags, artifacts)
+    console.print(
+        console_table(records, selection, f"sweep {sweep.folder.sweep_id} ({conf.grid.name})")
+    )
+    console.print(f"report: {report}" + (f"\nprofile: {profile_path}" if profile_path else ""))
+    return SweepOutcome(
+        sweep.folder.root, records, selection, profile_path, report, sweep.parent_id, run.not_run
+    )
