@@ -15,20 +15,20 @@ import numpy as np
 import torch
 from fish_speech.content_sequence import ContentSequence, TextPart, VQPart
 
-from engine import perf_model
 from engine.audio_io import SAMPLE_RATE, ReferenceAudio, load_reference
 from engine.caches import LRUCache, ReferenceCodeCache
-from engine.checkpoint import CheckpointFolder
 from engine.codec import CodecRunner
 from engine.compile_cache import configure_compilation
 from engine.errors import GenerationCancelled, RequestError
 from engine.generation import DecodeTimings, SemanticDecoder
-from engine.perf_model import FrameBytes
+from engine.measure import perf_model
+from engine.measure.perf_model import FrameBytes
+from engine.model.checkpoint import CheckpointFolder
+from engine.model.quantize import apply_quantization
+from engine.model.upstream import load_codec, load_dual_ar
 from engine.profile import EngineProfile, Fallback, Hardware, resolve_profile, torch_dtype
-from engine.quantize import apply_quantization
 from engine.sampling import GenerateOptions, SamplingParams, read_options
 from engine.telemetry import Measure, SynthesisReport
-from engine.upstream import load_codec, load_dual_ar
 
 log = logging.getLogger(__name__)
 

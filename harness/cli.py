@@ -19,7 +19,7 @@ DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog."
 
 
 def _make_checkpoint(args: argparse.Namespace) -> int:
-    from engine.synthetic import make_checkpoint
+    from engine.model.synthetic import make_checkpoint
 
     folder = make_checkpoint(args.preset, args.out_dir, seed=args.seed)
     print(f"wrote synthetic {args.preset} checkpoint to {folder.path}")
@@ -27,7 +27,7 @@ def _make_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from engine.checkpoint_report import check_checkpoint, to_text
+    from engine.model.checkpoint_report import check_checkpoint, to_text
 
     print(to_text(check_checkpoint(args.checkpoint_dir)))
     return 0
@@ -60,7 +60,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _normalize(args: argparse.Namespace) -> int:
-    from engine.spoken_form import Pronunciations, SpokenForm
+    from engine.text import Pronunciations, SpokenForm
 
     listed = Pronunciations.load(args.pronunciations) if args.pronunciations else None
     print(SpokenForm(listed)(args.text, normalize=not args.no_normalize))
@@ -70,7 +70,7 @@ def _normalize(args: argparse.Namespace) -> int:
 def _fidelity(args: argparse.Namespace) -> int:
     if args.spread or args.output or len(args.profile or []) > 1:
         return _fidelity_report(args)
-    from engine.fidelity import measure_fidelity, passes_gates
+    from engine.measure.fidelity import gate_failures, measure_fidelity
 
     figures = measure_fidelity(
         args.checkpoint,
@@ -80,7 +80,7 @@ def _fidelity(args: argparse.Namespace) -> int:
         args.reference_text,
         args.frames,
     )
-    failures = passes_gates(figures)
+    failures = gate_failures(figures)
     for failure in failures:
         logging.getLogger("fishbench").warning("gate failed: %s", failure)
     print(json.dumps({**figures, "passes_gates": not failures}))

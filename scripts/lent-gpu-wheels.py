@@ -24,7 +24,7 @@ pyparsing python-dateutil hf-xet annotated-doc
 LENT_GPU_HAS = frozenset(_LENT_GPU_HAS.split())
 STEP_MODULES = (
     "engine.engine",
-    "engine.synthetic",
+    "engine.model.synthetic",
     "harness.bench.run",
     "harness.gpu_check.steps",
     "harness.quality.fidelity_report",

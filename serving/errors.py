@@ -15,8 +15,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.audio_io import AudioInputError
-from engine.checkpoint import CheckpointError
 from engine.errors import RequestError
+from engine.model.checkpoint import CheckpointError
 
 log = logging.getLogger(__name__)
 

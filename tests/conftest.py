@@ -3,9 +3,9 @@ and the test layers.
 
 Layers are markers set here, so a new test lands in the right one without remembering to:
 ``engine``, ``harness``, ``service`` and ``ui`` follow the folder (top-level files are the CLI's:
-``harness``), ``journey`` is the fresh-clone walk, and ``unit`` is every test that needs none of
-the heavy fixtures below and is not marked ``slow`` (``make test-fast``; a test that starts a
-process itself is marked ``slow``).
+``harness``, but for the ``packaging`` ones), ``journey`` is the fresh-clone walk, and ``unit`` is
+every test that needs none of the heavy fixtures below and is not marked ``slow`` (``make
+test-fast``; a test that starts a process itself is marked ``slow``), the pure UI tests included.
 """
 
 from __future__ import annotations
@@ -30,15 +30,22 @@ HEAVY_FIXTURES = frozenset(
         "browser",  # headless Chromium
     }
 )
-NOT_UNIT = frozenset({"slow", "journey", "ui"})
+NOT_UNIT = frozenset({"slow", "journey"})
+# Top-level files about how the project is built and installed, not about the CLI.
+PACKAGING = frozenset({"test_docker_image.py", "test_torch_index.py"})
+
+
+def _layer(folder: str) -> str:
+    if folder in PACKAGING:
+        return "packaging"
+    return LAYERS.get(folder, "harness" if folder.startswith("test_") else folder)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Give every test its layer marker, and ``unit`` to the pure ones."""
     tests_dir = Path(__file__).resolve().parent
     for item in items:
-        folder = item.path.relative_to(tests_dir).parts[0]
-        layer = LAYERS.get(folder, "harness" if folder.startswith("test_") else folder)
+        layer = _layer(item.path.relative_to(tests_dir).parts[0])
         item.add_marker(layer)
         marks = {mark.name for mark in item.iter_markers()}
         if not (set(getattr(item, "fixturenames", ())) & HEAVY_FIXTURES or marks & NOT_UNIT):
@@ -59,7 +66,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from engine.synthetic import make_checkpoint
+    from engine.model.synthetic import make_checkpoint
 
     return make_checkpoint("tiny", tmp_path_factory.mktemp("ckpt") / "tiny", seed=0).path
 

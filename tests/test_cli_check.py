@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.checkpoint import CheckpointError, CheckpointFolder
-from engine.checkpoint_report import _codec_facts
-from engine.upstream import meta_codec
+from engine.model.checkpoint import CheckpointError, CheckpointFolder
+from engine.model.checkpoint_report import _codec_facts
+from engine.model.upstream import meta_codec
 from harness.cli import main
 
 BNB_MESSAGE = "Failed to load CPU gemm_4bit_forward"

@@ -19,9 +19,9 @@ import torch.profiler
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity
 
-from engine.checkpoint import CheckpointFolder
 from engine.errors import ConfigError
 from engine.machine import device_name
+from engine.model.checkpoint import CheckpointFolder
 from engine.profile import EngineProfile
 from harness.reports import stamp, write_report
 
@@ -49,7 +49,7 @@ def _load(
 ) -> tuple[Any, dict[str, Any]]:
     """Load and warm up the engine untimed, so the profiled run sees steady-state kernels."""
     if upstream:
-        from engine.baseline import UpstreamBaseline
+        from engine.measure.baseline import UpstreamBaseline
 
         runner = UpstreamBaseline.from_checkpoint(checkpoint)
         runner.synthesize(text, fixed_frames=frames, seed=0)

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from engine.checkpoint import CheckpointFolder
+from engine.model.checkpoint import CheckpointFolder
 from engine.telemetry import figure
 from harness.reports import markdown_table
 
@@ -43,7 +43,7 @@ def verdict(result: dict[str, Any], device: str, verdicts: dict[str, dict]) -> s
 def _model_label(checkpoint: str) -> str:
     from fish_speech.models.text2semantic.llama import BaseModelArgs
 
-    from engine.upstream import build_dual_ar
+    from engine.model.upstream import build_dual_ar
 
     cfg = BaseModelArgs.from_pretrained(checkpoint)
     params = sum(p.numel() for p in build_dual_ar(Path(checkpoint), "meta").parameters())
@@ -63,8 +63,8 @@ def run_meta(
     """What the report's header says about the run."""
     from fish_speech.models.text2semantic.llama import BaseModelArgs
 
-    from engine import perf_model
     from engine.compile_cache import inductor_settings
+    from engine.measure import perf_model
     from engine.profile import EngineProfile
 
     cfg = BaseModelArgs.from_pretrained(str(folder.path))
@@ -179,7 +179,8 @@ def _bytes_table(rows: list[dict[str, Any]]) -> list[str]:
         for r in rows
         if "error" not in r
     ]
-    return ["", "## Bytes per frame (engine.perf_model), GB", "", *markdown_table(head, cells)]
+    title = "## Bytes per frame (engine.measure.perf_model), GB"
+    return ["", title, "", *markdown_table(head, cells)]
 
 
 def _projection(meta: dict[str, Any]) -> list[str]:

@@ -7,7 +7,7 @@ fixed frame count and a saved voice (its codes and prompt K/V cached after the w
 up by ``harness.trial.metrics``. A compiled row first compiles once in a process of its own
 against an empty compile cache (cold), then the timed process starts from that cache (warm).
 Speeds are ratios to the upstream eager row measured in the same run; bytes per frame come from
-``engine.perf_model`` against a bandwidth probe measured in the same run.
+``engine.measure.perf_model`` against a bandwidth probe measured in the same run.
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ def run_bench(
     after the device and model. A row is not started after ``deadline`` (``time.monotonic()``)
     nor allowed to run past it. ``cold_compile`` and ``compile_cache`` are ``run_row``'s."""
     from engine.audio_io import read_audio_file
-    from engine.checkpoint import CheckpointFolder
+    from engine.model.checkpoint import CheckpointFolder
     from harness.bench.rows import reference_signal
 
     folder = CheckpointFolder.open(checkpoint)

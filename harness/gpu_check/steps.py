@@ -122,8 +122,8 @@ def step_environment(run: Run) -> str:
 
 
 def step_checkpoint(run: Run) -> str:
-    from engine.checkpoint import CheckpointError, CheckpointFolder
-    from engine.synthetic import make_checkpoint
+    from engine.model.checkpoint import CheckpointError, CheckpointFolder
+    from engine.model.synthetic import make_checkpoint
 
     try:
         folder = CheckpointFolder.open(run.plan.checkpoint)

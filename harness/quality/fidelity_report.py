@@ -1,7 +1,7 @@
 """Fidelity of several profiles against one fp32 run, written as JSON + Markdown.
 
 The spread of these figures across precisions and quantization schemes on one checkpoint is what
-the gates in ``engine.fidelity.FIDELITY_GATES`` are chosen from.
+the gates in ``engine.measure.fidelity.FIDELITY_GATES`` are chosen from.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from engine.checkpoint import CheckpointFolder
 from engine.engine import OptimizedFishSpeech
-from engine.fidelity import FidelityReference, compare_profile, flatness, passes_gates
 from engine.machine import device_name
+from engine.measure.fidelity import FidelityReference, compare_profile, flatness, gate_failures
+from engine.model.checkpoint import CheckpointFolder
 from engine.profile import EngineProfile
 from harness.reports import markdown_table, stamp, write_report
 
@@ -59,7 +59,7 @@ def run_fidelity(
             candidate = OptimizedFishSpeech.from_checkpoint(folder.path, profile)
             row["runs_as"] = _runs_as(candidate)
             figures = compare_profile(candidate, reference)
-            failures = passes_gates(figures)
+            failures = gate_failures(figures)
             row |= {**figures, "passes_gates": not failures, "gate_failures": failures}
         except Exception as exc:  # one broken scheme must not lose the others' figures
             log.exception("fidelity of %s failed", name)

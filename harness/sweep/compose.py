@@ -17,9 +17,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from engine.checkpoint import CheckpointError, CheckpointFolder
 from engine.errors import ConfigError
 from engine.machine import device_name
+from engine.model.checkpoint import CheckpointError, CheckpointFolder
 from engine.paths import CONF_DIR
 from harness.sweep.config import register_configs
 

@@ -147,7 +147,7 @@ class QualityConf:
     max_wer_delta: float = 0.05
     fidelity_gates: dict[str, float] = field(
         default_factory=dict
-    )  # overrides of engine.fidelity.FIDELITY_GATES
+    )  # overrides of engine.measure.fidelity.FIDELITY_GATES
     asr: AsrConf = field(default_factory=AsrConf)
 
     def __post_init__(self) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from engine.checkpoint import CheckpointFolder
+from engine.model.checkpoint import CheckpointFolder
 from engine.paths import ACTIVE_PROFILE
 from engine.profile import EngineProfile, Hardware, Provenance, resolve_profile
 from harness.sweep.lock import FileLock

@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from engine.checkpoint import CheckpointError, CheckpointFolder
 from engine.errors import ConfigError
+from engine.model.checkpoint import CheckpointError, CheckpointFolder
+from engine.model.synthetic import make_checkpoint
 from engine.profile import Hardware
-from engine.synthetic import make_checkpoint
 from harness.quality.piper_voice import write_speech
 from harness.sweep.config import ScenarioConf, SweepConf
 

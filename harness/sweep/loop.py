@@ -22,7 +22,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from engine.checkpoint import CheckpointFolder
+from engine.model.checkpoint import CheckpointFolder
 from engine.profile import Hardware
 from harness.quality.wer import SYNTHETIC_NOTE
 from harness.sweep.attempt import TrialContext, execute_trial

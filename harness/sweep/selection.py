@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.errors import ConfigError
-from engine.fidelity import FIDELITY_GATES, passes_gates
+from engine.measure.fidelity import FIDELITY_GATES, gate_failures
 from harness.sweep.config import QualityConf
 from harness.trial.record import TrialRecord
 
@@ -50,7 +50,7 @@ def _better(a: float, b: float, goal: str) -> bool:
 def _fidelity_reasons(trial: TrialRecord, quality: QualityConf) -> list[str]:
     if trial.fidelity is None:
         return [f"fidelity not measured: {trial.notes.get('fidelity', 'unknown reason')}"]
-    return [f"fidelity {why}" for why in passes_gates(trial.fidelity, fidelity_gates(quality))]
+    return [f"fidelity {why}" for why in gate_failures(trial.fidelity, fidelity_gates(quality))]
 
 
 def _wer_reasons(trial: TrialRecord, baseline: TrialRecord | None, max_delta: float) -> list[str]:

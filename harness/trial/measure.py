@@ -33,7 +33,7 @@ from harness.trial.record import BASELINE
 from harness.trial.repeats import RepeatPolicy, repeat_until_stable
 
 if TYPE_CHECKING:
-    from engine.fidelity import FidelityReference
+    from engine.measure.fidelity import FidelityReference
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def load_candidate(job: dict[str, Any]) -> Subject:
 
 
 def load_baseline(job: dict[str, Any]) -> Subject:
-    from engine.baseline import UpstreamBaseline
+    from engine.measure.baseline import UpstreamBaseline
 
     knobs = job["knobs"]
     t0 = time.perf_counter()
@@ -126,7 +126,7 @@ def fidelity_reference(job: dict[str, Any]) -> FidelityReference:
     """The sweep's fp32 reference run: read from the sweep folder, or generated and saved there by
     the first candidate that needs it (every candidate of a sweep compares against the same one,
     and the fp32 model need not be loaded once per trial)."""
-    from engine.fidelity import FidelityReference
+    from engine.measure.fidelity import FidelityReference
 
     path = Path(job["fidelity_reference"])
     if path.is_file():
@@ -150,7 +150,7 @@ def fidelity_reference(job: dict[str, Any]) -> FidelityReference:
 def _fidelity(job: dict[str, Any]) -> tuple[dict[str, float] | None, str | None]:
     """Fidelity against fp32; a failure here gates the candidate out but keeps its speed figures."""
     from engine.engine import OptimizedFishSpeech
-    from engine.fidelity import compare_profile
+    from engine.measure.fidelity import compare_profile
     from engine.profile import EngineProfile
 
     try:

@@ -89,8 +89,8 @@ def roofline(
 ) -> dict[str, float]:
     """Achieved memory traffic and its share of the bandwidth ceiling (gpt-fast style).
 
-    ``bytes_per_frame`` comes from ``engine.perf_model`` (weights, heads and K/V at the length
-    attended); the percentage says how far launch and host overhead keep us from the roof.
+    ``bytes_per_frame`` comes from ``engine.measure.perf_model`` (weights, heads and K/V at the
+    length attended); the percentage says how far launch and host overhead keep us from the roof.
     """
     if not frames_per_s or bytes_per_frame <= 0:
         return {}

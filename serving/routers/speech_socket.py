@@ -32,12 +32,11 @@ from pydantic import ValidationError
 
 from engine.audio_io import SAMPLE_RATE
 from engine.errors import RequestError
-from engine.spoken_form import SENTENCE_END
+from engine.text.sentences import complete_sentences, speakable
 from serving.dependencies import Services, count_against_limit
 from serving.errors import InvalidInput, ServiceError
 from serving.schemas import NOT_TEXT, SEED_MAX, SpeechStreamStart, lone_surrogate
 from serving.services.audio import make_encoder
-from serving.services.text import speakable
 from serving.services.voices import Voice
 
 log = logging.getLogger(__name__)
@@ -124,7 +123,7 @@ async def _listen(websocket: WebSocket, first: dict, backlog: _Backlog, idle_s: 
                 raise InvalidInput("a text message carries its text as a JSON string")
             backlog.check(len(buffer) + len(text))
             buffer += text
-            *complete, buffer = SENTENCE_END.split(buffer)
+            complete, buffer = complete_sentences(buffer)
             for sentence in complete:
                 if speakable(sentence):
                     await backlog.put(sentence.strip())

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 
-from engine.spoken_form import MARKER
+from engine.text.sentences import without_markers
 
 MIN_WORD_S = 0.01
 _EDGES = "\"'“”‘’.,;:!?()[]{}…—-"
@@ -34,7 +34,7 @@ def _key(word: str) -> str:
 
 def spoken_words(text: str) -> list[str]:
     """The words of ``text`` a listener hears, without markers and surrounding punctuation."""
-    words = (w.strip(_EDGES) for w in MARKER.sub(" ", text).split())
+    words = (w.strip(_EDGES) for w in without_markers(text).split())
     return [w for w in words if _key(w)]
 
 

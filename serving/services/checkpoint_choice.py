@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from engine.checkpoint import SYNTHETIC_MARKER
+from engine.model.checkpoint import SYNTHETIC_MARKER
 from engine.profile import EngineProfile
 
 log = logging.getLogger(__name__)

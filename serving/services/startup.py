@@ -14,11 +14,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from engine.checkpoint import CheckpointError, CheckpointFolder
 from engine.engine import OptimizedFishSpeech
 from engine.errors import ConfigError
+from engine.model.checkpoint import CheckpointError, CheckpointFolder
 from engine.profile import EngineProfile
-from engine.spoken_form import Pronunciations, SpokenForm
+from engine.text import Pronunciations, SpokenForm
 
 log = logging.getLogger(__name__)
 

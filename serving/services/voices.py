@@ -32,7 +32,7 @@ import yaml
 
 from engine.audio_io import SAMPLE_RATE
 from engine.errors import ConfigError
-from engine.spoken_form import Pronunciations, check_entries
+from engine.text import Pronunciations, check_entries
 from serving.errors import (
     BrokenVoiceFile,
     Conflict,

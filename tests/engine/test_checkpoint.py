@@ -11,10 +11,15 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from engine.checkpoint import REQUIRED_FILES, CheckpointError, CheckpointFolder, load_codec_config
 from engine.engine import OptimizedFishSpeech
-from engine.synthetic import make_checkpoint
-from engine.tokenizer_files import special_tokens
+from engine.model.checkpoint import (
+    REQUIRED_FILES,
+    CheckpointError,
+    CheckpointFolder,
+    load_codec_config,
+)
+from engine.model.synthetic import make_checkpoint
+from engine.model.tokenizer_files import special_tokens
 
 
 def _sha(path: Path) -> str:
@@ -54,7 +59,7 @@ def test_semantic_token_ids_follow_the_released_numbering() -> None:
 
 
 def test_s1_mini_config_is_the_released_one() -> None:
-    from engine.synthetic import PRESETS
+    from engine.model.synthetic import PRESETS
 
     cfg = PRESETS["s1-mini"].model
     assert (

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.checkpoint import CheckpointError, CheckpointFolder
-from engine.upstream import load_codec, load_dual_ar
+from engine.model.checkpoint import CheckpointError, CheckpointFolder
+from engine.model.upstream import load_codec, load_dual_ar
 
 Weights = dict[str, torch.Tensor]
 CPU = torch.device("cpu")
@@ -84,7 +84,7 @@ def test_training_checkpoint_says_what_it_ignored(
 ) -> None:
     data = _lightning_codec(_weights(tiny_checkpoint / "codec.pth"))
     folder = _folder_with(tiny_checkpoint, tmp_path / "ck", "codec.pth", data)
-    with caplog.at_level(logging.INFO, logger="engine.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="engine.model.checkpoint"):
         load_codec(folder, CPU, torch.float32)
     assert "ignoring 14 others (discriminator.*, mel_transform.*)" in caplog.text
 

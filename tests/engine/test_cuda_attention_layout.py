@@ -26,7 +26,7 @@ from torch import Tensor
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from engine import dual_ar
-from engine.synthetic import S1_MINI_CONFIG
+from engine.model.synthetic import S1_MINI_CONFIG
 
 aten = torch.ops.aten
 SDPA = F.scaled_dot_product_attention  # the CPU kernel, kept before tests route the call

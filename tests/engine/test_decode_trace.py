@@ -43,9 +43,9 @@ from torch.utils._pytree import tree_leaves
 from engine import dual_ar
 from engine.engine import OptimizedFishSpeech
 from engine.generation import SemanticDecoder
+from engine.model.synthetic import S1_MINI_CONFIG
 from engine.profile import EngineProfile, kv_bucket
 from engine.sampling import SamplingParams
-from engine.synthetic import S1_MINI_CONFIG
 
 FUSED_CPU_SDPA = "aten._scaled_dot_product_flash_attention_for_cpu"
 MATH_SDPA = "aten._scaled_dot_product_attention_math"

@@ -15,12 +15,12 @@ from fish_speech.models.text2semantic.llama import DualARModelArgs
 from hydra.utils import instantiate
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from engine import perf_model
-from engine.checkpoint import load_codec_config
 from engine.codec import CodecRunner, encode_only_modules, fuse_weight_norm
 from engine.engine import OptimizedFishSpeech, configure_cuda_math
+from engine.measure import perf_model
+from engine.model.checkpoint import load_codec_config
+from engine.model.synthetic import S1_MINI_CONFIG
 from engine.profile import EngineProfile
-from engine.synthetic import S1_MINI_CONFIG
 
 CPU = torch.device("cpu")
 

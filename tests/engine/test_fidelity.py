@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from engine.engine import OptimizedFishSpeech
-from engine.fidelity import (
+from engine.measure.fidelity import (
     FIDELITY_GATES,
     FidelityReference,
     compare_profile,
+    gate_failures,
     measure_fidelity,
-    passes_gates,
 )
 from engine.profile import EngineProfile
 
@@ -26,14 +26,14 @@ def test_fp32_against_fp32_is_exact(tiny_checkpoint: Path) -> None:
     assert figures["slow_top1"] == 1.0 and figures["fast_top1"] == 1.0
     assert figures["slow_kl"] == 0.0 and figures["fast_kl"] == 0.0
     assert figures["codec_snr_db"] == 300.0
-    assert passes_gates(figures) == []
+    assert gate_failures(figures) == []
 
 
 def test_cpu_int8_stays_within_the_gates(tiny_checkpoint: Path) -> None:
     figures = measure_fidelity(str(tiny_checkpoint), EngineProfile(quantization="int8"), frames=16)
     assert 0.0 < figures["slow_kl"] <= FIDELITY_GATES["slow_kl_max"]
     assert 0.0 < figures["fast_kl"] <= FIDELITY_GATES["fast_kl_max"]
-    assert passes_gates(figures) == []
+    assert gate_failures(figures) == []
 
 
 def test_a_saved_reference_reads_back_to_the_same_figures(
@@ -57,7 +57,7 @@ def test_gates_reject_a_broken_candidate() -> None:
         "fast_kl": 0.001,
         "codec_snr_db": 40.0,
     }
-    failures = passes_gates(broken)
+    failures = gate_failures(broken)
     assert len(failures) == 2 and failures[0] == "slow_kl=3 not <= 0.01"
 
 
@@ -197,11 +197,11 @@ def test_fidelity_cli_fails_the_gates_it_names(
 ) -> None:
     """Figures outside the gates print ``passes_gates: false`` and one warning per failed gate
     (the figures are given, not measured: the verdict is what is under test)."""
-    import engine.fidelity
+    import engine.measure.fidelity
 
     broken = {"slow_top1": 0.01, "slow_kl": 3.0, "fast_top1": 0.9, "fast_kl": 0.001}
     figures = {**broken, "codec_snr_db": 40.0, "frames": 8}
-    monkeypatch.setattr(engine.fidelity, "measure_fidelity", lambda *args: dict(figures))
+    monkeypatch.setattr(engine.measure.fidelity, "measure_fidelity", lambda *args: dict(figures))
     profile = EngineProfile().save(tmp_path / "any.yaml")
     with caplog.at_level("WARNING", logger="fishbench"):
         last = _cli_fidelity(tmp_path / "not-read", profile, capsys)

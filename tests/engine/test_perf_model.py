@@ -9,13 +9,13 @@ import torch
 from fish_speech.models.text2semantic.llama import DualARModelArgs, KVCache
 from torch import nn
 
-from engine import perf_model
-from engine.checkpoint import CheckpointFolder
 from engine.engine import OptimizedFishSpeech
+from engine.measure import perf_model
+from engine.model.checkpoint import CheckpointFolder
+from engine.model.quantize import apply_quantization
+from engine.model.synthetic import S1_MINI_CONFIG
+from engine.model.upstream import load_dual_ar
 from engine.profile import EngineProfile
-from engine.quantize import apply_quantization
-from engine.synthetic import S1_MINI_CONFIG
-from engine.upstream import load_dual_ar
 
 
 def stored_bytes(stack: nn.Module) -> int:

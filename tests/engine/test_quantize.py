@@ -11,10 +11,10 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from engine.checkpoint import CheckpointFolder
-from engine.quantize import Int4Linear, Int8Linear, apply_quantization, quantize_int4_groups
-from engine.synthetic import S1_MINI_CONFIG
-from engine.upstream import load_dual_ar
+from engine.model.checkpoint import CheckpointFolder
+from engine.model.quantize import Int4Linear, Int8Linear, apply_quantization, quantize_int4_groups
+from engine.model.synthetic import S1_MINI_CONFIG
+from engine.model.upstream import load_dual_ar
 
 
 def dequantize(codes: torch.Tensor, scales_and_zeros: torch.Tensor, group: int) -> torch.Tensor:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from engine.errors import ConfigError
-from engine.spoken_form import MAX_ENTRIES, Pronunciations, SpokenForm, check_entries
-from engine.spoken_form.guard import keeps_words, plain_words
-from engine.spoken_form.rules import UNITS
+from engine.text import MAX_ENTRIES, Pronunciations, SpokenForm, check_entries
+from engine.text.guard import keeps_words, plain_words
+from engine.text.rules import UNITS
 from harness.cli import main
 
 
@@ -149,7 +149,7 @@ def test_a_window_whose_reading_takes_a_letter_of_a_word_for_a_unit_is_read_toke
 
     form = SpokenForm()
     form._grammars["en"] = Damaging()
-    with caplog.at_level(logging.DEBUG, logger="engine.spoken_form"):
+    with caplog.at_level(logging.DEBUG, logger="engine.text"):
         assert form("Bake for 1/3 minutes.") == "Bake for one third minutes."
     assert "changes a word" in caplog.text
 
@@ -213,7 +213,7 @@ def test_abbreviations_units_and_numbers_may_change_plain_words_may_not() -> Non
 def test_a_window_the_grammar_would_damage_is_read_token_by_token(
     spoken: SpokenForm, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.DEBUG, logger="engine.spoken_form"):
+    with caplog.at_level(logging.DEBUG, logger="engine.text"):
         said = spoken("We watch TV 1/3 of the day.")
     assert said == "We watch TV one third of the day."
     assert "changes a word" in caplog.text  # the grammar said "Television"

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from engine.spoken_form import SpokenForm
+from engine.text import SpokenForm
 
 MIB = 2**20
 RULES_CPU_S, GRAMMAR_CPU_S = 0.5, 1.5

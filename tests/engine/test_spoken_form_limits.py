@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from engine.spoken_form import MAX_GRAMMAR_CHARS, MAX_SPAN, NormalizationStopped, SpokenForm
+from engine.text import MAX_GRAMMAR_CHARS, MAX_SPAN, NormalizationStopped, SpokenForm
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_a_stop_that_never_fires_changes_nothing(spoken: SpokenForm) -> None:
 def test_a_spent_budget_leaves_the_grammars_part_as_written_with_one_warning(
     spoken: SpokenForm, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="engine.spoken_form"):
+    with caplog.at_level(logging.WARNING, logger="engine.text"):
         said = spoken("Pay $5 for 1/3, 2/3 and 3/4.", budget_s=0)
     assert said == "Pay five dollars for 1/3, 2/3 and 3/4."
     assert [r.message for r in caplog.records].count(
@@ -72,7 +72,7 @@ def test_the_grammars_read_at_most_max_grammar_chars_a_call(
     spoken: SpokenForm, caplog: pytest.LogCaptureFixture
 ) -> None:
     seen: list[int] = []
-    with caplog.at_level(logging.WARNING, logger="engine.spoken_form"):
+    with caplog.at_level(logging.WARNING, logger="engine.text"):
         said = measured(spoken, seen)("1/3 " * 1250)  # 5,000 characters, all for the grammar
     assert sum(seen) <= MAX_GRAMMAR_CHARS
     assert said.startswith("one third one third") and said.endswith("1/3 1/3")

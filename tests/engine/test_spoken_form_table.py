@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.spoken_form import SpokenForm
-from engine.spoken_form.guard import keeps_words
+from engine.text import SpokenForm
+from engine.text.guard import keeps_words
 
 TABLE = Path(__file__).with_name("spoken_form_table.tsv")
 ROWS = [

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from engine.audio_io import AudioInputError, decode_audio
-from engine.baseline import UpstreamBaseline
+from engine.measure.baseline import UpstreamBaseline
 
 TEXT = "Hello there, this is a short test sentence."
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.fidelity import FIDELITY_GATES
+from engine.measure.fidelity import FIDELITY_GATES
 from harness.sweep.config import QualityConf
 from harness.sweep.selection import Gates, select_winner
 from harness.trial.record import BASELINE, CANDIDATE, FAILED, OK, SKIPPED, TrialRecord

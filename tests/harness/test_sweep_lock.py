@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.checkpoint import CheckpointFolder
+from engine.model.checkpoint import CheckpointFolder
 from engine.profile import EngineProfile, Hardware
 from harness.sweep.export import export_profile
 from harness.sweep.store import SweepFolder

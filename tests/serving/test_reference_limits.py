@@ -21,7 +21,7 @@ from starlette.datastructures import UploadFile
 import serving.services.speech as speech_module
 from engine.audio_io import MAX_REFERENCE_SECONDS, MIN_REFERENCE_SECONDS, SAMPLE_RATE, decode_audio
 from engine.sampling import DEFAULT_SAMPLING, TEMPERATURE_MAX, TOP_P_MAX
-from engine.spoken_form import SpokenForm
+from engine.text import SpokenForm
 from serving.services.asr import Transcriber
 from serving.services.metrics import MetricsStore
 from serving.services.speech import SpeechService

@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 
 from engine.errors import RequestError
-from engine.spoken_form import NormalizationStopped, Pronunciations
+from engine.text import NormalizationStopped, Pronunciations
+from engine.text.sentences import split_text
 from serving.errors import InvalidInput, QueueFull, RateLimited
 from serving.services.audio import encode_all, make_encoder
 from serving.services.metrics import MetricsStore
 from serving.services.ratelimit import RateLimiter
 from serving.services.speech import SpeechService
 from serving.services.synthesis import RequestStats, SynthesisStream
-from serving.services.text import check_text, split_text
+from serving.services.text import check_text
 from serving.services.voices import check_voice_id
 from serving.services.worker import EngineWorker, Job
 from serving.settings import Settings

@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from engine.spoken_form.numbers import (
+from engine.text.numbers import (
     MAX_CARDINAL,
     cardinal,
     digits,

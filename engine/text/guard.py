@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from engine.spoken_form.rules import (
+from engine.text.rules import (
     ABBREVIATIONS,
     FOOT,
     MONEY_SCALE,

@@ -20,7 +20,7 @@ from fish_speech.models.text2semantic.llama import (
 from fish_speech.tokenizer import FishTokenizer
 from hydra.utils import instantiate
 
-from engine.checkpoint import (
+from engine.model.checkpoint import (
     CheckpointError,
     CheckpointFolder,
     codec_weights,

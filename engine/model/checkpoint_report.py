@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from engine.checkpoint import (
+from engine.model.checkpoint import (
     REQUIRED_FILES,
     SYNTHETIC_MARKER,
     CheckpointError,
@@ -23,7 +23,7 @@ from engine.checkpoint import (
     dual_ar_weights,
     load_strict,
 )
-from engine.upstream import meta_codec, meta_dual_ar
+from engine.model.upstream import meta_codec, meta_dual_ar
 
 CONFIG_KEYS = (
     "dim",

@@ -228,7 +228,7 @@ def measure_fidelity(
     return compare_profile(OptimizedFishSpeech.from_checkpoint(checkpoint, profile), reference)
 
 
-def passes_gates(figures: dict[str, float], gates: dict[str, float] = FIDELITY_GATES) -> list[str]:
+def gate_failures(figures: dict[str, float], gates: dict[str, float] = FIDELITY_GATES) -> list[str]:
     """Reasons ``figures`` fail the gates (empty when they pass)."""
     checks = [
         ("slow_kl", "<=", gates["slow_kl_max"]),

@@ -20,11 +20,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from engine.spoken_form.guard import keeps_words
-from engine.spoken_form.pronunciations import Pronunciations
-from engine.spoken_form.rules import LONGEST_NUMBER, apply_rules
+from engine.text.guard import keeps_words
+from engine.text.pronunciations import Pronunciations
+from engine.text.rules import LONGEST_NUMBER, apply_rules
 
-log = logging.getLogger("engine.spoken_form")
+log = logging.getLogger("engine.text")
 
 MAX_SPAN = 100  # characters per grammar call: its cost and memory grow faster than the length
 # Characters the grammars may read in one call, about 1-3 ms each on two cores: what the cheap

@@ -20,15 +20,15 @@ from fish_speech.content_sequence import ContentSequence, TextPart, VQPart
 from fish_speech.models.text2semantic import inference as upstream
 from fish_speech.tokenizer import IM_END_TOKEN
 
-from engine import perf_model
 from engine.audio_io import SAMPLE_RATE, ReferenceAudio, load_reference
-from engine.checkpoint import CheckpointFolder
 from engine.compile_cache import configure_compilation
 from engine.machine import device_name
+from engine.measure import perf_model
+from engine.model.checkpoint import CheckpointFolder
+from engine.model.upstream import load_codec
 from engine.profile import DTYPES, EngineProfile, upstream_precision
 from engine.sampling import GenerateOptions, read_options
 from engine.telemetry import Measure, SynthesisReport
-from engine.upstream import load_codec
 
 log = logging.getLogger(__name__)
 

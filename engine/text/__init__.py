@@ -1,4 +1,7 @@
-"""Written text -> what a speaker says: spoken-form normalisation, then pronunciation lists.
+"""The engine's text front-end. Written text -> what a speaker says: spoken-form normalisation,
+then pronunciation lists; and the sentences it is said in (``sentences``: what can be said at
+all, where a streamed text has complete sentences, long text in chunks for one engine call each).
+The service and ``fishbench normalize`` run it before they hand text to the engine.
 
 Normalisation turns numbers, money, dates, times, ordinals, measures, fractions, telephone
 numbers and common abbreviations into words ("£12.50" -> "twelve pounds fifty"), which S1
@@ -12,7 +15,7 @@ A pronunciation list maps a written word or phrase to what to say instead (``SQL
 applies after normalisation, to whole words only (``pronunciations``).
 """
 
-from engine.spoken_form.normalizer import (
+from engine.text.normalizer import (
     MARKER,
     MAX_GRAMMAR_CHARS,
     MAX_SPAN,
@@ -20,7 +23,7 @@ from engine.spoken_form.normalizer import (
     NormalizationStopped,
     SpokenForm,
 )
-from engine.spoken_form.pronunciations import (
+from engine.text.pronunciations import (
     MAX_ENTRIES,
     MAX_ENTRY_CHARS,
     Pronunciations,

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 
-from engine.checkpoint import SYNTHETIC_MARKER, CheckpointFolder, load_codec_config
 from engine.errors import ConfigError
-from engine.tokenizer_files import BASE_SPECIAL_TOKENS, write_tokenizer
-from engine.upstream import build_dual_ar
+from engine.model.checkpoint import SYNTHETIC_MARKER, CheckpointFolder, load_codec_config
+from engine.model.tokenizer_files import BASE_SPECIAL_TOKENS, write_tokenizer
+from engine.model.upstream import build_dual_ar
 
 log = logging.getLogger(__name__)
 
