@@ -19,8 +19,8 @@ from engine.audio_io import SAMPLE_RATE, ReferenceAudio, load_reference
 from engine.caches import LRUCache, ReferenceCodeCache
 from engine.codec import CodecRunner
 from engine.compile_cache import configure_compilation
-from engine.errors import GenerationCancelled, RequestError
-from engine.generation import DecodeTimings, SemanticDecoder
+from engine.errors import GenerationCancelled
+from engine.generation import SemanticDecoder
 from engine.measure import perf_model
 from engine.measure.perf_model import FrameBytes
 from engine.model.checkpoint import CheckpointFolder
@@ -29,6 +29,7 @@ from engine.model.upstream import load_codec, load_dual_ar
 from engine.profile import EngineProfile, Fallback, Hardware, resolve_profile, torch_dtype
 from engine.sampling import GenerateOptions, SamplingParams, read_options
 from engine.telemetry import Measure, SynthesisReport
+from engine.text.sentences import check_text
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,9 @@ class OptimizedFishSpeech:
         self, text: str, ref_codes: torch.Tensor | None, ref_text: str | None
     ) -> torch.Tensor:
         """The upstream interleaved prompt [1 + C, T]: (reference text + codes), then the text."""
-        return self._encode(self._reference_part(ref_codes, ref_text) + [_check_text(text)])
+        return self._encode(
+            self._reference_part(ref_codes, ref_text) + [check_text(text, MAX_TEXT_CHARS)]
+        )
 
     def voice_prefix_len(
         self, prompt: torch.Tensor, ref_codes: torch.Tensor | None, ref_text: str | None
@@ -251,14 +254,13 @@ class OptimizedFishSpeech:
             report.frames = cached.shape[1]
             yield cached.to(self.device)
             return
-        timings = DecodeTimings()
         blocks = []
         for block in self.decoder.generate(
             prompt,
             params,
             max_new_tokens,
             fixed_frames,
-            timings,
+            report,
             prefix_len=prefix_len,
             first_block=first_block,
         ):
@@ -267,12 +269,6 @@ class OptimizedFishSpeech:
                 raise GenerationCancelled(f"stopped after {sum(b.shape[1] for b in blocks)} frames")
             blocks.append(block)
             yield block
-        report.prefill_s, report.decode_s, report.frames = (
-            timings.prefill_s,
-            timings.decode_s,
-            timings.frames,
-        )
-        report.prefix_cache_hit, report.kv_bucket = timings.prefix_hit, timings.kv_bucket
         if key and blocks:
             self.semantic_cache.put(key, torch.cat(blocks, dim=1).cpu())
 
@@ -441,17 +437,6 @@ def configure_cuda_math(profile: EngineProfile) -> None:
     torch.backends.cuda.matmul.allow_tf32 = profile.tf32
     torch.backends.cudnn.allow_tf32 = profile.tf32
     torch.backends.cudnn.benchmark = False
-
-
-def _check_text(text: str) -> str:
-    text = (text or "").strip()
-    if not text:
-        raise RequestError("text is empty")
-    if len(text) > MAX_TEXT_CHARS:
-        raise RequestError(
-            f"text is {len(text)} characters; one request may have at most {MAX_TEXT_CHARS}"
-        )
-    return text
 
 
 def _warn_on_foreign_provenance(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import torch
 from fish_speech.models.text2semantic.llama import DualARTransformer
@@ -24,21 +23,13 @@ from engine.caches import PrefixKVCache
 from engine.errors import RequestError
 from engine.profile import EngineProfile, kv_bucket
 from engine.sampling import DEFAULT_SAMPLING, REPETITION_WINDOW, SamplingParams, sample
+from engine.telemetry import SynthesisReport
 
 log = logging.getLogger(__name__)
 
 # A prompt length no request has (a real one holds at least its chat markers), > 1 so the dynamic
 # prefill graph is not specialised to a single token.
 PREFILL_WARMUP_TOKENS = 3
-
-
-@dataclass
-class DecodeTimings:
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
-    frames: int = 0
-    kv_bucket: int = 0
-    prefix_hit: bool = False
 
 
 class SemanticDecoder(nn.Module):
@@ -249,7 +240,7 @@ class SemanticDecoder(nn.Module):
         params: SamplingParams,
         max_new_tokens: int,
         fixed_frames: int | None = None,
-        timings: DecodeTimings | None = None,
+        report: SynthesisReport | None = None,
         *,
         prefix_len: int = 0,
         first_block: int | None = None,
@@ -258,14 +249,15 @@ class SemanticDecoder(nn.Module):
         ``eos_check_interval`` frames.
 
         ``prefix_len`` leading prompt tokens (a voice's reference) may be restored from, or saved
-        to, the prefix K/V cache. ``timings.decode_s`` counts only time spent in here, not while
-        the consumer holds a block (a streaming caller decodes audio then).
+        to, the prefix K/V cache. ``report`` gets the prefill and decode times, the frames, the KV
+        bucket and whether the prefix was cached; its ``decode_s`` counts only time spent in
+        here, not while the consumer holds a block (a streaming caller decodes audio then).
         """
-        timings = timings if timings is not None else DecodeTimings()
+        report = report if report is not None else SynthesisReport()
         prompt_len = prompt.shape[1]
         budget = self.frame_budget(prompt_len, max_new_tokens, fixed_frames)
         bucket = kv_bucket(prompt_len + budget, self.max_seq_len)
-        timings.kv_bucket = bucket
+        report.kv_bucket = bucket
         self._reset(params, allow_end=fixed_frames is None)
         device = self.slow_head.device
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -273,22 +265,22 @@ class SemanticDecoder(nn.Module):
         key = self._prefix_key(prompt, prefix_len)
         prompt = prompt.to(device)
         t0 = time.perf_counter()
-        timings.prefix_hit = self._restore_prefix(key, prefix_len)
-        start = prefix_len if timings.prefix_hit else 0
+        report.prefix_cache_hit = self._restore_prefix(key, prefix_len)
+        start = prefix_len if report.prefix_cache_hit else 0
         self._clear_stale(start, bucket)
         positions = torch.arange(start, prompt_len, device=device)
         frames[:, :1] = self._prefill(prompt[:, start:].contiguous(), positions, bucket)
-        if key and not timings.prefix_hit:
+        if key and not report.prefix_cache_hit:
             self._save_prefix(key, prefix_len)
         sync()
-        timings.prefill_s = time.perf_counter() - t0
+        report.prefill_s = time.perf_counter() - t0
         produced, emitted = 1, 0
         # Contiguous, same shape and strides every request: no recompiles.
         current = frames[:, :1].clone()
         input_pos = torch.tensor([prompt_len], device=device)
         interval = self.profile.eos_check_interval
         first = min(first_block or interval, budget)
-        timings.decode_s = 0.0
+        report.decode_s = 0.0
         t1 = time.perf_counter()
         while True:
             due = produced - emitted == interval or (emitted == 0 and produced == first)
@@ -298,12 +290,12 @@ class SemanticDecoder(nn.Module):
                 if ends.numel():
                     cut = int(ends[0, 0])
                     if cut:
-                        timings.decode_s += time.perf_counter() - t1
+                        report.decode_s += time.perf_counter() - t1
                         yield block[1:, :cut]
                         t1 = time.perf_counter()
                     produced = emitted + cut
                     break
-                timings.decode_s += time.perf_counter() - t1
+                report.decode_s += time.perf_counter() - t1
                 yield block[1:]
                 t1 = time.perf_counter()
                 emitted = produced
@@ -315,5 +307,5 @@ class SemanticDecoder(nn.Module):
             produced += 1
             input_pos += 1
         sync()
-        timings.decode_s += time.perf_counter() - t1
-        timings.frames = produced
+        report.decode_s += time.perf_counter() - t1
+        report.frames = produced

@@ -113,7 +113,7 @@ def check_cuda_usable(
     if available:
         log.debug("CUDA usable; NVIDIA device nodes: %s", ", ".join(nodes) or "none listed")
         check_gpu_arch(
-            machine.device_name(),
+            machine.device_name("cuda"),
             torch.cuda.get_device_capability(),
             torch.cuda.get_arch_list(),
         )

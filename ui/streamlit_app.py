@@ -14,28 +14,12 @@ from typing import Any, TypeVar
 
 import streamlit as st
 
+from ui import view
 from ui.client import Figures, ServiceClient, ServiceError, SynthesisRequest, api_url
-from ui.view import (
-    CSS_PATH,
-    FAVICON_PATH,
-    LANGUAGES,
-    SLIDER_STEP,
-    SLIDERS,
-    insert_marker,
-    metric_cells,
-    metrics_html,
-    notes_html,
-    profile_line,
-    slider_range,
-    synthetic_warning,
-    unavailable_features,
-    voice_choices,
-    voice_id_for,
-)
 
 AUDIO_TYPES = ["wav", "mp3", "flac", "ogg", "m4a"]
 T = TypeVar("T")
-LANGUAGE_NAMES = {code: name for name, code in LANGUAGES}
+LANGUAGE_NAMES = {code: name for name, code in view.LANGUAGES}
 
 
 def sidebar() -> tuple[ServiceClient, dict[str, Any]]:
@@ -48,9 +32,9 @@ def sidebar() -> tuple[ServiceClient, dict[str, Any]]:
         except ServiceError as error:
             st.error(str(error))
             return client, {}
-        st.markdown(profile_line(health))
-        if notes := unavailable_features(health):
-            st.html(notes_html(notes))
+        st.markdown(view.profile_line(health))
+        if notes := view.unavailable_features(health):
+            st.html(view.notes_html(notes))
         st.button("Refresh", key="refresh")
     return client, health
 
@@ -71,7 +55,7 @@ def voice_controls(client: ServiceClient) -> None:
     """Reference upload or saved voice, "save this voice", and the reference transcript."""
     left, right = st.columns(2)
     left.file_uploader("Reference recording", type=AUDIO_TYPES, key="reference")
-    labels = {voice_id: label for label, voice_id in voice_choices(_or_empty(client.voices))}
+    labels = {voice_id: label for label, voice_id in view.voice_choices(_or_empty(client.voices))}
     right.selectbox(
         "…or a saved voice",
         list(labels),
@@ -91,10 +75,12 @@ def sampling_controls(health: dict[str, Any]) -> None:
     left, right = st.columns(2)
     left.selectbox("Language", list(LANGUAGE_NAMES), key="language", format_func=LANGUAGE_NAMES.get)
     right.number_input("Seed (-1 = random)", min_value=-1, value=-1, step=1, key="seed")
-    for column, (name, label) in zip(st.columns(len(SLIDERS)), SLIDERS.items(), strict=True):
-        bounds = slider_range(health, name)
+    for column, (name, label) in zip(
+        st.columns(len(view.SLIDERS)), view.SLIDERS.items(), strict=True
+    ):
+        bounds = view.slider_range(health, name)
         if bounds is not None:
-            column.slider(label, *bounds, SLIDER_STEP, key=name)
+            column.slider(label, *bounds, view.SLIDER_STEP, key=name)
     st.toggle("Optimize for memory (low-VRAM variant)", key="optimize_for_memory")
 
 
@@ -105,7 +91,7 @@ def output(health: dict[str, Any]) -> None:
     figures = result.figures if result else Figures()
     if result:
         st.audio(result.audio, format=result.media_type)
-    st.html(metrics_html(metric_cells(figures, health)))
+    st.html(view.metrics_html(view.metric_cells(figures, health)))
     if result:
         st.download_button(
             "Download audio", result.audio, file_name="fishbench.wav", mime=result.media_type
@@ -145,7 +131,7 @@ def save_voice(client: ServiceClient) -> None:
         state.voice_notice = ("error", "Upload a reference recording first.")
         return
     with _upload_path(state.reference) as path:
-        voice_id = voice_id_for(state.voice_name, fallback=path.stem)
+        voice_id = view.voice_id_for(state.voice_name, fallback=path.stem)
         try:
             voice = client.save_voice(
                 path, voice_id, state.voice_name.strip(), state.reference_text.strip()
@@ -159,11 +145,11 @@ def save_voice(client: ServiceClient) -> None:
 
 def main() -> None:
     """Lay out the page; Streamlit reruns this on every interaction."""
-    st.set_page_config(page_title="fishbench", page_icon=str(FAVICON_PATH), layout="centered")
-    st.html(CSS_PATH)
+    st.set_page_config(page_title="fishbench", page_icon=str(view.FAVICON_PATH), layout="centered")
+    st.html(view.CSS_PATH)
     client, health = sidebar()
     st.title("fishbench")
-    if warning := synthetic_warning(health):
+    if warning := view.synthetic_warning(health):
         st.warning(warning)
     st.caption("Voice cloning, tuned for your GPU.")
     text_controls(client)
@@ -190,7 +176,7 @@ def _notice(container: Any, key: str) -> None:
 
 def _insert_marker() -> None:
     state = st.session_state
-    state.text = insert_marker(state.text, state.marker)
+    state.text = view.insert_marker(state.text, state.marker)
     state.marker = None
 
 

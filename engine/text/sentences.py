@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from engine.errors import RequestError
 from engine.text.normalizer import MARKER, SENTENCE_END
 
 _CLAUSE_END = re.compile(r"(?<=[,:，、：—])\s*")
@@ -26,6 +27,24 @@ def speakable(text: str) -> bool:
     prompt; every route refuses it the same way instead.
     """
     return any(unicodedata.category(char)[0] in _SPEAKABLE_CATEGORIES for char in text)
+
+
+def check_text(text: str, max_chars: int, setting: str | None = None) -> str:
+    """The stripped text, or a ``RequestError`` (a 422 from the service) for text that is empty,
+    longer than ``max_chars`` (the ``setting`` that sets it named in the message) or has nothing
+    to speak: the engine and every route refuse it the same way."""
+    text = (text or "").strip()
+    if not text:
+        raise RequestError("text is empty")
+    if len(text) > max_chars:
+        limit = f"{max_chars} ({setting})" if setting else str(max_chars)
+        raise RequestError(f"text is {len(text)} characters; the limit is {limit}")
+    if not speakable(text):
+        raise RequestError(
+            "text has nothing to speak: only spaces, control characters or invisible "
+            "(zero-width, format) characters"
+        )
+    return text
 
 
 def complete_sentences(text: str) -> tuple[list[str], str]:

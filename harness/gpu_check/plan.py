@@ -8,7 +8,7 @@ warm one skips most of the compile. Each part keeps under 8 minutes with its sta
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 # (name, steps, bench rows, projected minutes on an H100 with its arithmetic)
@@ -51,14 +51,42 @@ PARTS: dict[int, tuple[str, tuple[str, ...], tuple[str, ...], str]] = {
 VRAM_BUDGETS_GB = (7.0, 11.0)  # what an 8 GB and a 12 GB card leave a process (desktop, driver)
 
 
+# The sizes of a GPU run and of the dry run. A 45 s voice is 969 codec frames; with the texts the
+# prompt is ~1,000 tokens, so 128 fixed frames (or the 1,024-frame budget) decode in the 2,048
+# bucket. The dry run is as small as still goes through every step.
+SIZES: dict[bool, dict[str, object]] = {
+    False: {
+        "preset": "s1-mini",
+        "budget_s": 450.0,
+        "frames": 128,
+        "repeats": 3,
+        "reference_s": 45.0,
+        "fidelity_frames": 64,
+        "kv_len": 2048,
+        "ttfa_requests": 4,
+    },
+    True: {
+        "preset": "tiny",
+        "budget_s": 900.0,
+        "frames": 2,
+        "repeats": 1,
+        "reference_s": 1.0,
+        "fidelity_frames": 2,
+        "kv_len": 256,
+        "ttfa_requests": 2,
+    },
+}
+
+
 @dataclass(frozen=True)
 class Plan:
-    """Sizes of one check; ``for_run`` holds the two sets (GPU and dry run)."""
+    """Sizes of one check (``SIZES``) and where it keeps what the next part reuses."""
 
     dry_run: bool
     out_dir: Path
     checkpoint: Path
     compile_cache: Path
+    work_dir: Path
     preset: str
     budget_s: float
     frames: int
@@ -67,8 +95,6 @@ class Plan:
     fidelity_frames: int
     kv_len: int
     ttfa_requests: int
-    max_seq_len: int | None
-    work_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gpu-check-")))
 
     @classmethod
     def for_run(
@@ -82,40 +108,17 @@ class Plan:
         """The dry run's checkpoint and cache live in its temporary folder unless given; the GPU
         run's persist under ``checkpoints/`` and ``.cache/`` for the next part."""
         work = Path(tempfile.mkdtemp(prefix="gpu-check-dry-" if dry_run else "gpu-check-"))
+        sizes = SIZES[dry_run] | ({"budget_s": budget_s} if budget_s else {})
         if dry_run:
-            return cls(
-                dry_run=True,
-                out_dir=out_dir,
-                checkpoint=checkpoint or work / "tiny-synthetic",
-                compile_cache=cache_dir or work / "compile-cache",
-                preset="tiny",
-                budget_s=budget_s or 900.0,
-                frames=2,
-                repeats=1,
-                reference_s=1.0,
-                fidelity_frames=2,
-                kv_len=256,
-                ttfa_requests=2,
-                max_seq_len=256,
-                work_dir=work,
-            )
-        # A 45 s voice is 969 codec frames; with the texts the prompt is ~1,000 tokens, so 128
-        # fixed frames (or the 1,024-frame budget) decode in the 2,048 bucket.
+            checkpoint = checkpoint or work / "tiny-synthetic"
+            cache_dir = cache_dir or work / "compile-cache"
         return cls(
-            dry_run=False,
+            dry_run=dry_run,
             out_dir=out_dir,
             checkpoint=checkpoint or Path("checkpoints/s1-mini-synthetic"),
             compile_cache=cache_dir or Path(".cache/gpu-check/compile-cache"),
-            preset="s1-mini",
-            budget_s=budget_s or 450.0,
-            frames=128,
-            repeats=3,
-            reference_s=45.0,
-            fidelity_frames=64,
-            kv_len=2048,
-            ttfa_requests=4,
-            max_seq_len=None,
             work_dir=work,
+            **sizes,
         )
 
     @property

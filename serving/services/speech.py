@@ -19,14 +19,13 @@ from starlette.concurrency import run_in_threadpool
 from engine.audio_io import SAMPLE_RATE, decode_audio
 from engine.engine import OptimizedFishSpeech
 from engine.text import SpokenForm
-from engine.text.sentences import split_text
+from engine.text.sentences import check_text, split_text
 from serving.errors import InvalidInput, PayloadTooLarge, QueueFull
 from serving.schemas import SEED_MAX, VoiceInfo
 from serving.services.asr import Transcriber
 from serving.services.captions import WordTime, align_words
 from serving.services.metrics import MetricsStore
 from serving.services.synthesis import SynthesisSpec, SynthesisStream, start_synthesis
-from serving.services.text import check_text
 from serving.services.voices import Voice, VoiceLibrary, check_voice_id
 from serving.services.worker import EngineWorker
 from serving.settings import Settings
@@ -119,7 +118,7 @@ class SpeechService:
         stopped = threading.Event()
         work = functools.partial(
             self.spoken_form,
-            check_text(text, self.settings.max_text_chars),
+            check_text(text, self.settings.max_text_chars, "MAX_TEXT_CHARS"),
             normalize=self.normalizes(normalize),
             voice=voice.pronunciations if voice else None,
             stop=stopped.is_set,

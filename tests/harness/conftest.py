@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from rich.console import Console
+from sweep_args import TinySweep
 
 from harness.sweep.compose import build_config
 from harness.sweep.conclude import SweepOutcome
@@ -19,7 +19,6 @@ QUICK = (
     "scenario.fidelity_frames=8",
     "trial_timeout_s=300",
 )
-TinySweep = Callable[..., SweepOutcome]  # what the tiny_sweep fixture returns
 
 
 @pytest.fixture(scope="session")

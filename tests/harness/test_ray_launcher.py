@@ -8,12 +8,13 @@ from __future__ import annotations
 import getpass
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 import ray
+from sweep_args import TinySweep
 
 from harness.sweep.conclude import SweepOutcome
 
@@ -26,7 +27,6 @@ RAY = (
     "launcher.allow_shared_cpu=true",
     "isolation.max_other_cores=8",  # side-by-side trials on shared CPUs, on purpose
 )
-TinySweep = Callable[..., SweepOutcome]  # the tiny_sweep fixture (tests/harness/conftest.py)
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 # Where a local cluster's files go (README): a folder of the user's own in the temp folder.
 LOCAL_DIR = Path(tempfile.gettempdir()) / f"fishbench-ray-{getpass.getuser()}"

@@ -5,29 +5,20 @@ from __future__ import annotations
 
 import errno
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
+from sweep_args import SHORT, TinySweep
 
 from harness.sweep.conclude import SweepOutcome
 from harness.sweep.tracking import TRIALS_TABLE, SweepTracker
 from harness.trial.record import TrialRecord
 
 pytestmark = pytest.mark.slow
-TinySweep = Callable[..., SweepOutcome]  # the tiny_sweep fixture (tests/harness/conftest.py)
 # One candidate, short trials, no NOISY re-runs: only what MLflow holds is judged here.
-FAST = (
-    "grid.points=[{chunk_size:8}]",
-    "scenario.fixed_frames=8",
-    "scenario.warmup_runs=1",
-    "scenario.repeats=2",
-    "scenario.max_repeats=2",
-    "scenario.fidelity_frames=4",
-    "isolation.retries=0",
-)
+FAST = ("grid.points=[{chunk_size:8}]", *SHORT)
 CRASH = "No space left on device (after MLflow logged the trial)"
 
 

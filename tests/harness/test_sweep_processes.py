@@ -18,6 +18,7 @@ import psutil
 import pytest
 from faults import script_env
 from rich.console import Console
+from sweep_args import SHORT
 
 from harness.sweep.compose import build_config
 from harness.sweep.conclude import SweepOutcome
@@ -36,15 +37,7 @@ if __name__ == "__main__":
     attempt.run_trial = hang
     sys.exit(main(sys.argv[1:]))
 """
-FAST = (
-    "grid.points=[]",  # the baseline alone
-    "scenario.fixed_frames=8",
-    "scenario.warmup_runs=1",
-    "scenario.repeats=2",
-    "scenario.max_repeats=2",
-    "scenario.fidelity_frames=4",
-    "isolation.retries=0",
-)
+FAST = ("grid.points=[]", *SHORT)  # the baseline alone
 START_S = 300  # a sweep process's start on a busy machine: imports, checkpoint hash, MLflow store
 REFUSED_S = 120  # what the second sweep may take to refuse
 

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from sweep_args import TinySweep
 
 from harness.sweep.conclude import SweepOutcome
 from harness.sweep.machine import survey
 
 pytestmark = pytest.mark.slow
-TinySweep = Callable[..., SweepOutcome]  # the tiny_sweep fixture (tests/harness/conftest.py)
 
 # Short trials (isolation is judged on other processes' CPU time, not on how long a trial runs).
 QUICK = (

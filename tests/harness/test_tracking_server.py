@@ -6,32 +6,26 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg2
 import pytest
 from mlflow.tracking import MlflowClient
+from ports import free_port
+from sweep_args import TinySweep
 
 from harness.cli import main as fishbench
 from harness.sweep.conclude import SweepOutcome
 
 pytestmark = pytest.mark.slow
-TinySweep = Callable[..., SweepOutcome]  # the tiny_sweep fixture (tests/harness/conftest.py)
 REPO = Path(__file__).resolve().parents[2]
 START_DEADLINE_S = 180
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)

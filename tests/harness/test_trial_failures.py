@@ -9,19 +9,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
 from faults import HANG, KILLED, RAISES, answers, faulty_trial, hang, killed, raises, script_env
+from sweep_args import TinySweep
 
 from harness.launchers.local import run_in_child
 from harness.sweep import attempt
-from harness.sweep.conclude import SweepOutcome
 from harness.trial.record import FAILED, OK
 
-TinySweep = Callable[..., SweepOutcome]  # the tiny_sweep fixture (tests/harness/conftest.py)
 # What a child that sends itself SIGKILL is recorded as, where the kernel counts OOM kills.
 SELF_KILLED = (
     "child process died from SIGKILL (Killed): a kill -9 from a process, not out of memory "

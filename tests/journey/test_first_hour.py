@@ -12,7 +12,6 @@ import io
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 import soundfile as sf
+from ports import free_port
 
 pytestmark = [pytest.mark.journey, pytest.mark.slow]
 
@@ -41,12 +41,6 @@ DROPPED_ENV = (
     "API_KEY",
     "PYTHONDONTWRITEBYTECODE",
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -124,7 +118,7 @@ def test_sweep_then_serve_then_listen_then_look(
     assert (clone / "reports" / "profile.yaml").is_file()
     assert (clone / "checkpoints" / "tiny-synthetic" / "SYNTHETIC.json").is_file()
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     serve_log = tmp_path / "serve.log"
     with _background(["make", "serve", f"PORT={port}"], clone, _env(), serve_log) as server:
@@ -149,7 +143,7 @@ def test_sweep_then_serve_then_listen_then_look(
             audio, rate = sf.read(io.BytesIO(speech.content))
         assert rate == 44_100 and len(audio) > 0
 
-        gradio_port = _free_port()
+        gradio_port = free_port()
         ui_log = tmp_path / "gradio.log"
         ui_env = _env(API_URL=url, GRADIO_SERVER_PORT=str(gradio_port))
         ui_command = ["uv", "run", "--frozen", "python", "ui/gradio_app.py"]
@@ -160,7 +154,7 @@ def test_sweep_then_serve_then_listen_then_look(
                 status = _rendered_text(gradio_url, "#fb-status", "Profile")
             assert "Profile" in status and "audio is noise" in status
 
-    mlflow_port = _free_port()
+    mlflow_port = free_port()
     mlflow_log = tmp_path / "mlflow.log"
     mlflow_url = f"http://127.0.0.1:{mlflow_port}"
     command = ["make", "mlflow-ui", f"MLFLOW_PORT={mlflow_port}"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from ports import free_port
 
 SPOKEN_TEXT = "Hello there, this is a short reference recording of my voice."
 STARTUP_TIMEOUT_S = 180.0
@@ -41,12 +41,6 @@ SERVING_KEYS = {
     "PROXY_SECRET",
     "ALLOW_NO_AUTH",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

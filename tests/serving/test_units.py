@@ -16,14 +16,13 @@ import pytest
 
 from engine.errors import RequestError
 from engine.text import NormalizationStopped, Pronunciations
-from engine.text.sentences import split_text
+from engine.text.sentences import check_text, split_text
 from serving.errors import InvalidInput, QueueFull, RateLimited
 from serving.services.audio import encode_all, make_encoder
 from serving.services.metrics import MetricsStore
 from serving.services.ratelimit import RateLimiter
 from serving.services.speech import SpeechService
 from serving.services.synthesis import RequestStats, SynthesisStream
-from serving.services.text import check_text
 from serving.services.voices import check_voice_id
 from serving.services.worker import EngineWorker, Job
 from serving.settings import Settings
@@ -49,7 +48,7 @@ def test_split_handles_cjk_and_unpunctuated_text() -> None:
 
 @pytest.mark.parametrize("text", ["", "   ", "\n"])
 def test_empty_text_is_rejected(text: str) -> None:
-    with pytest.raises(InvalidInput, match="empty"):
+    with pytest.raises(RequestError, match="empty"):
         check_text(text, 10)
 
 
@@ -59,7 +58,7 @@ def test_empty_text_is_rejected(text: str) -> None:
     ids=["zero-width", "NUL", "joiners", "ideographic space", "lone accent", "controls"],
 )
 def test_text_with_nothing_speakable_is_rejected(text: str) -> None:
-    with pytest.raises(InvalidInput, match="nothing to speak"):
+    with pytest.raises(RequestError, match="nothing to speak"):
         check_text(f" {text} ", 100)
 
 
@@ -123,8 +122,8 @@ def test_a_client_gone_during_normalisation_stops_it_and_counts_cancelled() -> N
 
 
 def test_overlong_text_is_rejected() -> None:
-    with pytest.raises(InvalidInput, match="MAX_TEXT_CHARS"):
-        check_text("a" * 11, 10)
+    with pytest.raises(RequestError, match="MAX_TEXT_CHARS"):
+        check_text("a" * 11, 10, "MAX_TEXT_CHARS")
 
 
 @pytest.mark.parametrize("voice_id", ["..", "../x", "a/b", ".hidden", "", "x" * 65, "a\\b", "é"])

@@ -7,7 +7,6 @@ the tests that need it, with the tail of its log; nothing here skips.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,18 +19,12 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "reports" / "ui"
 SERVICE_START_S = 180
 GRADIO_START_S = 90
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _log_tail(log: Path, lines: int = 40) -> str:

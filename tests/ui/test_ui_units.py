@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from serving.settings import Settings
+from ui import view
 from ui.audio import WavChunker, wav_chunks
 from ui.client import (
     DEFAULT_API_URL,
@@ -19,19 +20,6 @@ from ui.client import (
     ServiceError,
     SynthesisRequest,
     _refusal,
-)
-from ui.view import (
-    SLIDER_STEP,
-    banner_html,
-    insert_marker,
-    metric_cells,
-    profile_line,
-    slider_range,
-    synthetic_warning,
-    unavailable_features,
-    voice_choices,
-    voice_id_for,
-    words_html,
 )
 
 pytestmark = pytest.mark.ui
@@ -88,7 +76,7 @@ def test_a_non_wav_stream_is_refused() -> None:
 
 
 def test_profile_line_marks_4_bit_experimental_and_lists_gpu_knobs() -> None:
-    line = profile_line(GPU_HEALTH)
+    line = view.profile_line(GPU_HEALTH)
     assert line.startswith(
         "Profile (reports/profile.yaml, tuned on NVIDIA GeForce RTX 4060): NVIDIA"
     )
@@ -99,11 +87,11 @@ def test_profile_line_marks_4_bit_experimental_and_lists_gpu_knobs() -> None:
 
 
 def test_cpu_service_lists_unavailable_features_with_reasons() -> None:
-    assert "eager" not in profile_line(CPU_HEALTH)  # compile state unknown: not guessed
-    notes = unavailable_features(CPU_HEALTH)
+    assert "eager" not in view.profile_line(CPU_HEALTH)  # compile state unknown: not guessed
+    notes = view.unavailable_features(CPU_HEALTH)
     assert any(note.startswith("GPU utilization: unavailable (") for note in notes)
     assert any(note.startswith("CUDA streams: unavailable (") for note in notes)
-    cells = dict(metric_cells(Figures(latency_ms=1234.0), CPU_HEALTH))
+    cells = dict(view.metric_cells(Figures(latency_ms=1234.0), CPU_HEALTH))
     assert cells == {
         "Latency": "1234 ms",
         "First audio": "n/a",
@@ -113,21 +101,21 @@ def test_cpu_service_lists_unavailable_features_with_reasons() -> None:
 
 
 def test_gpu_service_reports_only_its_fallbacks_with_4_bit_labelled() -> None:
-    assert unavailable_features(GPU_HEALTH) == [
+    assert view.unavailable_features(GPU_HEALTH) == [
         "Profile fallback: int4_group_size: 256 -> 128 (int4 (experimental) kernel limit)"
     ]
 
 
 def test_loading_service_says_so() -> None:
-    assert profile_line({"status": "loading"}).startswith("Service loading")
+    assert view.profile_line({"status": "loading"}).startswith("Service loading")
 
 
 def test_small_helpers() -> None:
-    assert insert_marker("Hi  ", "(sad)") == "Hi (sad) "
-    assert insert_marker("", "(sad)") == "(sad) "
-    assert voice_id_for("My Voice #2") == "my-voice-2"
-    assert voice_id_for("  ", fallback="ref.take") == "ref.take"
-    assert voice_choices([{"id": "a", "name": "Alice"}, {"id": "b"}, {}]) == [
+    assert view.insert_marker("Hi  ", "(sad)") == "Hi (sad) "
+    assert view.insert_marker("", "(sad)") == "(sad) "
+    assert view.voice_id_for("My Voice #2") == "my-voice-2"
+    assert view.voice_id_for("  ", fallback="ref.take") == "ref.take"
+    assert view.voice_choices([{"id": "a", "name": "Alice"}, {"id": "b"}, {}]) == [
         ("Alice", "a"),
         ("b", "b"),
     ]
@@ -153,9 +141,9 @@ def test_sliders_take_the_service_ranges_and_skip_an_excluded_minimum() -> None:
         "speed": {"default": 1.0, "minimum": 0.25, "maximum": 4.0, "exclusive_minimum": False},
     }
     health = {"limits": {"controls": controls}}
-    assert slider_range(health, "temperature") == (SLIDER_STEP, 2.0, 0.8)
-    assert slider_range(health, "speed") == (0.25, 4.0, 1.0)
-    assert slider_range({}, "temperature") is None  # no answer yet: no slider to guess
+    assert view.slider_range(health, "temperature") == (view.SLIDER_STEP, 2.0, 0.8)
+    assert view.slider_range(health, "speed") == (0.25, 4.0, 1.0)
+    assert view.slider_range({}, "temperature") is None  # no answer yet: no slider to guess
 
 
 def test_the_default_service_address_is_the_services_own_default() -> None:
@@ -177,16 +165,20 @@ def test_unreachable_service_is_a_service_error() -> None:
 
 
 def test_synthetic_weights_get_a_banner_real_ones_none() -> None:
-    text = synthetic_warning({**CPU_HEALTH, "synthetic_checkpoint": True, "checkpoint": "ck/tiny"})
+    text = view.synthetic_warning(
+        {**CPU_HEALTH, "synthetic_checkpoint": True, "checkpoint": "ck/tiny"}
+    )
     assert text is not None and "ck/tiny" in text and "noise" in text
-    assert 'role="alert"' in banner_html(text)
-    assert synthetic_warning({**CPU_HEALTH, "synthetic_checkpoint": False}) is None
-    assert banner_html(None) == ""
+    assert 'role="alert"' in view.banner_html(text)
+    assert view.synthetic_warning({**CPU_HEALTH, "synthetic_checkpoint": False}) is None
+    assert view.banner_html(None) == ""
 
 
 def test_word_timings_render_as_a_table_or_say_why_not() -> None:
     words = [{"word": "Hi<", "start": 0.0, "end": 0.25, "aligned": True}]
-    table = words_html(words, "faster-whisper tiny.en")
+    table = view.words_html(words, "faster-whisper tiny.en")
     assert "<td>Hi&lt;</td><td>0.00</td><td>0.25</td>" in table
-    assert "No word timings: unavailable" in words_html([], "unavailable: synthetic checkpoint")
-    assert words_html([], "") == ""
+    assert "No word timings: unavailable" in view.words_html(
+        [], "unavailable: synthetic checkpoint"
+    )
+    assert view.words_html([], "") == ""
