@@ -1,13 +1,17 @@
-"""A persistent, correctly keyed torch.compile cache and one explicit set of inductor settings.
+"""A persistent torch.compile cache that profiles share, and one explicit set of inductor settings.
 
 Without this, every process starts torch.compile cold: inductor's FX graph cache and AOTAutograd's
 cache live in ``/tmp/torchinductor_<user>``, which containers and reboots wipe, so the decode step
 recompiles for 25 s to minutes at every start. ``configure_compilation`` keeps both caches under
 ``.cache/torch-compile/<key>`` (``COMPILE_CACHE_DIR`` overrides the root), where ``<key>`` digests
-the torch version, the compile-relevant profile knobs, the checkpoint's ``config.json`` and the
-device name, so a changed profile, checkpoint or torch never shares a folder with stale artifacts
-(inductor's own cache keys would already refuse them; the folder split keeps each configuration's
-artifacts apart and makes ``warm``/``cold`` in the log line mean something).
+only the torch version, the checkpoint's ``config.json``, the device name and the CPU. Profiles
+share that folder: inductor's own cache keys are content hashes of each graph (its code, its
+inputs' shapes, strides and dtypes), the inductor config (a compile mode, coordinate-descent
+tuning), the CUDA matmul settings (TF32), torch, Triton and the GPU, so a graph two profiles share
+compiles once and a graph that differs never reads another's artifact. Splitting the folder per
+profile, as it once was, made a sweep compile every ``chunk_size`` or ``num_streams`` variant cold.
+Which knobs change which graphs is ``GRAPH_KNOBS`` and ``SETTING_KNOBS``, found per knob by
+``tests/engine/test_compile_graphs.py``.
 
 It also sets the inductor settings that change generated code explicitly, from the profile, in
 every process that compiles. torchao's ``quantize_`` turns ``coordinate_descent_tuning`` (and three
@@ -22,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +40,23 @@ COMPILE_CACHE_ENV = "COMPILE_CACHE_DIR"
 DEFAULT_CACHE_ROOT = Path(".cache") / "torch-compile"
 INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"  # read by torch._inductor.runtime.cache_dir_utils
 
-# Profile knobs that never change compiled code: left out of the key so that changing them
-# reuses the compiled artifacts (``knobs()`` already drops ``provenance``).
-NON_COMPILE_KNOBS = frozenset({"cache_limit", "prefix_cache_mb", "warmup_buckets"})
+BUILT_GRAPHS = "built-graphs.json"  # in the cache folder: the graph units sweeps have compiled
+
+# The knobs that shape each compiled function's graphs (their code or their inputs' shapes and
+# dtypes), per function. Every other knob leaves them unchanged, so profiles differing only there
+# share the compiled artifacts. ``int4_group_size`` counts only under int4.
+GRAPH_KNOBS: dict[str, tuple[str, ...]] = {
+    "decode_step": ("device", "precision", "quantization", "int4_group_size", "max_seq_len"),
+    "prefill": ("device", "precision", "quantization", "int4_group_size", "max_seq_len"),
+    "codec": ("device", "precision"),  # one graph per padded decode length
+}
+# The knobs that change the inductor settings a function's graphs compile under (part of
+# inductor's cache key, not of the graph). ``tf32`` counts only on CUDA (CPU matmuls ignore it).
+SETTING_KNOBS: dict[str, tuple[str, ...]] = {
+    "decode_step": ("compile_decode", "coordinate_descent_tuning", "tf32"),
+    "prefill": ("coordinate_descent_tuning", "tf32"),
+    "codec": ("compile_codec", "coordinate_descent_tuning", "tf32"),
+}
 
 # The counters torch bumps on each cache lookup (torch/_inductor/codecache.py and
 # torch/_functorch/_aot_autograd/autograd_cache.py), under ``counters[group][name]``.
@@ -102,23 +121,23 @@ def _config_bytes(config_json: bytes | str | dict | Path) -> bytes:
 
 
 def cache_key(
-    profile: EngineProfile,
     config_json: bytes | str | dict | Path,
     device_name: str,
     torch_version: str = torch.__version__,
 ) -> str:
-    """16 hex digits over torch's version, the compile-relevant knobs, config.json and the device.
+    """16 hex digits over torch's version, config.json, the device and the CPU: no profile knob.
 
     ``config_json`` is the checkpoint's ``config.json`` (its bytes, text, parsed dict or path);
-    ``device_name`` is e.g. ``torch.cuda.get_device_name()`` or ``"cpu"``.
+    ``device_name`` is e.g. ``torch.cuda.get_device_name()`` or ``"cpu"``. The CPU is part of it
+    because inductor's keys leave the vector ISA its C++ kernels were built for out, and a cache
+    volume may move to another machine.
     """
-    knobs = {k: v for k, v in profile.knobs().items() if k not in NON_COMPILE_KNOBS}
     digest = hashlib.sha256()
     for part in (
         torch_version.encode(),
-        json.dumps(knobs, sort_keys=True, default=str).encode(),
         _config_bytes(config_json),
         device_name.encode(),
+        _cpu_fingerprint().encode(),
     ):
         digest.update(len(part).to_bytes(8, "little"))
         digest.update(part)
@@ -130,12 +149,18 @@ def cache_root() -> Path:
     return Path(os.environ.get(COMPILE_CACHE_ENV) or DEFAULT_CACHE_ROOT).absolute()
 
 
-def _holds_artifacts(folder: Path) -> bool:
-    for sub in ("fxgraph", "aotautograd"):
-        path = folder / sub
-        if path.is_dir() and any(p.is_file() for p in path.rglob("*")):
-            return True
-    return False
+def cache_folder(
+    config_json: bytes | str | dict | Path, device_name: str, root: Path | None = None
+) -> Path:
+    """``root/<cache_key>`` (default root: ``cache_root()``); nothing is created."""
+    base = (Path(root) if root is not None else cache_root()).absolute()
+    return base / cache_key(config_json, device_name)
+
+
+def _artifact_count(folder: Path) -> int:
+    return sum(
+        1 for sub in ("fxgraph", "aotautograd") for p in (folder / sub).rglob("*") if p.is_file()
+    )
 
 
 def configure_compilation(
@@ -159,16 +184,73 @@ def configure_compilation(
     apply_inductor_settings(profile)
     base = (Path(root) if root is not None else cache_root()).absolute()
     remember_isa_checks(base)
-    folder = base / cache_key(profile, config_json, device_name)
+    folder = cache_folder(config_json, device_name, base)
     folder.mkdir(parents=True, exist_ok=True)
-    warm = _holds_artifacts(folder)
+    artifacts = _artifact_count(folder)
     if os.environ.get(INDUCTOR_CACHE_ENV) != str(folder):
         os.environ[INDUCTOR_CACHE_ENV] = str(folder)
         torch._inductor.utils.clear_caches()  # the memoised paths under the previous folder
-    log.info("torch.compile cache: %s (%s)", folder, "warm" if warm else "cold")
+    log.info(
+        "torch.compile cache: %s (%s; shared by every profile, inductor's keys pick the hits)",
+        folder,
+        f"warm: {artifacts} artifacts" if artifacts else "cold",
+    )
     if torch._inductor.config.force_disable_caches:
         log.warning("torch.compile caches are disabled (TORCHINDUCTOR_FORCE_DISABLE_CACHES)")
     return folder
+
+
+def _unit(function: str, profile: EngineProfile, detail: str = "") -> str:
+    """One graph unit's identity: the function, and the values of the knobs that shape it."""
+    data = profile.knobs()
+    skip = {"int4_group_size"} if data["quantization"] != "int4" else set()
+    if data["device"] != "cuda":
+        skip.add("tf32")
+    names = [n for n in (*GRAPH_KNOBS[function], *SETTING_KNOBS[function]) if n not in skip]
+    return f"{function}{detail}(" + ",".join(f"{n}={data[n]}" for n in names) + ")"
+
+
+def compiled_graphs(profile: EngineProfile, codec_lengths: Iterable[int] | None = None) -> set[str]:
+    """The graph units a *resolved* profile compiles: its frame step (one graph per KV bucket the
+    requests reach), its prefill, and one codec graph per decode length (``codec_lengths``,
+    default every warmed one). Two profiles compile a unit once between them when it is the same
+    string in both: only ``GRAPH_KNOBS`` and ``SETTING_KNOBS`` enter it."""
+    units = set()
+    if profile.compile_decode != "none":
+        units.add(_unit("decode_step", profile))
+    if profile.compile_prefill:
+        units.add(_unit("prefill", profile))
+    if profile.compile_codec != "none":
+        if codec_lengths is None:
+            from engine.codec import decode_lengths
+
+            codec_lengths = decode_lengths(profile)
+        units |= {_unit("codec", profile, f"@{length}") for length in codec_lengths}
+    return units
+
+
+def built_graphs(folder: Path) -> set[str]:
+    """The graph units sweeps recorded as compiled into ``folder`` (empty when unknown)."""
+    try:
+        return set(json.loads((Path(folder) / BUILT_GRAPHS).read_text()))
+    except (OSError, ValueError, TypeError):
+        return set()
+
+
+def remember_built(folder: Path, units: Iterable[str]) -> None:
+    """Add ``units`` to ``folder``'s record of compiled graph units (a sweep's estimate reads it).
+
+    Written whole and replaced atomically; two sweeps writing at the same instant may lose one
+    entry, which only makes a later estimate count that unit as cold again.
+    """
+    path = Path(folder) / BUILT_GRAPHS
+    known = built_graphs(folder)
+    if set(units) <= known:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(sorted(known | set(units)), indent=1))
+    tmp.replace(path)
 
 
 isa_probes_run = 0  # ISA probes this process had to run (0 once their verdicts are on disk)
