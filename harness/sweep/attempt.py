@@ -25,10 +25,11 @@ from harness.launchers.local import reclaim, run_in_child
 from harness.quality.wer import measure_wer
 from harness.sweep.config import IsolationConf, SweepConf
 from harness.sweep.grid import TrialSpec
+from harness.sweep.screen import screen_scenario
 from harness.sweep.store import SweepFolder
 from harness.trial.isolation import disturbance
 from harness.trial.measure import run_trial
-from harness.trial.record import CANDIDATE, FAILED, OK, TrialRecord
+from harness.trial.record import CANDIDATE, FAILED, OK, SCREEN, TrialRecord
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +47,19 @@ class TrialContext:
 
 
 def trial_job(spec: TrialSpec, ctx: TrialContext) -> dict[str, Any]:
-    """The plain dict the child process receives (also saved as the trial's config.yaml)."""
+    """The plain dict the child process receives (also saved as the trial's config.yaml).
+
+    A screening spec gets the short screening scenario and no fidelity run."""
+    screening = spec.stage == SCREEN
+    scenario = screen_scenario(ctx.conf) if screening else ctx.conf.scenario
     return {
         "name": spec.name,
         "kind": spec.kind,
         "knobs": spec.knobs,
         "checkpoint": ctx.checkpoint,
         "reference_audio": ctx.reference_audio,
-        "scenario": dataclasses.asdict(ctx.conf.scenario),
+        "scenario": dataclasses.asdict(scenario),
+        "fidelity": not screening,
         "hardware": ctx.conf.hardware.name,
         "bandwidth_gb_s": ctx.conf.hardware.bandwidth_gb_s,
         "out_dir": str(ctx.folder.trial_dir(spec.config_hash)),
@@ -78,7 +84,7 @@ def _fill(record: TrialRecord, result: dict[str, Any], limits: IsolationConf) ->
 
 
 def _add_wer(record: TrialRecord, ctx: TrialContext, out_dir: Path) -> None:
-    if not ctx.wer_applicable:  # the sweep-wide ``wer`` tag says why
+    if not ctx.wer_applicable or record.screened:  # the sweep's ``wer`` tag, or the stage, says why
         return
     try:
         scored = measure_wer(

@@ -14,7 +14,13 @@ from harness.sweep.export import export_profile
 from harness.sweep.grid import TrialSpec, base_knobs
 from harness.sweep.loop import OpenSweep, TrialsRun
 from harness.sweep.machine import state_lines
-from harness.sweep.report import SweepContext, console_table, speedup, write_report
+from harness.sweep.report import (
+    SweepContext,
+    console_table,
+    screening_lines,
+    speedup,
+    write_report,
+)
 from harness.sweep.selection import Gates, Selection, pareto_front, select_winner
 from harness.trial.record import TrialRecord
 
@@ -39,7 +45,7 @@ def _search_lines(
 ) -> list[str]:
     """How candidates were found, the Pareto front, and (for Optuna) what the grid would cost."""
     conf = sweep.conf
-    measured = sum(1 for r in run.records if not r.is_baseline and r.ok)
+    measured = sum(1 for r in run.records if not r.is_baseline and r.ok and not r.screened)
     points = ", ".join(
         f"{r.name} ({r.metric(conf.quality.objective):.3g} s, {r.memory_mb:.0f} MB)" for r in front
     )
@@ -93,15 +99,29 @@ def _scenario_line(conf: SweepConf) -> str:
     )
 
 
+def _timing_lines(run: TrialsRun, budget: str) -> list[str]:
+    """What the sweep expected up front, and what its trials took."""
+    took = sum(r.wall_s or 0.0 for r in run.records)
+    return [
+        *(f"- {line}" for line in run.estimate),
+        f"- took: {took / 60:.1f} min of trials ({len(run.wall_s)} run here); budget: {budget}",
+    ]
+
+
 def conclude(
     sweep: OpenSweep,
     specs: list[TrialSpec],
     run: TrialsRun,
     start_state: dict[str, Any],
     console: Console,
+    rerun: str | None = None,
 ) -> SweepOutcome:
-    """Select and export the winner, tag it champion, write the report, print the table."""
-    conf, checkpoint, records = sweep.conf, sweep.checkpoint, run.records
+    """Select and export the winner, tag it champion, write the report, print the table.
+
+    Screening records rank candidates and never win: selection sees the other records only."""
+    conf, checkpoint = sweep.conf, sweep.checkpoint
+    records = [r for r in run.records if not r.screened]
+    screens = [r for r in run.records if r.screened]
     gates = Gates(
         conf.quality,
         conf.hardware.vram_budget_mb,
@@ -111,9 +131,11 @@ def conclude(
     selection = select_winner(records, gates)
     baseline = next((r for r in records if r.is_baseline), None)
     sweep.tracker.tag_gates(records, selection.failures)
+    sweep.tracker.tag_screening(screens, {k: v.why for k, v in run.verdicts.items()})
     artifacts, profile_path, winner_metrics = _export_winner(sweep, selection, baseline)
     candidates = [r for r in records if not r.is_baseline and gates.feasible(r, baseline)]
     front = pareto_front(candidates, conf.quality.objective, conf.quality.objective_goal)
+    budget, source = conf.effective_budget()
     context = SweepContext(
         sweep_id=sweep.folder.sweep_id,
         checkpoint=str(checkpoint.path),
@@ -130,7 +152,10 @@ def conclude(
         search=_search_lines(sweep, run, specs, front, run.asked),
         front=[r.name for r in front],
         not_run=run.not_run,
-        budget_minutes=conf.budget_minutes,
+        budget_minutes=budget,
+        timing=_timing_lines(run, f"{budget:g} min ({source})" if budget else source),
+        screening=screening_lines(screens, run.verdicts, _screen_line(conf)),
+        rerun=rerun,
     )
     report = write_report(sweep.folder.root, records, selection, context)
     artifacts += [
@@ -145,10 +170,34 @@ def conclude(
     if run.not_run:
         parent_tags["not_run"] = ", ".join(run.not_run)
     sweep.tracker.finish_parent(sweep.parent_id, winner_metrics, parent_tags, artifacts)
-    console.print(
-        console_table(records, selection, f"sweep {sweep.folder.sweep_id} ({conf.grid.name})")
-    )
+    title = f"sweep {sweep.folder.sweep_id} ({conf.grid.name})"
+    console.print(console_table(records, selection, title))
+    _print_tail(console, run, len(screens), rerun)
     console.print(f"report: {report}" + (f"\nprofile: {profile_path}" if profile_path else ""))
     return SweepOutcome(
-        sweep.folder.root, records, selection, profile_path, report, sweep.parent_id, run.not_run
+        sweep.folder.root,
+        run.records,
+        selection,
+        profile_path,
+        report,
+        sweep.parent_id,
+        run.not_run,
+    )
+
+
+def _print_tail(console: Console, run: TrialsRun, screens: int, rerun: str | None) -> None:
+    """Below the table: how many screened candidates were confirmed, what the budget left out."""
+    if screens:
+        confirmed = sum(v.confirm for v in run.verdicts.values())
+        console.print(f"screened {screens} candidates, confirmed {confirmed} (report: both stages)")
+    if run.not_run and rerun:
+        console.print(f"not run within the budget: {', '.join(run.not_run)}\nto run them: {rerun}")
+
+
+def _screen_line(conf: SweepConf) -> str:
+    s = conf.screen
+    return (
+        f"Every candidate was first timed on {min(s.fixed_frames, conf.scenario.fixed_frames)} "
+        f"frames, {s.repeats} repeats, without fidelity or WER; the {s.keep} fastest and those "
+        "within their noise were then measured in full with the gates (the trials above)."
     )

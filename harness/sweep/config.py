@@ -10,6 +10,7 @@ defaults have one source of truth.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin
 
@@ -50,6 +51,22 @@ EngineConf = dataclasses.make_dataclass(
 
 
 @dataclass
+class TrialTimesConf:
+    """What a trial costs on this hardware before any sweep here has measured it: the sweep's
+    estimate uses these on a first run and says so. ``source`` says where the figures come from."""
+
+    compile_cold_s: float = 130.0  # a compiled trial's warm-up when it compiles a graph
+    compile_warm_s: float = 20.0  # ... when the compile cache holds every graph it needs
+    trial_s: float = 60.0  # the rest of a measured trial: start, load, repeats, fidelity, WER
+    screen_s: float = 30.0  # the rest of a screening trial (short scenario, few repeats)
+    source: str = "fishbench's generic default, not measured"
+
+    def __post_init__(self) -> None:
+        if min(self.compile_cold_s, self.compile_warm_s, self.trial_s, self.screen_s) < 0:
+            raise ConfigError("hardware.times figures must be >= 0")
+
+
+@dataclass
 class HardwareConf:
     """A target machine: the VRAM budget gates candidates, the bandwidth gives the roofline."""
 
@@ -59,6 +76,9 @@ class HardwareConf:
     bandwidth_gb_s: float | None = None
     match: list[str] = field(default_factory=list)  # GPU-name substrings for auto-detection
     threads: int | None = None  # torch threads on CPU; None = one per logical CPU
+    # "8.9": lets ``fishbench sweep --plan`` resolve profiles for this GPU on a machine without it
+    compute_capability: str | None = None
+    times: TrialTimesConf = field(default_factory=TrialTimesConf)
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
@@ -222,8 +242,12 @@ class GridConf:
     name: str = "quick-cpu"
     axes: dict[str, list[Any]] = field(default_factory=dict)
     points: list[dict[str, Any]] = field(default_factory=list)
+    # The time budget when the sweep sets no ``budget_minutes`` (``budget_minutes=inf``: none).
+    budget_minutes: float | None = None
 
     def __post_init__(self) -> None:
+        if self.budget_minutes is not None and self.budget_minutes <= 0:
+            raise ConfigError("grid.budget_minutes must be positive")
         keys = set(self.axes).union(*(point.keys() for point in self.points))
         unknown = sorted(keys - set(KNOBS))
         if unknown:
@@ -233,6 +257,27 @@ class GridConf:
         empty = [key for key, values in self.axes.items() if not values]
         if empty:
             raise ConfigError(f"grid {self.name!r} has empty axes: {', '.join(empty)}")
+
+
+@dataclass
+class ScreenConf:
+    """Screen, then confirm: every candidate is first timed on a short scenario (no fidelity, no
+    WER); only the ``keep`` fastest, and any whose timings overlap the fastest one's, are then
+    measured in full with the gates. ``enabled`` null: screen when the grid has at least
+    ``min_candidates`` candidates to run (the search is the grid and trials run here)."""
+
+    enabled: bool | None = None
+    min_candidates: int = 8
+    keep: int = 3
+    fixed_frames: int = 64  # at most the scenario's
+    repeats: int = 3
+    max_repeat_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if min(self.keep, self.fixed_frames, self.repeats, self.min_candidates) < 1:
+            raise ConfigError("screen.keep, fixed_frames, repeats and min_candidates must be >= 1")
+        if self.max_repeat_s <= 0:
+            raise ConfigError("screen.max_repeat_s must be positive")
 
 
 @dataclass
@@ -268,6 +313,7 @@ class SweepConf:
     launcher: LauncherConf = field(default_factory=LauncherConf)
     isolation: IsolationConf = field(default_factory=IsolationConf)
     selection: SelectionConf = field(default_factory=SelectionConf)
+    screen: ScreenConf = field(default_factory=ScreenConf)
     baseline: BaselineConf = field(default_factory=BaselineConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
     checkpoint: str = "checkpoints/openaudio-s1-mini"
@@ -277,18 +323,31 @@ class SweepConf:
     reports_dir: str = str(REPORTS_DIR)
     trial_timeout_s: float = 900.0
     # Stop starting trials once this many minutes have passed (the baseline and one candidate
-    # always run); the best so far is exported and the trials not run are listed.
+    # always run); the best so far is exported and the trials not run are listed. Unset: the
+    # grid's ``budget_minutes``; ``inf``: no budget.
     budget_minutes: float | None = None
     sweep_id: str | None = None  # default: a timestamp
     resume: str | None = None  # "last" or a sweep id: skip trials already finished there
     retry_failed: bool = False  # on resume, run FAILED trials again
+
+    def effective_budget(self) -> tuple[float | None, str]:
+        """The budget in minutes (None: no budget) and where it comes from."""
+        if self.budget_minutes is not None:
+            if math.isinf(self.budget_minutes):
+                return None, "budget_minutes=inf"
+            return self.budget_minutes, f"budget_minutes={self.budget_minutes:g}"
+        if self.grid.budget_minutes is None or self.launcher.name != "local":
+            return None, "no budget_minutes"
+        return self.grid.budget_minutes, f"the {self.grid.name} grid's default"
 
     def __post_init__(self) -> None:
         if self.trial_timeout_s <= 0:
             raise ConfigError("trial_timeout_s must be positive")
         if self.budget_minutes is not None and self.budget_minutes <= 0:
             raise ConfigError("budget_minutes must be positive")
-        if self.launcher.name == "ray" and (self.budget_minutes or self.search.name != "grid"):
+        if self.launcher.name == "ray" and (
+            self.budget_minutes not in (None, math.inf) or self.search.name != "grid"
+        ):
             raise ConfigError(
                 "launcher=ray runs the grid's trials side by side; budget_minutes and "
                 "search=optuna choose each trial after the last, so they need launcher=local"

@@ -36,6 +36,7 @@ class TrialSpec:
     config_hash: str
     status: str | None = None  # SKIPPED or FAILED before running
     reason: str | None = None
+    stage: str | None = None  # SCREEN or CONFIRM in a screened sweep (``harness.sweep.screen``)
 
     @property
     def is_baseline(self) -> bool:
@@ -48,7 +49,12 @@ class TrialSpec:
 
     def record(self) -> TrialRecord:
         return TrialRecord(
-            self.name, self.kind, self.config_hash, dict(self.knobs), reason=self.reason
+            self.name,
+            self.kind,
+            self.config_hash,
+            dict(self.knobs),
+            reason=self.reason,
+            stage=self.stage,
         )
 
 

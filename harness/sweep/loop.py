@@ -7,7 +7,7 @@ running a finished trial again or logging it twice.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,19 +17,25 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     SpinnerColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.text import Text
 
+from engine.compile_cache import cache_folder, remember_built
 from engine.model.checkpoint import CheckpointFolder
 from engine.profile import Hardware
 from harness.quality.wer import SYNTHETIC_NOTE
 from harness.sweep.attempt import TrialContext, execute_trial
 from harness.sweep.config import SweepConf
+from harness.sweep.estimate import Estimator
 from harness.sweep.grid import TrialSpec, base_knobs, config_hash, trial_inputs
 from harness.sweep.machine import hardware_tags
-from harness.sweep.plan import Budget, GridPlan, PastTrial, Plan, order_by_promise
+from harness.sweep.plan import Budget, GridPlan, PastTrial, Plan, clock_text, order_by_promise
+from harness.sweep.screen import ScreenedPlan, Verdict, screening_on
 from harness.sweep.store import SweepFolder
 from harness.trial.record import TrialRecord
 
@@ -39,6 +45,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class LeftColumn(ProgressColumn):
+    """Time left: a task's expected seconds (``expected_s``) less its elapsed time, and the
+    budget left (``budget_s``) where the task has one; rendered live as the trial runs."""
+
+    def render(self, task: Task) -> Text:
+        expected, elapsed = task.fields.get("expected_s"), task.elapsed or 0.0
+        if expected is None:
+            return Text("")
+        left = expected - elapsed
+        text = f"~{clock_text(left)} left" if left >= 0 else f"{clock_text(-left)} over estimate"
+        budget = task.fields.get("budget_s")
+        if budget is not None:
+            text += f" (budget left {clock_text(budget - elapsed)})"
+        return Text(text)
+
+
 def _progress(console: Console) -> Progress:
     return Progress(
         SpinnerColumn(),
@@ -46,7 +68,7 @@ def _progress(console: Console) -> Progress:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TextColumn("ETA {task.fields[eta]}"),
+        LeftColumn(),
         console=console,
     )
 
@@ -62,6 +84,7 @@ class OpenSweep:
     tracker: SweepTracker
     parent_id: str
     tags: dict[str, str]
+    compile_cache: Path | None = None  # this machine's compile cache folder for the checkpoint
 
 
 def _environment_tags(
@@ -98,7 +121,8 @@ def open_sweep(
         f"sweep-{folder.sweep_id}", params, tags, state.get("parent_run_id")
     )
     folder.save_state({**state, "sweep_id": folder.sweep_id, "parent_run_id": parent_id})
-    return OpenSweep(conf, hw, checkpoint, folder, tracker, parent_id, tags)
+    cache = cache_folder(checkpoint.file("config.json"), hw.name)
+    return OpenSweep(conf, hw, checkpoint, folder, tracker, parent_id, tags, cache)
 
 
 @dataclass
@@ -109,22 +133,39 @@ class TrialsRun:
     not_run: list[str]
     wall_s: list[float]
     asked: int  # candidates the plan handed out (Optuna may suggest one configuration twice)
+    verdicts: dict[str, Verdict] = field(default_factory=dict)  # screening, by screen name
+    estimate: list[str] = field(default_factory=list)  # what the sweep expected, said up front
 
 
-def plan_trials(sweep: OpenSweep, specs: list[TrialSpec], history: dict[str, PastTrial]) -> Plan:
-    conf = sweep.conf
+def make_plan(
+    conf: SweepConf,
+    hw: Hardware,
+    specs: list[TrialSpec],
+    history: dict[str, PastTrial],
+    checkpoint: CheckpointFolder | None,
+) -> Plan:
+    """Optuna's suggestions, the screened grid or the whole grid, most promising first."""
+    checkpoint_hash = checkpoint.content_hash if checkpoint else "no-checkpoint"
     if conf.search.name == "optuna":
         from harness.sweep.search import OptunaPlan
 
         return OptunaPlan(
             conf,
-            sweep.hw,
+            hw,
             specs[0],
             base_knobs(conf),
-            trial_inputs(conf, sweep.checkpoint.content_hash),
-            not sweep.checkpoint.is_synthetic,
+            trial_inputs(conf, checkpoint_hash),
+            checkpoint is not None and not checkpoint.is_synthetic,
         )
-    return GridPlan(order_by_promise(specs, history))
+    ordered = order_by_promise(specs, history)
+    if screening_on(conf, sum(1 for spec in specs[1:] if spec.runs)):
+        return ScreenedPlan(ordered, conf, checkpoint_hash)
+    return GridPlan(ordered)
+
+
+def plan_trials(sweep: OpenSweep, specs: list[TrialSpec], history: dict[str, PastTrial]) -> Plan:
+    """``make_plan`` for an open sweep."""
+    return make_plan(sweep.conf, sweep.hw, specs, history, sweep.checkpoint)
 
 
 def _context(sweep: OpenSweep, reference: str | None) -> TrialContext:
@@ -162,10 +203,50 @@ def _reconcile(sweep: OpenSweep, record: TrialRecord) -> None:
         _keep(sweep, record)
 
 
+class _Bars:
+    """The progress bar: the sweep's and the running trial's elapsed and expected time left."""
+
+    def __init__(self, progress: Progress, total: int, budget: Budget) -> None:
+        self.progress, self.budget = progress, budget
+        self.sweep = progress.add_task("sweep", total=total, budget_s=budget.seconds)
+        self.trial = progress.add_task("", total=None, visible=False)
+
+    def start(
+        self, spec: TrialSpec, number: int, total: int, predicted: float, queued: float
+    ) -> None:
+        elapsed = self.budget.elapsed()
+        self.progress.update(self.sweep, total=total, expected_s=elapsed + predicted + queued)
+        self.progress.reset(self.trial, total=None, visible=True, expected_s=predicted)
+        self.progress.update(self.trial, description=f"trial {number}/{total}: {spec.name}")
+
+    def finish(self, total: int) -> None:
+        self.progress.update(self.sweep, total=total, advance=1)
+        self.progress.update(self.trial, visible=False)
+
+
+def _predicted(estimator: Estimator, spec: TrialSpec, plan: Plan) -> float:
+    """``spec``'s expected time plus that of what the plan must still fit after it."""
+    built = estimator.built | estimator.units(spec)
+    return estimator.predict(spec) + sum(estimator.predict(r, built) for r in plan.reserve())
+
+
+def _run_one(
+    sweep: OpenSweep, ctx: TrialContext, spec: TrialSpec, estimator: Estimator
+) -> TrialRecord:
+    """Run a trial, save and log it, and let the estimate learn from it."""
+    record = execute_trial(spec, ctx)
+    _keep(sweep, record)
+    estimator.ran(spec, record)
+    units = {u for u in estimator.units(spec) if not u.startswith("upstream")}
+    if record.ok and units and sweep.compile_cache is not None:
+        remember_built(sweep.compile_cache, units)
+    return record
+
+
 def run_trials(
     sweep: OpenSweep,
     plan: Plan,
-    history: dict[str, PastTrial],
+    estimator: Estimator,
     reference: str | None,
     console: Console,
 ) -> TrialsRun:
@@ -173,35 +254,39 @@ def run_trials(
     plan or the time budget runs out."""
     ctx = _context(sweep, reference)
     finished = sweep.folder.finished(sweep.conf.retry_failed)
-    budget = Budget(sweep.conf.budget_minutes)
+    budget = Budget(sweep.conf.effective_budget()[0])
     records: list[TrialRecord] = []
     not_run: list[str] = []
     with _progress(console) as progress:
-        task = progress.add_task("", total=plan.total, eta=budget.eta(plan.total))
+        bars = _Bars(progress, plan.total, budget)
         while (spec := plan.next_spec()) is not None:
-            progress.update(task, description=f"trial {len(records) + 1}/{plan.total}: {spec.name}")
             if spec.config_hash in finished:
                 record = finished[spec.config_hash]
                 _reconcile(sweep, record)
-            elif spec.runs and not budget.allows(history.get(spec.name)):
-                not_run = [spec.name, *plan.remaining()]
+                estimator.ran(spec, record)
+            elif spec.runs and not budget.allows(
+                _predicted(estimator, spec, plan), plan.essential(spec)
+            ):
+                dropped = plan.drop(spec)
+                not_run += dropped
                 log.warning(
                     "budget of %g min reached after %.1f min; not run: %s",
-                    sweep.conf.budget_minutes,
+                    budget.seconds / 60,
                     budget.elapsed() / 60,
-                    ", ".join(not_run),
+                    ", ".join(dropped),
                 )
-                break
+                continue
             else:
-                record = execute_trial(spec, ctx)
+                queued = estimator.forecast(plan.upcoming(), None).total_s
+                bars.start(spec, len(records) + 1, plan.total, estimator.predict(spec), queued)
+                record = _run_one(sweep, ctx, spec, estimator)
                 if spec.runs:
-                    budget.ran(record.ended_at - record.started_at)
-                _keep(sweep, record)
+                    budget.ran(record.wall_s or 0.0)
             plan.done(record)
             records.append(record)
-            to_run = plan.total - len(records)
-            progress.update(task, advance=1, eta=budget.eta(to_run))
-    return TrialsRun(records, not_run, budget.walls, plan.asked_count)
+            bars.finish(plan.total)
+    verdicts = plan.verdicts if isinstance(plan, ScreenedPlan) else {}
+    return TrialsRun(records, not_run, budget.walls, plan.asked_count, verdicts)
 
 
 def run_trials_on_ray(
@@ -214,7 +299,7 @@ def run_trials_on_ray(
     landed: dict[str, TrialRecord] = {}
     walls: list[float] = []
     with _progress(console) as progress:
-        task = progress.add_task("Ray trials", total=len(specs), eta="?")
+        task = progress.add_task("Ray trials", total=len(specs))
 
         def done(spec: TrialSpec, record: TrialRecord) -> None:
             if spec.config_hash in finished:

@@ -52,6 +52,16 @@ def _records(folder: Path) -> list[TrialRecord]:
     return records
 
 
+def past_records(reports_dir: str | Path, hardware: str, exclude: str) -> list[TrialRecord]:
+    """Every trial record of earlier sweeps (not ``exclude``) on the hardware preset."""
+    records = []
+    for folder in sorted(Path(reports_dir, "sweeps").glob(f"*/{STATE}")):
+        folder = folder.parent
+        if folder.name != exclude and _sweep_hardware(folder) == hardware:
+            records += _records(folder)
+    return records
+
+
 def load_history(reports_dir: str | Path, hardware: str, exclude: str) -> dict[str, PastTrial]:
     """Per trial name, what earlier sweeps (not ``exclude``) on ``hardware`` measured."""
     speedups: dict[str, list[float]] = {}
@@ -66,7 +76,7 @@ def load_history(reports_dir: str | Path, hardware: str, exclude: str) -> dict[s
             if r.started_at and r.ended_at:
                 walls.setdefault(r.name, []).append(r.ended_at - r.started_at)
             speedups.setdefault(r.name, [])
-            mine = r.metric("latency_p50_s") if r.ok and not r.noisy else None
+            mine = r.metric("latency_p50_s") if r.ok and not r.noisy and not r.screened else None
             if base and mine:
                 speedups[r.name].append(base / mine)
     return {
@@ -106,6 +116,23 @@ class Plan(Protocol):
 
     def remaining(self) -> list[str]: ...
 
+    def upcoming(self) -> list[TrialSpec]:
+        """The specs still expected to run, in order (stand-ins where not yet known)."""
+        ...
+
+    def drop(self, spec: TrialSpec) -> list[str]:
+        """``spec`` does not fit the budget: the names this plan gives up (it may go on with
+        others, such as a screened plan's confirmations)."""
+        ...
+
+    def essential(self, spec: TrialSpec) -> bool:
+        """Whether ``spec`` runs whatever the budget (beyond the baseline and first candidate)."""
+        ...
+
+    def reserve(self) -> list[TrialSpec]:
+        """Specs the budget must keep time for before handing out ``next_spec``'s like."""
+        ...
+
     @property
     def asked_count(self) -> int: ...
 
@@ -125,6 +152,20 @@ class GridPlan:
 
     def remaining(self) -> list[str]:
         return [spec.name for spec in self.queue]
+
+    def upcoming(self) -> list[TrialSpec]:
+        return list(self.queue)
+
+    def drop(self, spec: TrialSpec) -> list[str]:
+        dropped = [spec.name, *self.remaining()]
+        self.queue.clear()
+        return dropped
+
+    def essential(self, spec: TrialSpec) -> bool:
+        return False
+
+    def reserve(self) -> list[TrialSpec]:
+        return []
 
     @property
     def asked_count(self) -> int:
@@ -146,30 +187,23 @@ class Budget:
     def elapsed(self) -> float:
         return self.clock() - self.start
 
-    def predict(self, past: PastTrial | None) -> float:
-        """A trial's expected wall time: its own past, else the mean of this sweep's trials."""
-        if past is not None and past.wall_s > 0:
-            return past.wall_s
-        return statistics.fmean(self.walls) if self.walls else 0.0
+    def left(self) -> float | None:
+        """Seconds of budget left (None: no budget)."""
+        return None if self.seconds is None else max(self.seconds - self.elapsed(), 0.0)
 
-    def allows(self, past: PastTrial | None) -> bool:
-        if self.seconds is None or len(self.walls) < self.ALWAYS_RUN:
+    def allows(self, predicted_s: float, essential: bool = False) -> bool:
+        """Whether a trial expected to take ``predicted_s`` seconds (plus whatever must still
+        run after it) fits what is left."""
+        if self.seconds is None or essential or len(self.walls) < self.ALWAYS_RUN:
             return True
-        return self.elapsed() + self.predict(past) <= self.seconds
+        return self.elapsed() + predicted_s <= self.seconds
 
     def ran(self, wall_s: float) -> None:
         self.walls.append(wall_s)
 
-    def eta(self, to_run: int) -> str:
-        """Time still needed for ``to_run`` trials, and against the budget where there is one."""
-        need = statistics.fmean(self.walls) * to_run if self.walls else None
-        text = "?" if need is None else _clock(need)
-        if self.seconds is not None:
-            text += f" (budget left {_clock(max(self.seconds - self.elapsed(), 0.0))})"
-        return text
 
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
+def clock_text(seconds: float) -> str:
+    """``h:mm:ss``."""
+    minutes, secs = divmod(round(max(seconds, 0.0)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}"

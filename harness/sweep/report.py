@@ -6,9 +6,10 @@ shown next to its ratio to the baseline (SPEC: speed is always reported relative
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.table import Table
 
@@ -57,6 +58,9 @@ class SweepContext:
     front: list[str]  # names of the trials on the Pareto front, for the plot
     not_run: list[str]  # trials the time budget left out
     budget_minutes: float | None
+    timing: list[str] = field(default_factory=list)  # the estimate up front, and what it took
+    screening: list[str] = field(default_factory=list)  # the screening stage, when there was one
+    rerun: str | None = None  # the command that runs what the budget left out
 
 
 def p50_text(metrics: dict[str, float | None]) -> str:
@@ -105,6 +109,42 @@ def table_rows(records: Sequence[TrialRecord], selection: Selection) -> list[lis
             ]
         )
     return rows
+
+
+SCREEN_COLUMNS = ("screened candidate", "status", "p50 s", "range s", "n", "compile s", "verdict")
+
+
+def _compile_kind(record: TrialRecord) -> str:
+    misses = record.metric("fxgraph_cache_miss")
+    if misses is None:
+        return ""
+    return " (cold)" if misses else " (warm)"
+
+
+def screening_lines(
+    screens: Sequence[TrialRecord], verdicts: Mapping[str, Any], intro: str
+) -> list[str]:
+    """The report's screening section: each screen's timing and whether it was confirmed, why."""
+    if not screens:
+        return []
+    rows = []
+    for r in screens:
+        totals = [run["total_s"] for run in r.runs if run.get("total_s") is not None]
+        verdict = verdicts.get(r.name)
+        rows.append(
+            [
+                r.name,
+                r.status + (" NOISY" if r.noisy else ""),
+                figure(r.metric("latency_p50_s")),
+                f"{min(totals):.3g}-{max(totals):.3g}" if totals else "",
+                figure(r.metric("repeats")),
+                figure(r.metric("compile_s")) + _compile_kind(r),
+                ("confirmed: " if verdict.confirm else "not confirmed: ") + verdict.why
+                if verdict is not None
+                else "not judged (screening stopped by the budget)",
+            ]
+        )
+    return ["", "## Screening", "", intro, "", *markdown_table(SCREEN_COLUMNS, rows)]
 
 
 def console_table(records: Sequence[TrialRecord], selection: Selection, title: str) -> Table:
@@ -182,15 +222,18 @@ def write_report(
     if context.profile_path is not None:
         lines += ["", f"Exported profile: `{context.profile_path}`."]
     if context.not_run:
+        rerun = context.rerun or f"fishbench sweep resume={context.sweep_id} budget_minutes=inf"
         lines += [
             "",
             f"Budget of {context.budget_minutes:g} min reached; not run: "
             + ", ".join(context.not_run)
-            + f". `fishbench sweep resume={context.sweep_id}` with a larger `budget_minutes` "
-            "runs them.",
+            + f". `{rerun}` runs them.",
         ]
+    if context.timing:
+        lines += ["", "## Time", "", *context.timing]
     lines += ["", "## Search", "", *context.search]
     lines += ["", "## Trials", "", *markdown_table(COLUMNS, table_rows(records, selection))]
+    lines += context.screening
     lines += _details(records, selection)
     lines += [
         "",

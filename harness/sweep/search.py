@@ -127,6 +127,22 @@ class OptunaPlan:
     def remaining(self) -> list[str]:
         return [f"{self.left} more Optuna suggestions"] if self.left else []
 
+    def upcoming(self) -> list[TrialSpec]:
+        """Suggestions are unknown until asked for: each stands as the engine default."""
+        stand_in = candidate_spec(self.base, {}, self.hw, self.inputs)
+        return ([self.baseline_spec] if self.baseline_spec else []) + [stand_in] * self.left
+
+    def drop(self, spec: TrialSpec) -> list[str]:
+        dropped = [spec.name, *self.remaining()]
+        self.left = 0
+        return dropped
+
+    def essential(self, spec: TrialSpec) -> bool:
+        return False
+
+    def reserve(self) -> list[TrialSpec]:
+        return []
+
     @property
     def asked_count(self) -> int:
         """Suggestions taken so far, repeats of an earlier configuration included."""

@@ -77,6 +77,7 @@ def trial_row(record: TrialRecord, run_id: str) -> dict[str, Any]:
         "status": record.status,
         "noisy": record.noisy,
         "kind": record.kind,
+        "stage": record.stage,
         **{key: record.metric(key) for key in HEADLINE_METRICS},
         "wer": record.wer,
         **{f"knob.{key}": str(value) for key, value in knobs.items()},  # as the params are
@@ -258,6 +259,7 @@ class SweepTracker:
             "noisy": str(bool(record.noisy)).lower(),
             "noisy_reason": record.noisy,
             "trial_kind": record.kind,
+            "stage": record.stage,
             "config_hash": record.config_hash,
             "reason": record.reason,
             "fallbacks": "; ".join(record.fallbacks) or None,
@@ -307,6 +309,12 @@ class SweepTracker:
             if record.run_id is not None and not record.is_baseline and record.ok:
                 verdict = "; ".join(failures.get(record.name, [])) or "pass"
                 self.client.set_tag(record.run_id, "gates", verdict[:MAX_TAG_CHARS])
+
+    def tag_screening(self, screens: list[TrialRecord], verdicts: dict[str, str]) -> None:
+        """Each screening run's verdict (confirmed or not, and why) as its ``screening`` tag."""
+        for record in screens:
+            if record.run_id is not None and record.name in verdicts:
+                self.client.set_tag(record.run_id, "screening", verdicts[record.name])
 
     def finish_parent(
         self, parent_id: str, metrics: dict[str, Any], tags: dict[str, Any], artifacts: list[Path]

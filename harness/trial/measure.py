@@ -175,6 +175,24 @@ def repeat_policy(scenario: dict[str, Any]) -> RepeatPolicy:
 
 
 PEAKS = ("peak_allocated_mb", "peak_reserved_mb", "nvml_process_mb", "host_rss_mb")
+SCREEN_NOTE = "screening: fidelity and WER are measured when the candidate is confirmed"
+
+
+def _compile_cache_lookups(subject: Subject) -> dict[str, float]:
+    """The warm-up's FX graph cache hits and misses (a miss compiled a graph: a cold warm-up),
+    for a subject that compiled; the sweep's estimate learns cold and warm compile times from
+    them."""
+    knobs = subject.active_knobs
+    modes = (knobs.get("compile_decode", "none"), knobs.get("compile_codec", "none"))
+    if modes == ("none", "none") and not knobs.get("compile_prefill") and not knobs.get("compile"):
+        return {}
+    from engine.compile_cache import compile_counters
+
+    counts = compile_counters()
+    return {
+        "fxgraph_cache_hit": float(counts["fxgraph_cache_hit"]),
+        "fxgraph_cache_miss": float(counts["fxgraph_cache_miss"]),
+    }
 
 
 def load_subject(job: dict[str, Any]) -> Subject:
@@ -205,6 +223,7 @@ def run_trial(job: dict[str, Any]) -> dict[str, Any]:
     for _ in range(scenario["warmup_runs"]):
         measure_request(subject)
     compile_s = subject.compile_s + time.perf_counter() - t0
+    cache = _compile_cache_lookups(subject)
     with watch_isolation(job["knobs"]["device"]) as isolation:
         repeats = repeat_until_stable(
             partial(measure_request, subject),
@@ -215,7 +234,7 @@ def run_trial(job: dict[str, Any]) -> dict[str, Any]:
     write_wav(Path(job["out_dir"]) / "sample.wav", repeats.results[-1][1])
     metrics = summarize_runs(runs)
     metrics.update(interval_metrics(repeats.interval, runs))
-    metrics.update(load_s=subject.load_s, compile_s=compile_s)
+    metrics.update(load_s=subject.load_s, compile_s=compile_s, **cache)
     metrics.update({k: float(v) for k, v in isolation.items() if isinstance(v, int | float)})
     frame_bytes = subject.frame_bytes()
     metrics.update({f"bytes_per_frame_{part}": n for part, n in frame_bytes.items()})
@@ -234,6 +253,8 @@ def run_trial(job: dict[str, Any]) -> dict[str, Any]:
             "fidelity": None,
             "fidelity_note": "the upstream baseline is the speed reference",
         }
+    if not job.get("fidelity", True):
+        return {**result, "fidelity": None, "fidelity_note": SCREEN_NOTE}
     del subject
     gc.collect()
     figures, error = _fidelity(job)

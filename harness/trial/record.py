@@ -10,6 +10,8 @@ from typing import Any
 
 OK, FAILED, SKIPPED = "OK", "FAILED", "SKIPPED"
 BASELINE, CANDIDATE = "baseline", "candidate"
+# A screened sweep's stages: a short timing of every candidate, then the full trial of the best.
+SCREEN, CONFIRM = "screen", "confirm"
 
 
 def memory_figure(metrics: Mapping[str, float | None]) -> float | None:
@@ -44,6 +46,18 @@ class TrialRecord:
     run_id: str | None = None
     started_at: float | None = None
     ended_at: float | None = None
+    stage: str | None = None  # SCREEN or CONFIRM in a screened sweep, else None
+
+    @property
+    def screened(self) -> bool:
+        """A screening record: a short timing that ranks candidates and never wins."""
+        return self.stage == SCREEN
+
+    @property
+    def wall_s(self) -> float | None:
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return self.ended_at - self.started_at
 
     @property
     def is_baseline(self) -> bool:

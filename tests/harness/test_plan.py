@@ -72,32 +72,35 @@ class Clock:
 def test_budget_always_runs_two_then_stops_when_the_next_would_overrun() -> None:
     clock = Clock()
     budget = Budget(1.0, clock)  # 60 s
-    assert budget.allows(None)
+    assert budget.allows(1e6)
     clock.now = 100.0  # the baseline alone overran the budget
     budget.ran(100.0)
-    assert budget.allows(None)  # the first candidate still runs
+    assert budget.allows(1e6)  # the first candidate still runs
     budget.ran(20.0)
-    assert not budget.allows(PastTrial(1.5, 1.0))
-    assert "budget left 0:00:00" in budget.eta(3)
+    assert not budget.allows(1.0)
+    assert budget.allows(1e6, essential=True)  # a screened sweep's first confirmation
+    assert budget.left() == 0.0
 
 
-def test_budget_predicts_from_a_trials_past_wall_time() -> None:
+def test_budget_fits_a_predicted_time_into_what_is_left() -> None:
     clock = Clock()
     budget = Budget(2.0, clock)  # 120 s
     budget.ran(30.0)
     budget.ran(30.0)
     clock.now = 60.0
-    assert budget.allows(PastTrial(None, 55.0))
-    assert not budget.allows(PastTrial(None, 65.0))
-    assert budget.allows(None)  # no past: this sweep's mean of 30 s
+    assert budget.allows(55.0)
+    assert not budget.allows(65.0)
+    assert budget.left() == 60.0
 
 
 def test_no_budget_never_stops_and_grid_plan_hands_out_in_order() -> None:
     budget = Budget(None)
     for _ in range(5):
         budget.ran(1e6)
-    assert budget.allows(None)
-    plan = GridPlan([spec("baseline", BASELINE), spec("a"), spec("b")])
+    assert budget.allows(1e9) and budget.left() is None
+    plan = GridPlan([spec("baseline", BASELINE), spec("a"), spec("b"), spec("c")])
     assert plan.next_spec().name == "baseline"
     assert plan.next_spec().name == "a"
-    assert (plan.asked_count, plan.remaining()) == (1, ["b"])
+    assert (plan.asked_count, plan.remaining()) == (1, ["b", "c"])
+    assert [s.name for s in plan.upcoming()] == ["b", "c"]
+    assert plan.drop(plan.next_spec()) == ["b", "c"] and plan.next_spec() is None
