@@ -110,13 +110,16 @@ def reached_codec_lengths(profile: EngineProfile, frames: Sequence[int]) -> list
     return sorted(reached)
 
 
-def trial_units(spec: TrialSpec, hw: Hardware, scenario_frames: int) -> set[str]:
-    """The graph units ``spec``'s trial compiles on ``hw`` (none for an eager or upstream one)."""
+def trial_units(
+    spec: TrialSpec, hw: Hardware, scenario_frames: int, model_max_seq_len: int | None = None
+) -> set[str]:
+    """The graph units ``spec``'s trial compiles on ``hw`` (none for an eager or upstream one);
+    ``model_max_seq_len`` is the checkpoint's, which caps the KV cache as the engine does."""
     if spec.is_baseline:
         return {"upstream-compile"} if spec.knobs.get("compile") else set()
     if not spec.runs:
         return set()
-    profile, _ = resolve_profile(EngineProfile.model_validate(spec.knobs), hw)
+    profile, _ = resolve_profile(EngineProfile.model_validate(spec.knobs), hw, model_max_seq_len)
     warmup = max(2 * profile.eos_check_interval, profile.chunk_size)  # engine.warmup's request
     lengths = reached_codec_lengths(profile, [warmup, scenario_frames])
     return compiled_graphs(profile, lengths)
@@ -183,8 +186,9 @@ class Estimator:
         scenario_frames: int,
         screen_frames: int,
         built: set[str] | None = None,
+        model_max_seq_len: int | None = None,
     ) -> None:
-        self.times, self.hw = times, hw
+        self.times, self.hw, self.model_max_seq_len = times, hw, model_max_seq_len
         self.frames = {None: scenario_frames, SCREEN: screen_frames}
         self.built = set(built or ())
         self.cached_units = len(self.built)
@@ -194,7 +198,7 @@ class Estimator:
         key = (spec.config_hash, spec.stage)
         if key not in self._units:
             frames = self.frames[SCREEN if spec.stage == SCREEN else None]
-            self._units[key] = trial_units(spec, self.hw, frames)
+            self._units[key] = trial_units(spec, self.hw, frames, self.model_max_seq_len)
         return self._units[key]
 
     def compile_kind(self, spec: TrialSpec, built: set[str] | None = None) -> str:

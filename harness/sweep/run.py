@@ -111,17 +111,22 @@ def _run_locked(conf: SweepConf, folder: SweepFolder, console: Console, rerun: s
         raise
 
 
-def build_estimator(conf: SweepConf, hw: Hardware, cache: Path | None, sweep_id: str) -> Estimator:
+def build_estimator(
+    conf: SweepConf, hw: Hardware, checkpoint: CheckpointFolder | None, sweep_id: str
+) -> Estimator:
     """What the estimate learns from: earlier sweeps on this preset and this machine's compile
-    cache (``cache``: its folder for the checkpoint, None when there is none)."""
+    cache for ``checkpoint`` (None: no checkpoint here, so nothing is cached)."""
     times = TrialTimes.from_history(
         conf.hardware.times,
         conf.hardware.name,
         past_records(conf.reports_dir, conf.hardware.name, sweep_id),
     )
-    built = built_graphs(cache) if cache is not None else set()
+    built, limit = set(), None
+    if checkpoint is not None:
+        built = built_graphs(cache_folder(checkpoint.file("config.json"), hw.name))
+        limit = checkpoint.config.get("max_seq_len")
     frames = screen_scenario(conf).fixed_frames
-    return Estimator(times, hw, conf.scenario.fixed_frames, frames, built)
+    return Estimator(times, hw, conf.scenario.fixed_frames, frames, built, limit)
 
 
 def announce(
@@ -161,7 +166,7 @@ def _trials(
         f", budget {budget:g} min ({source})" if budget else "",
         sweep.folder.root,
     )
-    estimator = build_estimator(conf, sweep.hw, sweep.compile_cache, sweep.folder.sweep_id)
+    estimator = build_estimator(conf, sweep.hw, sweep.checkpoint, sweep.folder.sweep_id)
     finished = sweep.folder.finished(conf.retry_failed)
     estimate = announce(conf, plan, estimator, rerun, finished)
     if conf.launcher.name == "ray":
@@ -194,8 +199,7 @@ def plan_only(conf: SweepConf, console: Console, rerun: str | None = None) -> li
     specs = build_trials(conf, hw, checkpoint.content_hash if checkpoint else "no-checkpoint")
     history = load_history(conf.reports_dir, conf.hardware.name, "")
     plan = make_plan(conf, hw, specs, history, checkpoint)
-    cache = cache_folder(checkpoint.file("config.json"), hw.name) if checkpoint else None
-    estimator = build_estimator(conf, hw, cache, "")
+    estimator = build_estimator(conf, hw, checkpoint, "")
     forecast = estimator.forecast(plan.upcoming(), None)
     rows = [
         [spec.name, spec.stage or "", spec.status or kind, clock_text(seconds)]
