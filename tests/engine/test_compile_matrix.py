@@ -1,5 +1,5 @@
 """Every compiled part of the engine, through the requests a service sees after ``warmup()``:
-the same audio as eager, and not one recompile.
+the same tokens and audio as eager, and not one recompile.
 
 The sequence is what a restarted service gets: a new voice, the same voice again (its prompt
 K/V from the prefix cache, so prefill starts mid-prompt), a 60-frame stream (every codec window
@@ -8,6 +8,17 @@ graph those need: dynamo builds no graph after it, neither a recompile nor a fir
 
 Each profile runs under two backends: ``aot_eager`` (dynamo's capture and guards, AOTAutograd's
 functionalisation) and ``inductor`` (C++ code generation on the CPU, as a GPU-less user runs it).
+Inductor normally draws the sampler's noise from its own Philox stream (seeded from torch's
+generator, so a seed still repeats, but not eager's numbers); ``fallback_random`` makes it call
+eager's RNG, so the compiled engine must sample the very tokens eager samples. A token that
+differs moves the audio by 1e-3 to 1e-2, outside the tolerances below, which leave room only for
+the codec's float rounding.
+
+One pair is exempt from token equality: bf16 under inductor, whose fused kernels keep fp32
+between the ops eager rounds to bf16 one by one. Its logits move by bf16 rounding, so a sample
+at a near tie may flip (seen: one fast-codebook token in frame 11 of the first request, 4.4e-3
+of audio). That row must still run every request with eager's shapes, finite, and recompile
+nothing; how far bf16 moves the distributions is the fidelity gate's job (teacher-forced KL).
 Minutes each: ``make test-compile`` runs them, ``make test`` does not.
 """
 
@@ -36,7 +47,9 @@ COMPILED = {
     ),
 }
 BACKENDS = ["aot_eager", "inductor"]
-FRAMES_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}  # audio, max abs difference
+# Audio, max abs difference, with every token equal: fp32 codec rounding, and a bf16 codec (eager
+# in both engines here) that rounds once more.
+FRAMES_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 1e-3}
 
 
 def service_requests(engine: OptimizedFishSpeech, voice: tuple[Path, str]) -> Iterator[Any]:
@@ -58,6 +71,15 @@ def service_requests(engine: OptimizedFishSpeech, voice: tuple[Path, str]) -> It
     yield "longer text", engine.synthesize(long_text, fixed_frames=160, seed=4)
 
 
+@pytest.fixture
+def eager_random_numbers() -> Iterator[None]:
+    """Inductor's random ops call eager's generator (a config patch, undone after the test)."""
+    import torch._inductor.config
+
+    with torch._inductor.config.patch(fallback_random=True):
+        yield
+
+
 def _with_backend(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine's own ``torch.compile`` calls, on ``backend`` (a mode needs inductor)."""
     real_compile = torch.compile
@@ -71,6 +93,7 @@ def _with_backend(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.compiled
+@pytest.mark.usefixtures("eager_random_numbers")
 @pytest.mark.timeout(1800)  # an inductor warm-up of every graph takes minutes on two cores
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list(COMPILED))
@@ -96,9 +119,11 @@ def test_compiled_engine_matches_eager_and_never_recompiles_after_warmup(
     reports = {}
     for request, audio in service_requests(compiled, piper_reference):
         reports[request] = compiled.last_report
-        tolerance = FRAMES_TOLERANCE[compiled.dtype]
         assert audio.shape == expected[request].shape, request
-        np.testing.assert_allclose(audio, expected[request], atol=tolerance, err_msg=request)
+        assert np.isfinite(audio).all(), request
+        if compiled.dtype == torch.float32 or backend == "aot_eager":
+            tolerance = FRAMES_TOLERANCE[compiled.dtype]
+            np.testing.assert_allclose(audio, expected[request], atol=tolerance, err_msg=request)
 
     assert reports["same voice"].prefix_cache_hit
     assert reports["longer text"].kv_bucket > reports["new voice"].kv_bucket
