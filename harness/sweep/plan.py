@@ -127,17 +127,17 @@ class Plan(Protocol):
 
     def essential(self, spec: TrialSpec) -> bool:
         """Whether ``spec`` runs whatever the budget (beyond the baseline and first candidate)."""
-        ...
+        return False
 
     def reserve(self) -> list[TrialSpec]:
         """Specs the budget must keep time for before handing out ``next_spec``'s like."""
-        ...
+        return []
 
     @property
     def asked_count(self) -> int: ...
 
 
-class GridPlan:
+class GridPlan(Plan):
     """Every spec once, in the order given."""
 
     def __init__(self, specs: Sequence[TrialSpec]) -> None:
@@ -160,12 +160,6 @@ class GridPlan:
         dropped = [spec.name, *self.remaining()]
         self.queue.clear()
         return dropped
-
-    def essential(self, spec: TrialSpec) -> bool:
-        return False
-
-    def reserve(self) -> list[TrialSpec]:
-        return []
 
     @property
     def asked_count(self) -> int:

@@ -27,6 +27,7 @@ from hydra_plugins.hydra_optuna_sweeper.config import NSGAIISamplerConfig
 from engine.profile import Hardware
 from harness.sweep.config import SweepConf
 from harness.sweep.grid import TrialSpec, candidate_spec
+from harness.sweep.plan import Plan
 from harness.sweep.selection import Gates
 from harness.trial.record import TrialRecord
 
@@ -65,7 +66,7 @@ def _typed(key: str, value: Any) -> Any:
     return OverridesParser.create().parse_overrides([f"{key}={value}"])[0].value()
 
 
-class OptunaPlan:
+class OptunaPlan(Plan):
     """The baseline, then ``n_trials`` candidates from NSGA-II, each told its result."""
 
     def __init__(
@@ -136,12 +137,6 @@ class OptunaPlan:
         dropped = [spec.name, *self.remaining()]
         self.left = 0
         return dropped
-
-    def essential(self, spec: TrialSpec) -> bool:
-        return False
-
-    def reserve(self) -> list[TrialSpec]:
-        return []
 
     @property
     def asked_count(self) -> int:

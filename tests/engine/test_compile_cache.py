@@ -19,12 +19,11 @@ import json
 import logging
 import os
 import platform
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from fresh_process import compile_env, run_snippet
 
 from engine import compile_cache
 from engine.compile_cache import (
@@ -41,7 +40,6 @@ from engine.compile_cache import (
 )
 from engine.profile import EngineProfile, Hardware, resolve_profile
 
-REPO = Path(__file__).resolve().parents[2]
 CONFIG = {"dim": 64, "n_layer": 2, "vocab_size": 4096}
 CUDA = Hardware("cuda", "NVIDIA GeForce RTX 4060", (8, 9), True)
 
@@ -247,20 +245,7 @@ print(json.dumps({"seconds": seconds, "isa_probes": probes, **compile_counters()
 
 
 def _compile_in_fresh_process(root: Path, chunk_size: int = 16) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHINDUCTOR_")}
-    env.pop(COMPILE_CACHE_ENV, None)
-    env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"  # no worker pool: a 2-core CI box stays usable
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    done = subprocess.run(
-        [sys.executable, "-c", WARM_START, str(root), str(chunk_size)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_snippet(WARM_START, [str(root), str(chunk_size)], compile_env(), timeout=280)
 
 
 @pytest.mark.slow

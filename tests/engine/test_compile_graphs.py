@@ -18,15 +18,12 @@ The last test runs real inductor in two processes, minutes of CPU: ``make test-c
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from fresh_process import compile_env, run_snippet
 
 from engine.compile_cache import GRAPH_KNOBS, SETTING_KNOBS, compiled_graphs
 from engine.engine import OptimizedFishSpeech
@@ -39,7 +36,6 @@ BASE = {
     "max_seq_len": 256,
 }
 CODEC_LENGTH = 8
-REPO = Path(__file__).resolve().parents[2]
 FUNCTIONS = {"decode_step": "decode_step", "prefill": "prefill", "_decode_eager": "codec"}
 # Knobs no graph depends on: each value here must capture the very graphs the base profile does.
 NEUTRAL = [
@@ -166,19 +162,8 @@ print(json.dumps(compile_counters()))
 
 
 def _warm_up_in_a_fresh_process(checkpoint: Path, cache: Path, chunk_size: int) -> dict[str, int]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHINDUCTOR_")}
-    env |= {"COMPILE_CACHE_DIR": str(cache), "TORCHINDUCTOR_COMPILE_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    done = subprocess.run(
-        [sys.executable, "-c", WARM_UP, str(checkpoint), str(chunk_size)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=840,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    env = compile_env(COMPILE_CACHE_DIR=str(cache))
+    return run_snippet(WARM_UP, [str(checkpoint), str(chunk_size)], env, timeout=840)
 
 
 @pytest.mark.compiled

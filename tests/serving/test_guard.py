@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from watcher import Watcher
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -58,17 +58,16 @@ class LazyBody:
             yield block
 
 
-class ServerWatch(threading.Thread):
+class ServerWatch(Watcher):
     """Samples a server's RSS and the size of its open files under ``tmpdir`` every 5 ms."""
 
     def __init__(self, pid: int, tmpdir: Path | None = None) -> None:
-        super().__init__(daemon=True)
+        super().__init__()
         self.pid = pid
         self.tmpdir = str(tmpdir) if tmpdir else None
         self.baseline_rss = self.rss()
         self.peak_rss = self.baseline_rss
         self.peak_tmp = 0
-        self.done = threading.Event()
 
     def rss(self) -> int:
         status = Path(f"/proc/{self.pid}/status").read_text()
@@ -92,14 +91,6 @@ class ServerWatch(threading.Thread):
             if self.tmpdir:
                 self.peak_tmp = max(self.peak_tmp, self.tmp_bytes())
             time.sleep(0.005)
-
-    def __enter__(self) -> ServerWatch:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.done.set()
-        self.join()
 
     @property
     def rss_growth(self) -> int:

@@ -12,12 +12,12 @@ has a deadline a loaded machine meets: the grammar that once took a minute block
 
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
 import psutil
 import pytest
+from watcher import Watcher
 
 pytestmark = pytest.mark.service
 
@@ -28,15 +28,14 @@ PEAK_BYTES = 4 * MIB
 HEALTH_TIMEOUT_S = 10.0
 
 
-class HealthPoll(threading.Thread):
+class HealthPoll(Watcher):
     """``/health`` every 50 ms until stopped, each with a deadline a loaded machine meets."""
 
     def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
+        super().__init__()
         self.url = url
         self.answered = 0
         self.failures: list[str] = []
-        self.done = threading.Event()
 
     def run(self) -> None:
         with httpx.Client(base_url=self.url, timeout=HEALTH_TIMEOUT_S) as http:
@@ -47,14 +46,6 @@ class HealthPoll(threading.Thread):
                 except httpx.HTTPError as exc:
                     self.failures.append(type(exc).__name__)
                 time.sleep(0.05)
-
-    def __enter__(self) -> HealthPoll:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.done.set()
-        self.join()
 
 
 def cpu_seconds(process: psutil.Process) -> float:
