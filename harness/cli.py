@@ -88,11 +88,11 @@ def _fidelity(args: argparse.Namespace) -> int:
 
 
 def _fidelity_report(args: argparse.Namespace) -> int:
-    from harness.quality.fidelity_report import SPREAD, run_fidelity, to_markdown, write_fidelity
+    from harness.quality.fidelity_report import run_fidelity, spread, to_markdown, write_fidelity
 
     if args.reference:
         raise ConfigError("--reference applies to a single --profile")
-    profiles = dict(SPREAD) if args.spread else {}
+    profiles = spread() if args.spread else {}
     profiles |= {Path(path).stem: _load_profile(path) for path in args.profile or []}
     meta, rows = run_fidelity(
         args.checkpoint,
