@@ -453,12 +453,18 @@ def _within_limits(r: _Resolution, model_max_seq_len: int | None) -> None:
 
 
 def resolve_profile(
-    requested: EngineProfile, hw: Hardware, model_max_seq_len: int | None = None
+    requested: EngineProfile,
+    hw: Hardware,
+    model_max_seq_len: int | None = None,
+    *,
+    log_fallbacks: bool = True,
 ) -> tuple[EngineProfile, list[Fallback]]:
     """The profile that will actually run on ``hw`` and one ``Fallback`` per knob that changed.
 
     ``model_max_seq_len`` is the checkpoint's ``config.json`` ``max_seq_len`` (its RoPE table and
     causal mask are that long): a longer KV cache falls back to it, rounded down to whole blocks.
+    Each fallback is logged as a warning unless ``log_fallbacks`` is off (a caller that only
+    predicts, such as the sweep's estimate, would repeat the engine's warnings per trial).
     """
     r = _Resolution(requested, hw)
     if requested.device == "cuda" and hw.device != "cuda":
@@ -471,7 +477,7 @@ def resolve_profile(
     else:
         _on_cpu(r)
     _within_limits(r, model_max_seq_len)
-    for fallback in r.fallbacks:
+    for fallback in r.fallbacks if log_fallbacks else ():
         log.warning("profile fallback: %s", fallback)
     return EngineProfile.model_validate(r.data), r.fallbacks
 

@@ -119,7 +119,8 @@ def trial_units(
         return {"upstream-compile"} if spec.knobs.get("compile") else set()
     if not spec.runs:
         return set()
-    profile, _ = resolve_profile(EngineProfile.model_validate(spec.knobs), hw, model_max_seq_len)
+    requested = EngineProfile.model_validate(spec.knobs)
+    profile, _ = resolve_profile(requested, hw, model_max_seq_len, log_fallbacks=False)
     warmup = max(2 * profile.eos_check_interval, profile.chunk_size)  # engine.warmup's request
     lengths = reached_codec_lengths(profile, [warmup, scenario_frames])
     return compiled_graphs(profile, lengths)

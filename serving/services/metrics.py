@@ -19,6 +19,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from engine.telemetry import summarize
 from serving.schemas import CacheStats, MetricsResponse, Percentiles
 from serving.services.synthesis import RequestStats
 
@@ -30,12 +31,10 @@ RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 def _percentiles(values: list[float]) -> Percentiles:
-    if not values:
+    stats = summarize(values)
+    if not stats:
         return Percentiles()
-    p50, p95 = np.percentile(np.asarray(values, dtype=float), [50, 95])
-    return Percentiles(
-        p50=float(p50), p95=float(p95), mean=float(np.mean(values)), count=len(values)
-    )
+    return Percentiles(p50=stats["p50"], p95=stats["p95"], mean=stats["mean"], count=len(values))
 
 
 class MetricsStore:

@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-import numpy as np
-
-from engine.telemetry import figure
+from engine.telemetry import figure, summarize
 from serving.soak.load import LATE_S, Result
 
 MAX_RSS_GROWTH = 0.10
@@ -26,10 +24,8 @@ class Tick:
 def percentiles(results: list[Result]) -> tuple[float | None, float | None]:
     """p50 and p95 seconds of the answered speech requests."""
     elapsed = [r.elapsed_s for r in results if r.speech and r.status is not None]
-    if not elapsed:
-        return None, None
-    p50, p95 = np.percentile(elapsed, [50, 95])
-    return float(p50), float(p95)
+    stats = summarize(elapsed)
+    return stats.get("p50"), stats.get("p95")
 
 
 def statuses(results: list[Result]) -> str:
@@ -80,7 +76,8 @@ def summary(ticks: list[Tick], results: list[Result], failures: list[str]) -> li
     for kind in sorted({r.kind for r in results}):
         of_kind = [r for r in results if r.kind == kind]
         elapsed = [r.elapsed_s for r in of_kind if r.status is not None]
-        p50, p95 = np.percentile(elapsed, [50, 95]) if elapsed else (None, None)
+        stats = summarize(elapsed)
+        p50, p95 = stats.get("p50"), stats.get("p95")
         lines.append(
             f"{kind:<16}{len(of_kind):>5}  {_seconds(p50):>8}  {_seconds(p95):>8}  "
             f"{statuses(of_kind)}"
