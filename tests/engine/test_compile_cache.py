@@ -10,7 +10,8 @@ Specification:
   the cache folder records the units sweeps have built;
 - the inductor settings are explicit and follow the profile;
 - a second process compiling the same thing starts warm: inductor's FX graph cache and
-  AOTAutograd's cache hit on disk, also for a profile differing in a knob no graph depends on.
+  AOTAutograd's cache hit on disk, also for a profile differing in a knob no graph depends on
+  (real inductor in two processes, half a minute: ``make test-compile``).
 """
 
 from __future__ import annotations
@@ -248,7 +249,7 @@ def _compile_in_fresh_process(root: Path, chunk_size: int = 16) -> dict:
     return run_snippet(WARM_START, [str(root), str(chunk_size)], compile_env(), timeout=280)
 
 
-@pytest.mark.slow
+@pytest.mark.compiled
 @pytest.mark.timeout(300)
 def test_a_second_process_starts_warm_under_another_chunk_size(tmp_path: Path) -> None:
     cold = _compile_in_fresh_process(tmp_path, chunk_size=16)
