@@ -11,8 +11,9 @@ graphs of the functions it names. The eager backend keeps it cheap: graph captur
 compared, inductor's code generation is not (inductor's key adds its settings, which
 ``SETTING_KNOBS`` lists).
 
-Cost: one engine load and capture per distinct knob set (16), about 5 s each on a 2-core CPU.
-The last test runs real inductor in two processes, minutes of CPU: ``make test-compile`` only.
+Cost: one engine load and capture per distinct knob set (16), about 5 s each on a 2-core CPU,
+and the last test runs real inductor in two processes: all but the classification of every knob
+run with ``make test-compile``, not ``make test``.
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ def captured(tiny_checkpoint: Path) -> Any:
     return get
 
 
+@pytest.mark.compiled
 @pytest.mark.parametrize("change", NEUTRAL, ids=lambda c: next(iter(c)))
 def test_a_knob_outside_graph_knobs_captures_the_same_graphs(
     captured: Any, change: dict[str, Any]
@@ -129,6 +131,7 @@ def test_a_knob_outside_graph_knobs_captures_the_same_graphs(
         assert modelled({**BASE, **change}) == modelled(BASE)
 
 
+@pytest.mark.compiled
 @pytest.mark.parametrize(("change", "within"), SHAPING, ids=lambda c: next(iter(c), "base"))
 def test_a_graph_knob_changes_exactly_the_graphs_it_is_listed_for(
     captured: Any, change: dict[str, Any], within: dict[str, Any]
