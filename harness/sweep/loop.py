@@ -306,7 +306,7 @@ def run_trials_on_ray(
                 _reconcile(sweep, record)
             else:
                 _keep(sweep, record)
-                if spec.runs:
+                if spec.runs and record.started_at and record.ended_at:  # a lost task has none
                     walls.append(record.ended_at - record.started_at)
             landed[spec.config_hash] = record
             progress.update(task, advance=1, description=f"landed: {spec.name}")
