@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -52,25 +52,26 @@ def _records(folder: Path) -> list[TrialRecord]:
     return records
 
 
+def _past_sweeps(
+    reports_dir: str | Path, hardware: str, exclude: str
+) -> Iterator[list[TrialRecord]]:
+    """Each earlier sweep's (not ``exclude``) trial records on the hardware preset."""
+    for state in sorted(Path(reports_dir, "sweeps").glob(f"*/{STATE}")):
+        folder = state.parent
+        if folder.name != exclude and _sweep_hardware(folder) == hardware:
+            yield _records(folder)
+
+
 def past_records(reports_dir: str | Path, hardware: str, exclude: str) -> list[TrialRecord]:
     """Every trial record of earlier sweeps (not ``exclude``) on the hardware preset."""
-    records = []
-    for folder in sorted(Path(reports_dir, "sweeps").glob(f"*/{STATE}")):
-        folder = folder.parent
-        if folder.name != exclude and _sweep_hardware(folder) == hardware:
-            records += _records(folder)
-    return records
+    return [r for records in _past_sweeps(reports_dir, hardware, exclude) for r in records]
 
 
 def load_history(reports_dir: str | Path, hardware: str, exclude: str) -> dict[str, PastTrial]:
     """Per trial name, what earlier sweeps (not ``exclude``) on ``hardware`` measured."""
     speedups: dict[str, list[float]] = {}
     walls: dict[str, list[float]] = {}
-    for folder in sorted(Path(reports_dir, "sweeps").glob(f"*/{STATE}")):
-        folder = folder.parent
-        if folder.name == exclude or _sweep_hardware(folder) != hardware:
-            continue
-        records = _records(folder)
+    for records in _past_sweeps(reports_dir, hardware, exclude):
         base = next((r.metric("latency_p50_s") for r in records if r.is_baseline and r.ok), None)
         for r in records:
             if r.started_at and r.ended_at:
