@@ -30,6 +30,9 @@ Precision = Literal["auto", "bf16", "fp16", "fp32"]
 CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune"]
 Quantization = Literal["none", "int8", "int4", "nf4"]
 
+MAX_BATCH = 8
+BATCH_SIZES = (1, 2, 4, 8)  # a frame step's batch is padded up to one of these
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 SAMPLES_PER_FRAME = 2048  # S1-mini's codec hop: 21.53 frames per second of audio
@@ -49,6 +52,12 @@ def kv_bucket(tokens: int, limit: int) -> int:
     while bucket < tokens:
         bucket *= 2
     return min(bucket, limit)
+
+
+def batch_size(active: int) -> int:
+    """The padded batch a frame step with ``active`` requests runs at: the smallest of
+    ``BATCH_SIZES`` holding them."""
+    return next(b for b in BATCH_SIZES if b >= active)
 
 
 def reachable_buckets(limit: int) -> list[int]:
@@ -82,6 +91,11 @@ class Provenance(BaseModel):
     hardware: str | None = None
     created_at: str | None = None
     metrics: dict[str, float | None] = Field(default_factory=dict)
+    objective: Literal["latency", "throughput"] | None = Field(
+        None,
+        description="what the sweep chose this profile for: single-stream latency, or the most "
+        "aggregate audio per second with every request faster than real time",
+    )
 
 
 class EngineProfile(BaseModel):
@@ -128,6 +142,12 @@ class EngineProfile(BaseModel):
         description="reference audio encoded in chunks this long (at least one frame)",
     )
     num_streams: int = Field(1, ge=1, le=3)
+    max_batch: int = Field(
+        1,
+        ge=1,
+        le=MAX_BATCH,
+        description="requests decoded together, one frame step for all (1 = one at a time)",
+    )
     cache_limit: int = Field(64, ge=0)
     eos_check_interval: int = Field(
         8, ge=1, le=256, description="frames between end-of-speech checks"
@@ -158,6 +178,11 @@ class EngineProfile(BaseModel):
         if wrong:
             raise ValueError(f"KV buckets are 256 * 2**k tokens, got {wrong}")
         return sorted(set(value))
+
+    def batch_sizes(self) -> list[int]:
+        """The padded batch sizes a frame step runs at under this ``max_batch``: one compiled
+        graph per size (and KV bucket), so a request joining never compiles."""
+        return [b for b in BATCH_SIZES if b < self.max_batch] + [batch_size(self.max_batch)]
 
     def buckets_to_warm(self) -> list[int]:
         """The KV buckets warm-up compiles the frame step for, within this ``max_seq_len``."""
@@ -316,6 +341,7 @@ ENV_OVERRIDES = {
     "FIRST_CHUNK_SIZE": _set("first_chunk_size", _integer),
     "NUM_STREAMS": _set("num_streams", _integer),
     "CACHE_LIMIT": _set("cache_limit", _integer),
+    "MAX_BATCH": _set("max_batch", _integer),
 }
 
 

@@ -70,6 +70,8 @@ class SynthesisReport:
     semantic_cache_hit: bool = False
     prefix_cache_hit: bool = False
     kv_bucket: int = 0
+    queue_s: float = 0.0  # waiting for a free decoding slot (batched engines)
+    batch_occupancy: float = 1.0  # mean requests decoding together during this one's frames
     peak_allocated_mb: float | None = None
     peak_reserved_mb: float | None = None
     nvml_process_mb: float | None = None
