@@ -74,7 +74,13 @@ def attention(
     kv_len: int | None = None,
 ) -> Tensor:
     """Upstream ``Attention`` over its cache's first ``kv_len`` positions when ``input_pos`` is
-    given (the new K/V are written at ``input_pos`` first), over ``x`` alone (causal) otherwise."""
+    given (the new K/V are written at ``input_pos`` first), over ``x`` alone (causal) otherwise.
+
+    ``input_pos`` [T] places every row's T tokens at the same positions of ``attn.kv_cache``
+    (upstream's cache, one request). ``input_pos`` [B, 1] gives each row its own position in
+    ``attn.slot_cache``, one cache row per request decoding together (``freqs_cis`` is then
+    [B, 1, D/2, 2], one rotation per row).
+    """
     bsz, seqlen, _ = x.shape
     q_size = attn.n_head * attn.head_dim
     kv_size = attn.n_local_heads * attn.head_dim
@@ -84,13 +90,41 @@ def attention(
     v = v.view(bsz, seqlen, attn.n_local_heads, attn.head_dim)
     if attn.attention_qk_norm:
         q, k = attn.q_norm(q), attn.k_norm(k)
-    q = apply_rotary_emb(q, freqs_cis).transpose(1, 2)
-    k = apply_rotary_emb(k, freqs_cis).transpose(1, 2)
+    q = _rotate(q, freqs_cis).transpose(1, 2)
+    k = _rotate(k, freqs_cis).transpose(1, 2)
     v = v.transpose(1, 2)
-    if input_pos is not None:
+    if input_pos is not None and input_pos.dim() == 2:
+        k, v = _write_rows(attn.slot_cache, input_pos, k, v, kv_len)
+    elif input_pos is not None:
         k, v = attn.kv_cache.update(input_pos, k, v)
         k, v = k[:, :, :kv_len], v[:, :, :kv_len]
     return attn.wo(grouped_attention(q, k, v, mask))
+
+
+def _rotate(x: Tensor, freqs_cis: Tensor) -> Tensor:
+    """Upstream's rotary embedding; per-row positions ([B, 1, D/2, 2] tables, one token per row)
+    go through it with rows in the sequence axis, the same arithmetic on every element."""
+    if freqs_cis.dim() == 4:
+        return apply_rotary_emb(x.transpose(0, 1), freqs_cis).transpose(0, 1)
+    return apply_rotary_emb(x, freqs_cis)
+
+
+def _write_rows(cache, input_pos: Tensor, k: Tensor, v: Tensor, kv_len: int | None):
+    """Write row b's one new K/V at ``input_pos[b]`` of cache row b; the rows' first ``kv_len``
+    positions, as views (no copy)."""
+    rows = torch.arange(k.shape[0], device=k.device)
+    cache.k_cache[rows, :, input_pos[:, 0]] = k[:, :, 0]
+    cache.v_cache[rows, :, input_pos[:, 0]] = v[:, :, 0]
+    n = k.shape[0]
+    return cache.k_cache[:n, :, :kv_len], cache.v_cache[:n, :, :kv_len]
+
+
+def causal_mask(table: Tensor, input_pos: Tensor, kv_len: int) -> Tensor:
+    """The boolean mask of ``input_pos`` over the first ``kv_len`` positions: [1, 1, T, kv_len]
+    for shared positions [T], [B, 1, 1, kv_len] for per-row positions [B, 1]."""
+    if input_pos.dim() == 2:
+        return table[input_pos[:, 0], :kv_len][:, None, None]
+    return table[None, None, input_pos, :kv_len]
 
 
 def run_layers(
@@ -116,9 +150,9 @@ def slow_hidden(
 ) -> Tensor:
     """Slow transformer over ``inp`` at ``input_pos``, attending over the cache's first
     ``kv_len`` positions (which must cover ``input_pos``); the last position's pre-norm hidden
-    state, the only one sampling needs."""
+    state, the only one sampling needs. Per-row positions [B, 1] decode B requests at once."""
     x = embed(model, inp)
-    mask = model.causal_mask[None, None, input_pos, :kv_len]
+    mask = causal_mask(model.causal_mask, input_pos, kv_len)
     x = run_layers(model.layers, x, model.freqs_cis[input_pos], mask, input_pos, kv_len)
     return x[:, -1:]
 
@@ -132,9 +166,10 @@ def slow_hidden_uncached(model: DualARTransformer, inp: Tensor) -> Tensor:
 
 
 def fast_step(model: DualARTransformer, x: Tensor, pos: Tensor) -> Tensor:
-    """One fast-transformer position with its KV cache; returns the normed hidden state."""
+    """One fast-transformer position with its KV cache; returns the normed hidden state.
+    ``pos`` [1] is one request's position, [B, 1] one per row of the slot caches."""
     n = model.config.num_codebooks
-    mask = model.causal_mask[None, None, pos, :n]
+    mask = causal_mask(model.causal_mask, pos, n)
     x = run_layers(
         model.fast_layers, x.view(x.shape[0], 1, -1), model.fast_freqs_cis[pos], mask, pos, n
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -16,6 +17,7 @@ import torch
 from fish_speech.content_sequence import ContentSequence, TextPart, VQPart
 
 from engine.audio_io import SAMPLE_RATE, ReferenceAudio, load_reference
+from engine.batching import BatchScheduler
 from engine.caches import LRUCache, ReferenceCodeCache
 from engine.codec import CodecRunner
 from engine.compile_cache import configure_compilation
@@ -64,6 +66,9 @@ class OptimizedFishSpeech:
         self.decoder = SemanticDecoder(
             model, profile, self.codec.semantic_size, self.codec.residual_size
         )
+        self.batcher = (
+            BatchScheduler(self.decoder, profile.max_batch) if profile.max_batch > 1 else None
+        )
         if self.device.type == "cuda":
             # Quantization and the dropped full heads freed float weights: hand their cached
             # blocks back, so reserved memory is what the engine holds.
@@ -72,7 +77,11 @@ class OptimizedFishSpeech:
         self._profile = profile
         self.reference_cache = ReferenceCodeCache(profile.cache_limit, reference_cache_dir)
         self.semantic_cache: LRUCache[torch.Tensor] = LRUCache(profile.cache_limit)
-        self.last_report = SynthesisReport()
+        # Batched engines are called from several threads: each reads its own last report, and
+        # the caches and the codec (which parks its encoder between calls) take one at a time.
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._codec_lock = threading.Lock()
         self.compile_seconds: float | None = None
         self.frames_generated = 0  # lifetime count of frames the decoder made (not cache hits)
         self.compile_cache: Path | None = None
@@ -80,7 +89,7 @@ class OptimizedFishSpeech:
             self.compile_cache = configure_compilation(
                 profile, checkpoint.file("config.json"), hardware.name
             )
-            self.decoder.compile()
+            (self.batcher or self.decoder).compile()
 
     @classmethod
     def from_checkpoint(
@@ -98,6 +107,25 @@ class OptimizedFishSpeech:
         active, notes = resolve_profile(requested, hardware, checkpoint.config.get("max_seq_len"))
         _warn_on_foreign_provenance(requested, checkpoint, hardware)
         return cls(checkpoint, active, hardware, notes, reference_cache_dir)
+
+    @property
+    def last_report(self) -> SynthesisReport:
+        """The report of this thread's last ``synthesize`` / ``synthesize_stream``."""
+        return getattr(self._local, "report", None) or SynthesisReport()
+
+    @last_report.setter
+    def last_report(self, report: SynthesisReport) -> None:
+        self._local.report = report
+
+    @property
+    def max_batch(self) -> int:
+        """Requests this engine decodes together (callers beyond it wait for a slot)."""
+        return self._profile.max_batch
+
+    def close(self) -> None:
+        """Stop the batch scheduler's thread, if there is one."""
+        if self.batcher is not None:
+            self.batcher.close()
 
     @property
     def active_profile(self) -> EngineProfile:
@@ -150,12 +178,15 @@ class OptimizedFishSpeech:
         else:
             raw = Path(reference).read_bytes() if Path(reference).is_file() else b""
         key = ReferenceCodeCache.key_for(raw)
-        cached = self.reference_cache.get(key)
+        with self._lock:
+            cached = self.reference_cache.get(key)
         if cached is not None:
             return cached, True
         audio = load_reference(reference)
-        codes = self.codec.encode(audio)
-        self.reference_cache.put(key, codes)
+        with self._codec_lock:
+            codes = self.codec.encode(audio)
+        with self._lock:
+            self.reference_cache.put(key, codes)
         return codes, False
 
     def build_prompt(
@@ -248,14 +279,16 @@ class OptimizedFishSpeech:
             if params.seed is not None
             else None
         )
-        cached = self.semantic_cache.get(key) if key else None
+        with self._lock:
+            cached = self.semantic_cache.get(key) if key else None
         if cached is not None:
             report.semantic_cache_hit = True
             report.frames = cached.shape[1]
             yield cached.to(self.device)
             return
         blocks = []
-        for block in self.decoder.generate(
+        generate = self.batcher.generate if self.batcher is not None else self.decoder.generate
+        for block in generate(
             prompt,
             params,
             max_new_tokens,
@@ -264,13 +297,15 @@ class OptimizedFishSpeech:
             prefix_len=prefix_len,
             first_block=first_block,
         ):
-            self.frames_generated += block.shape[1]
+            with self._lock:
+                self.frames_generated += block.shape[1]
             if should_stop is not None and should_stop():
                 raise GenerationCancelled(f"stopped after {sum(b.shape[1] for b in blocks)} frames")
             blocks.append(block)
             yield block
         if key and blocks:
-            self.semantic_cache.put(key, torch.cat(blocks, dim=1).cpu())
+            with self._lock:
+                self.semantic_cache.put(key, torch.cat(blocks, dim=1).cpu())
 
     @torch.inference_mode()
     def synthesize(
@@ -303,9 +338,12 @@ class OptimizedFishSpeech:
                 )
             )
             t0 = time.perf_counter()
-            audio = (
-                self.codec.decode(torch.cat(blocks, dim=1)) if blocks else np.zeros(0, np.float32)
-            )
+            with self._codec_lock:
+                audio = (
+                    self.codec.decode(torch.cat(blocks, dim=1))
+                    if blocks
+                    else np.zeros(0, np.float32)
+                )
             report.codec_s = time.perf_counter() - t0
             report.ttfa_s = time.perf_counter() - measure.start
         report.audio_s = len(audio) / SAMPLE_RATE
@@ -377,10 +415,12 @@ class OptimizedFishSpeech:
         self, codes: torch.Tensor, start: int, end: int, side: torch.cuda.Stream | None
     ):
         if side is None:
-            return None, self.codec.decode_window(codes, start, end).float().cpu().numpy()
+            with self._codec_lock:
+                audio = self.codec.decode_window(codes, start, end)
+            return None, audio.float().cpu().numpy()
         side.wait_stream(torch.cuda.current_stream(self.device))
         codes.record_stream(side)
-        with torch.cuda.stream(side):
+        with torch.cuda.stream(side), self._codec_lock:
             audio = self.codec.decode_window(codes, start, end).float()
             host = torch.empty(audio.shape, dtype=torch.float32, pin_memory=True)
             host.copy_(audio, non_blocking=True)
@@ -416,8 +456,9 @@ class OptimizedFishSpeech:
             list(self.synthesize_stream(text, fixed_frames=frames, seed=0))
             self.synthesize(text, fixed_frames=frames, seed=0)
         if self._profile.compile_decode != "none" or self._profile.compile_prefill:
+            warm = self.batcher.warm if self.batcher is not None else self.decoder.warm_bucket
             for bucket in self._profile.buckets_to_warm() if buckets is None else buckets:
-                self.decoder.warm_bucket(bucket)
+                warm(bucket)
         if buckets is None:
             self.codec.warm()
         self.compile_seconds = time.perf_counter() - t0

@@ -77,18 +77,30 @@ def read_options(options: GenerateOptions) -> tuple[SamplingParams, int, int | N
 
 
 def sample(
-    logits: Tensor, previous: Tensor, temperature: Tensor, top_p: Tensor, penalty: Tensor
+    logits: Tensor,
+    previous: Tensor,
+    temperature: Tensor,
+    top_p: Tensor,
+    penalty: Tensor,
+    noise: Tensor | None = None,
 ) -> Tensor:
-    """Sample one index from ``logits`` [V] (float32 math); ``previous`` [W] are penalised ids."""
+    """Sample one index per row from ``logits`` [..., V] (float32 math); ``previous`` [..., W]
+    are penalised ids. The settings broadcast against the rows ([] for one, [B, 1] for B).
+
+    Sampling is ``argmax(p / e)`` with ``e ~ Exp(1)``, which draws index i with probability p_i.
+    ``noise`` supplies ``e`` (a batched step draws each row's from that request's own generator,
+    so its samples do not depend on its neighbours); by default it is drawn from torch's.
+    """
     logits = logits.float()
-    score = logits.gather(0, previous)
-    logits = logits.scatter(0, previous, torch.where(score < 0, score * penalty, score / penalty))
-    sorted_logits, order = torch.sort(logits, descending=True)
+    score = logits.gather(-1, previous)
+    logits = logits.scatter(-1, previous, torch.where(score < 0, score * penalty, score / penalty))
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
     cum = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)
     drop_sorted = cum > top_p
-    drop_sorted[0] = False
-    drop = drop_sorted.scatter(0, order, drop_sorted)
+    drop_sorted[..., 0] = False
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
     logits = logits.masked_fill(drop, -float("inf")) / temperature.clamp(min=1e-5)
     probs = torch.softmax(logits, dim=-1)
-    noise = torch.empty_like(probs).exponential_(1)
+    if noise is None:
+        noise = torch.empty_like(probs).exponential_(1)
     return torch.argmax(probs / noise, dim=-1, keepdim=True)

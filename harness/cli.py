@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ConfigError, UserError
+from harness.bench.concurrency import concurrency_level
 from harness.gpu_check import cli as gpu_check
 from harness.reports import BENCH_DIR, COMPARE_DIR
 from harness.sweep import run as sweep_command
@@ -109,6 +110,14 @@ def _fidelity_report(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.concurrency:
+        from harness.bench.concurrency import run_concurrency_bench
+
+        run_concurrency_bench(
+            args.checkpoint, args.concurrency, args.frames, args.repeats, args.out_dir,
+            args.reference, args.rows,
+        )  # fmt: skip
+        return 0
     from harness.bench.run import run_bench
 
     run_bench(args.checkpoint, args.frames, args.repeats, args.out_dir, args.reference, args.rows)
@@ -222,6 +231,14 @@ def _add_measuring_commands(sub: Any) -> None:
     p.add_argument("--reference", help="reference recording (default: 10 s generated speech)")
     p.add_argument("--rows", nargs="*", help="subset of row names")
     p.add_argument("--out-dir", type=Path, default=BENCH_DIR)
+    p.add_argument(
+        "--concurrency",
+        nargs="+",
+        type=concurrency_level,
+        metavar="C",
+        help="instead of the rows: C requests at once on one engine, per C (1 to 8); "
+        "--repeats timed rounds each, --rows picks engine rows (default: the first)",
+    )
     p.set_defaults(func=_bench)
 
     p = sub.add_parser(

@@ -65,7 +65,10 @@ def build_services(settings: Settings) -> Services:
     log.info("checkpoint %s (%s)", model_dir, reason)
     synthetic = warn_if_synthetic(model_dir)
     worker = EngineWorker(
-        lambda: build_engine(model_dir, profile, settings.warmup), settings.queue_size
+        lambda: build_engine(model_dir, profile, settings.warmup),
+        settings.queue_size,
+        # as many jobs at once as the engine decodes together (it may lower what was asked)
+        concurrency=lambda engine: engine.active_profile.max_batch,
     )
     library = VoiceLibrary(settings.voices_dir)
     store = MetricsStore()

@@ -300,6 +300,12 @@ class HealthResponse(BaseModel):
     checkpoint: str
     synthetic_checkpoint: bool | None = None
     warmup_s: float | None = None
+    max_batch: int | None = Field(
+        None, description="requests decoded together, and run at once by the worker (MAX_BATCH)"
+    )
+    objective: Literal["latency", "throughput"] | None = Field(
+        None, description="what the sweep chose the profile for, when it says"
+    )
     queue_depth: int = 0
     limits: ServiceLimits
 
@@ -329,6 +335,14 @@ class MetricsResponse(BaseModel):
     latency_ms: Percentiles
     ttfa_ms: Percentiles
     rtf: Percentiles
+    queue_wait_ms: Percentiles = Field(
+        description="queued until a job thread took the request, plus waits for a decoding slot"
+    )
+    frames_per_s: Percentiles = Field(description="per request: frames per second of decoding")
+    batch_occupancy_mean: float | None = Field(
+        description="mean requests decoding together, over the window's decoded text chunks; "
+        "1.0 one at a time, null before any"
+    )
     peak_vram_mb: float | None
     gpu_util_pct: float | None
     queue_depth: int

@@ -44,7 +44,9 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="bearer key(s), comma-separated; unset = open"
     )
-    queue_size: int = Field(8, ge=1, le=1024, description="requests waiting behind the running one")
+    queue_size: int = Field(
+        8, ge=1, le=1024, description="requests waiting behind the running ones"
+    )
     max_upload_mb: float = Field(10.0, gt=0, description="largest accepted reference upload")
     max_body_mb: float = Field(1.0, gt=0, description="largest JSON request body")
     max_reference_seconds: float = Field(

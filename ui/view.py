@@ -61,7 +61,8 @@ def mark_experimental(text: str) -> str:
 
 
 def profile_line(health: Mapping[str, Any]) -> str:
-    """One line saying what the service runs: device, dtype, compile, quantization, streams."""
+    """One line saying what the service runs: device, dtype, compile, quantization, streams,
+    requests decoded together."""
     status = health.get("status", "ready")
     if status != "ready":
         return f"Service {status}: {health.get('message') or 'the model is not ready yet'}."
@@ -73,6 +74,7 @@ def profile_line(health: Mapping[str, Any]) -> str:
         mark_experimental(f"quantization {_knob(health, 'quantization') or 'none'}"),
         f"{_knob(health, 'num_streams') or 1} CUDA stream(s)" if _on_gpu(health) else None,
         f"chunk {_knob(health, 'chunk_size')} frames" if _knob(health, "chunk_size") else None,
+        f"max batch {_knob(health, 'max_batch')}" if _knob(health, "max_batch") else None,
     ]
     return " · ".join(str(part) for part in parts if part)
 
@@ -187,11 +189,12 @@ def _knob(health: Mapping[str, Any], key: str) -> Any:
 
 
 def _profile_origin(health: Mapping[str, Any]) -> str:
-    """``Profile``, with where it came from and the GPU it was tuned on when known."""
+    """``Profile``, with where it came from, the GPU it was tuned on and what for, when known."""
     provenance = health.get("provenance")
     tuned_on = provenance.get("gpu_name") if isinstance(provenance, Mapping) else None
     details = [str(health["profile_source"])] if health.get("profile_source") else []
     details += [f"tuned on {tuned_on}"] if tuned_on else []
+    details += [f"for {health['objective']}"] if health.get("objective") else []
     return f"Profile ({', '.join(details)})" if details else "Profile"
 
 

@@ -1,4 +1,5 @@
-"""The bench's report: the speed table, the bytes-per-frame table and the GPU projection."""
+"""The bench's report: the speed table, the bytes-per-frame table and the GPU projection; with
+``--concurrency``, the concurrency table instead."""
 
 from __future__ import annotations
 
@@ -58,9 +59,9 @@ def run_meta(
     repeats: int,
     threads: int | None,
     reference_s: float,
-    probe_gbs: float,
+    probe_gbs: float | None,
 ) -> dict[str, Any]:
-    """What the report's header says about the run."""
+    """What the report's header says about the run (``probe_gbs`` None: not probed)."""
     from fish_speech.models.text2semantic.llama import BaseModelArgs
 
     from engine.compile_cache import inductor_settings
@@ -203,3 +204,76 @@ def to_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     table = markdown_table(SPEED_COLUMNS, [_speed_cells(r) for r in rows])
     lines = _header(meta) + table + _notes(meta)
     return "\n".join(lines + _bytes_table(rows) + _projection(meta)) + "\n"
+
+
+CONCURRENCY_COLUMNS = (
+    "row",
+    "concurrency",
+    "max_batch",
+    "aggregate frames/s",
+    "vs c=1",
+    "spread",
+    "decode frames/s",
+    "decode vs c=1",
+    "per-request frames/s",
+    "RTF max",
+    "TTFA p50 ms",
+    "TTFA p95 ms",
+    "queue ms",
+    "batch occupancy",
+)
+
+
+def _concurrency_cells(r: dict[str, Any]) -> list[str]:
+    if "error" in r:
+        first = r["error"].strip().splitlines()[0]
+        return [r["row"], str(r["concurrency"]), f"FAILED: {first}", *[""] * 11]
+    ratio = r["ratio_to_concurrency_1"]
+    return [
+        r["row"],
+        str(r["concurrency"]),
+        str(r["max_batch"]) + (" (raised)" if r["max_batch"] != r["max_batch_asked"] else ""),
+        f"{r['aggregate_frames_per_s']:.1f}",
+        figure(ratio["aggregate_frames_per_s"], ".2f", "x"),
+        f"{r['aggregate_frames_per_s_spread']:.1%}",
+        f"{r['aggregate_decode_frames_per_s']:.1f}",
+        figure(ratio["aggregate_decode_frames_per_s"], ".2f", "x"),
+        figure(r["per_request_frames_per_s"], ".1f"),
+        figure(r["per_request_rtf_max"], ".2f"),
+        f"{r['ttfa_p50_s'] * 1000:.0f}",
+        f"{r['ttfa_p95_s'] * 1000:.0f}",
+        figure(None if r["queue_s"] is None else r["queue_s"] * 1000, ".1f"),
+        figure(r["batch_occupancy"], ".2f"),
+    ]
+
+
+def concurrency_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The ``--concurrency`` report: one line per engine row and concurrency, and what each
+    column means."""
+    levels = " ".join(map(str, meta["concurrency"]))
+    notes = sorted({n for r in rows for n in r.get("notes", [])})
+    lines = [
+        f"# fishbench bench --concurrency {levels}: {meta['device']}",
+        "",
+        f"Model: {meta['model']}. Checkpoint `{meta['checkpoint']}` "
+        f"({'synthetic' if meta['synthetic'] else 'real'} weights), torch {meta['torch']}, "
+        f"{meta['threads']} threads. Each request streams {meta['frames']} fixed frames with its "
+        f"own text and seed and a saved voice ({meta['reference_s']:.1f} s reference); per "
+        f"concurrency one untimed round, then {meta['repeats']} timed rounds, the requests of a "
+        "round released together.",
+        *(["", *(f"Note: {n}." for n in notes)] if notes else []),
+        "",
+        *markdown_table(CONCURRENCY_COLUMNS, [_concurrency_cells(r) for r in rows]),
+        "",
+        "Aggregate frames/s: all frames of a round over its wall time, from the release to the "
+        "last request's last audio (codec included); the median over rounds, spread (max - min) "
+        "/ median. Decode frames/s: the same frames over the decode phase, from the release to "
+        "the last request's last frame (its start + reference lookup + queue + prefill + decode "
+        "in the engine's report). vs c=1: ratio to concurrency 1 of the same row in this run.",
+        "Per-request frames/s and RTF: each request's frames (audio seconds) over its own wall "
+        "time, release to last audio; mean and max over every request of every round. TTFA: "
+        "release to the request's first audio chunk, as its caller sees it. Queue: the engine's "
+        "wait for a free decoding slot (mean); batch occupancy: mean requests decoding together "
+        "during a request's frames (engine report).",
+    ]
+    return "\n".join(lines) + "\n"

@@ -81,6 +81,8 @@ def describe(engine: OptimizedFishSpeech | None, **fields: object) -> HealthResp
         fallbacks=[str(f) for f in engine.fallbacks],
         synthetic_checkpoint=engine.checkpoint.is_synthetic,
         warmup_s=engine.compile_seconds,
+        max_batch=profile.max_batch,
+        objective=profile.provenance.objective if profile.provenance else None,
     )
 
 

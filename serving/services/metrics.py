@@ -28,6 +28,10 @@ ROUTES = ("tts", "openai", "stream")
 # A saved voice answers in tens of milliseconds on a GPU; a long text on a CPU takes minutes.
 SECONDS_BUCKETS = (0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+# A request that finds a free slot waits well under a millisecond; a full queue, seconds.
+QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, *SECONDS_BUCKETS)
+# Requests decoding together in one frame step; 1 is the batch-1 path (max_batch is at most 8).
+OCCUPANCY_BUCKETS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
 
 
 def _percentiles(values: list[float]) -> Percentiles:
@@ -54,10 +58,21 @@ class MetricsStore:
         self._latency = self._histogram("latency_seconds", "Request to last audio byte.")
         self._ttfa = self._histogram("ttfa_seconds", "Request to first audio.")
         self._rtf = self._histogram("rtf", "Compute seconds per audio second.", RTF_BUCKETS)
+        self._queue_wait = self._histogram(
+            "queue_wait_seconds",
+            "Queued until a job thread took it, plus waits for a free decoding slot.",
+            QUEUE_WAIT_BUCKETS,
+        )
+        self._occupancy = self._histogram(
+            "batch_occupancy",
+            "Per text chunk: mean requests decoding together during its frame steps.",
+            OCCUPANCY_BUCKETS,
+        )
+        histograms = (self._latency, self._ttfa, self._rtf, self._queue_wait, self._occupancy)
         for route in ROUTES:  # zeros from the start, so a dashboard sees 0 rather than no series
             for outcome in OUTCOMES:
                 self._requests.labels(route, outcome)
-            for histogram in (self._latency, self._ttfa, self._rtf):
+            for histogram in histograms:
                 histogram.labels(route)
 
     def _histogram(
@@ -77,9 +92,12 @@ class MetricsStore:
             (self._latency, stats.latency_s),
             (self._ttfa, stats.ttfa_s),
             (self._rtf, stats.rtf),
+            (self._queue_wait, stats.queue_wait_s),
         ):
             if value is not None:
                 histogram.labels(stats.route).observe(value)
+        for occupancy in stats.batch_occupancy:
+            self._occupancy.labels(stats.route).observe(occupancy)
 
     def reject(self, route: str = "unknown") -> None:
         """A request refused before it was queued (429)."""
@@ -103,6 +121,7 @@ class MetricsStore:
         recent = list(self._recent)
         vram = [s.peak_vram_mb for s in recent if s.peak_vram_mb is not None]
         util = [s.gpu_util_pct for s in recent if s.gpu_util_pct is not None]
+        occupancy = [value for s in recent for value in s.batch_occupancy]
         return MetricsResponse(
             window=len(recent),
             uptime_s=time.time() - self.started_at,
@@ -112,6 +131,13 @@ class MetricsStore:
             ),
             ttfa_ms=_percentiles([s.ttfa_s * 1000 for s in recent if s.ttfa_s is not None]),
             rtf=_percentiles([s.rtf for s in recent if s.rtf is not None]),
+            queue_wait_ms=_percentiles(
+                [s.queue_wait_s * 1000 for s in recent if s.queue_wait_s is not None]
+            ),
+            frames_per_s=_percentiles(
+                [s.frames_per_s for s in recent if s.frames_per_s is not None]
+            ),
+            batch_occupancy_mean=float(np.mean(occupancy)) if occupancy else None,
             peak_vram_mb=max(vram) if vram else None,
             gpu_util_pct=float(np.mean(util)) if util else None,
             queue_depth=queue_depth,

@@ -122,6 +122,8 @@ class RequestStats:
     sample_rate: int
     seed: int
     route: str = "tts"
+    queued_at: float | None = None
+    started_at: float | None = None  # a job thread took it; None if it never ran
     first_audio_at: float | None = None
     finished_at: float | None = None
     audio_samples: int = 0
@@ -134,6 +136,32 @@ class RequestStats:
     @property
     def ttfa_s(self) -> float | None:
         return None if self.first_audio_at is None else self.first_audio_at - self.received_at
+
+    @property
+    def queue_wait_s(self) -> float | None:
+        """Queued until a job thread took it, plus the engine's own waits for a free decoding
+        slot: what more ``max_batch`` (or replicas) would save."""
+        if self.queued_at is None or self.started_at is None:
+            return None
+        slots = sum(float(r.get("queue_s") or 0.0) for r in self.reports)
+        return self.started_at - self.queued_at + slots
+
+    @property
+    def decoded(self) -> list[dict[str, Any]]:
+        """Reports of the chunks the decoder generated (a semantic cache hit decodes nothing)."""
+        return [r for r in self.reports if r.get("frames") and not r.get("semantic_cache_hit")]
+
+    @property
+    def frames_per_s(self) -> float | None:
+        """This request's frames per second of decoding (shared frame steps count whole)."""
+        decode_s = sum(float(r.get("decode_s") or 0.0) for r in self.decoded)
+        frames = sum(int(r["frames"]) for r in self.decoded)
+        return frames / decode_s if decode_s > 0 else None
+
+    @property
+    def batch_occupancy(self) -> list[float]:
+        """Per decoded chunk: the mean number of requests decoding together during its frames."""
+        return [float(r.get("batch_occupancy") or 1.0) for r in self.decoded]
 
     @property
     def audio_s(self) -> float:
@@ -164,12 +192,16 @@ class RequestStats:
         return sum(int(r.get("frames") or 0) for r in self.reports)
 
     def summary(self) -> dict[str, Any]:
+        occupancy = self.batch_occupancy
         return {
             "latency_ms": _ms(self.latency_s),
             "ttfa_ms": _ms(self.ttfa_s),
+            "queue_wait_ms": _ms(self.queue_wait_s),
             "rtf": self.rtf,
             "audio_s": self.audio_s,
             "frames": self.frames,
+            "frames_per_s": self.frames_per_s,
+            "batch_occupancy": statistics.fmean(occupancy) if occupancy else None,
             "chunks": len(self.reports),
             "peak_vram_mb": self.peak_vram_mb,
             "gpu_util_pct": self.gpu_util_pct,
@@ -253,6 +285,7 @@ class SynthesisStream:
         if outcome != "ok":
             self.job.cancel()
         self.stats.finished_at = time.perf_counter()
+        self.stats.started_at = self.job.started_at
         self._on_end(self.stats, outcome)
 
 
@@ -265,6 +298,10 @@ async def start_synthesis(
     """Queue ``spec`` on the worker and wait for its first audio."""
     job = worker.submit(lambda engine, job: run_synthesis(engine, spec, job))
     stats = RequestStats(
-        received_at=received_at, sample_rate=SAMPLE_RATE, seed=spec.seed, route=spec.route
+        received_at=received_at,
+        sample_rate=SAMPLE_RATE,
+        seed=spec.seed,
+        route=spec.route,
+        queued_at=job.enqueued_at,
     )
     return await SynthesisStream(job, stats, on_end, " ".join(spec.chunks)).begin()

@@ -1,9 +1,13 @@
-"""The one thread that owns the engine, fed by a bounded queue.
+"""The threads that own the engine, fed by a bounded queue.
 
-The engine is not thread safe and a GPU runs one generation well rather than several badly, so
-every engine call (loading and warm-up included) happens on this thread. Request handlers submit a
-``Job`` and read its results asynchronously; a full queue is refused at once (429) instead of
-growing latency without bound, and a cancelled job stops at its next chunk boundary.
+Every engine call (loading and warm-up included) happens on the worker's threads. A batch-1
+engine is not thread safe and a GPU runs one generation well rather than several badly, so by
+default one job runs at a time. An engine with ``max_batch > 1`` decodes up to that many requests
+in one frame step: the worker then runs that many job threads, so requests beyond the engine's
+slots wait here, where the queue bound, 429 and ``Retry-After`` apply, rather than inside the
+engine. Request handlers submit a ``Job`` and read its results asynchronously; a full queue is
+refused at once (429) instead of growing latency without bound, and a cancelled job stops at its
+next chunk boundary.
 """
 
 from __future__ import annotations
@@ -82,30 +86,48 @@ class Job:
 
 
 class EngineWorker(Generic[E]):
-    """Loads the engine, then runs submitted jobs one at a time, in order."""
+    """Loads the engine on one thread, then runs up to ``concurrency`` submitted jobs at once,
+    taken in order from one queue of at most ``queue_size`` waiting jobs.
 
-    def __init__(self, load: Callable[[], E], queue_size: int) -> None:
+    ``concurrency`` is a number, or a function of the loaded engine (the service passes the
+    active profile's ``max_batch``: the engine may lower what was asked for).
+    """
+
+    def __init__(
+        self,
+        load: Callable[[], E],
+        queue_size: int,
+        concurrency: int | Callable[[E], int] = 1,
+    ) -> None:
         self.state: WorkerState = "loading"
         self.error: str | None = None
         self.engine: E | None = None
         self.queue_size = queue_size
+        self.concurrency: int | None = concurrency if isinstance(concurrency, int) else None
         self._load = load
-        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
-        self._current: Job | None = None
+        self._concurrency = concurrency
+        # Unbounded underneath: the bound is counted in ``submit``, so the stop marker never waits
+        # for room.
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._running: set[Job] = set()
         self._mean_job_s = 1.0
-        self._thread = threading.Thread(target=self._run, name="engine-worker", daemon=True)
+        self._threads = [threading.Thread(target=self._run, name="engine-worker", daemon=True)]
 
     def start(self) -> None:
-        self._thread.start()
+        self._threads[0].start()
 
     @property
     def depth(self) -> int:
-        """Jobs waiting plus the one running."""
-        return self._queue.qsize() + (self._current is not None)
+        """Jobs waiting plus those running."""
+        with self._lock:
+            return self._waiting + len(self._running)
 
     def retry_after_s(self) -> float:
-        """A guess at when a slot frees up: the queue ahead times the mean job time."""
-        return max(1.0, self.depth * self._mean_job_s)
+        """A guess at when a slot frees up: the jobs ahead, shared by the job threads, times the
+        mean job time."""
+        return max(1.0, self.depth * self._mean_job_s / (self.concurrency or 1))
 
     def submit(self, fn: Callable[[E, Job], Any]) -> Job:
         """Queue ``fn``; refuse at once while loading or when the queue is full."""
@@ -114,55 +136,97 @@ class EngineWorker(Generic[E]):
         if self.state != "ready":
             raise Unavailable(f"the engine is not available: {self.error or self.state}")
         job = Job(fn, asyncio.get_running_loop())
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
+        with self._lock:
+            full = self._waiting >= self.queue_size
+            if not full:
+                self._waiting += 1
+                self._queue.put(job)
+        if full:
             raise QueueFull(
                 f"the queue is full ({self.queue_size} waiting); retry later",
                 retry_after_s=self.retry_after_s(),
-            ) from None
+            )
         return job
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Cancel the running and waiting jobs, then end the thread."""
-        self.state = "stopped"
-        if self._current is not None:
-            self._current.cancel()
+        """Cancel the running and waiting jobs, then end the threads."""
+        with self._lock:
+            self.state = "stopped"
+            running = list(self._running)
+        for job in running:
+            job.cancel()
         while True:
             try:
                 pending = self._queue.get_nowait()
             except queue.Empty:
                 break
             if pending is not None:
-                pending.cancel()
-                pending.emit(_Done(None))
-        self._queue.put(None)
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
+                self._skip(pending)
+        self._queue.put(None)  # each job thread passes it on to the next as it ends
+        deadline = time.monotonic() + timeout_s
+        for thread in list(self._threads):
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         try:
             self.engine = self._load()
+            count = self._job_threads(self.engine)
         except Exception as exc:
             log.exception("engine failed to load")
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
             return
-        if self.state == "loading":
-            self.state = "ready"
-            log.info("engine ready")
+        with self._lock:  # against ``stop``: it joins every thread started here
+            if self.state != "loading":  # stopped while loading
+                return
+            self.concurrency, self.state = count, "ready"
+            for index in range(1, count):
+                thread = threading.Thread(
+                    target=self._serve, name=f"engine-worker-{index}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+        log.info("engine ready (%d job%s at a time)", count, "s" if count > 1 else "")
+        self._serve()
+
+    def _job_threads(self, engine: E) -> int:
+        count = (
+            self._concurrency if isinstance(self._concurrency, int) else self._concurrency(engine)
+        )
+        if count < 1:
+            raise ValueError(f"the worker needs at least one job thread, got {count}")
+        return count
+
+    def _serve(self) -> None:
         while (job := self._queue.get()) is not None:
             self._execute(job)
+        self._queue.put(None)
+
+    def _skip(self, job: Job) -> None:
+        """A waiting job that will not run: cancelled by its client, or the worker stopped."""
+        with self._lock:
+            self._waiting -= 1
+        job.cancel()
+        job.emit(_Done(None))
 
     def _execute(self, job: Job) -> None:
-        if job.cancelled:
-            job.emit(_Done(None))
+        with self._lock:
+            # ``stop`` sets the state and lists the running jobs to cancel under this lock: a job
+            # taken after that is skipped here, one taken before is among those it cancels.
+            run = not job.cancelled and self.state == "ready"
+            if run:
+                self._waiting -= 1
+                self._running.add(job)
+        if not run:
+            self._skip(job)
             return
-        self._current, job.started_at = job, time.perf_counter()
+        job.started_at = time.perf_counter()
         try:
             job.emit(_Done(job.fn(self.engine, job)))
         except Exception as exc:
             job.emit(_Failed(exc))
         finally:
             elapsed = time.perf_counter() - job.started_at
-            self._mean_job_s = 0.8 * self._mean_job_s + 0.2 * elapsed
-            self._current = None
+            with self._lock:
+                self._mean_job_s = 0.8 * self._mean_job_s + 0.2 * elapsed
+                self._running.discard(job)
