@@ -399,7 +399,7 @@ def run_concurrency_bench(
             log.info("bench row %s at concurrency %s ...", row.name, " ".join(map(str, levels)))
             series = run_series(
                 row, levels, str(folder.path), frames, repeats, str(wav), REFERENCE_TEXT,
-                threads, ROW_TIMEOUT_S,
+                threads, ROW_TIMEOUT_S * len(levels),
             )  # fmt: skip
             for r in series:
                 if "error" in r:
