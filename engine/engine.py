@@ -157,9 +157,13 @@ class OptimizedFishSpeech:
 
     def device_bytes(self) -> int:
         """Bytes of every tensor the engine holds on its device, counted from the tensors."""
-        return perf_model.module_bytes(self.decoder, self.device) + perf_model.module_bytes(
-            self.codec.codec, self.device
-        )
+        modules = torch.nn.ModuleList([self.decoder, self.codec.codec])
+        if self.batcher is not None:
+            modules.append(self.batcher.state)
+        held = perf_model.module_bytes(modules, self.device)
+        if self.batcher is not None:
+            held += self.batcher.store.untyped_storage().nbytes()
+        return held
 
     @property
     def sample_rate(self) -> int:

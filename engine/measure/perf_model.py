@@ -26,7 +26,7 @@ import torch
 from fish_speech.models.text2semantic.llama import BaseModelArgs
 from torch.multiprocessing.reductions import StorageWeakRef
 
-from engine.profile import EngineProfile
+from engine.profile import EngineProfile, batch_size
 from engine.sampling import REPETITION_WINDOW
 
 FLOAT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -194,6 +194,9 @@ def resident(
     """Our engine's device memory under a *resolved* profile (fp16/bf16/fp32 tensors; CPU fp32
     int8 is dynamic, its packed weights are not tensors this model can count).
 
+    With ``max_batch > 1`` every padded batch row is a slot with its own KV cache row beside the
+    batch-1 cache its prompt is prefilled on: KV memory is (1 + rows) times one request's.
+
     ``cfg.max_seq_len`` is the loaded model's (the RoPE table and causal mask length);
     ``max_seq_len`` the KV cache's. The codec's part is counted from its modules
     (``codec_bytes``): its config is not the DualAR's.
@@ -215,11 +218,22 @@ def resident(
     layers = slow_layer_bytes(cfg, scheme, fb, group) + fast_layer_bytes(cfg, scheme, fb, group)
     rope = (cfg.max_seq_len * cfg.head_dim + steps * cfg.fast_head_dim) * fb
     sampling = 3 * 4 + 4 + (steps * REPETITION_WINDOW + steps) * 8
+    one_kv = _kv_bytes(cfg.n_layer, cfg.n_local_heads, cfg.head_dim, max_seq_len, fb)
+    one_kv += _kv_bytes(cfg.n_fast_layer, cfg.fast_n_local_heads, cfg.fast_head_dim, steps, fb)
+    rows = batch_size(profile.max_batch) if profile.max_batch > 1 else 0
+    per_row = (
+        (1 + steps) * 8 * (1 + max_seq_len)  # the frame fed in, and the frames made so far
+        + 8  # position
+        + cfg.dim * fb  # a fresh request's prefill hidden state
+        + 1  # fresh flag
+        + (3 + 1) * 4  # sampling settings, end-of-speech bias
+        + steps * (REPETITION_WINDOW + 1) * 8  # repetition window, fast positions
+        + (semantic_size + 1 + (steps - 1) * residual_size) * 4  # the next frame's noise
+    )
     return ResidentBytes(
         weights=layers + floats * fb,
-        kv_cache=_kv_bytes(cfg.n_layer, cfg.n_local_heads, cfg.head_dim, max_seq_len, fb)
-        + _kv_bytes(cfg.n_fast_layer, cfg.fast_n_local_heads, cfg.fast_head_dim, steps, fb),
-        tables=rope + cfg.max_seq_len**2 + sampling,
+        kv_cache=(1 + rows) * one_kv,
+        tables=rope + cfg.max_seq_len**2 + sampling + rows * per_row,
         codec=codec_bytes,
     )
 
