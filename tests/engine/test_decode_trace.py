@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -215,8 +216,10 @@ def test_step_never_syncs_with_the_host(engine) -> None:
     assert not rec.ops & HOST_SYNCS, sorted(rec.ops & HOST_SYNCS)
 
 
-def state_addresses(dec: SemanticDecoder) -> dict[str, int]:
-    return {name: t.data_ptr() for name, t in chain(dec.named_parameters(), dec.named_buffers())}
+def state_addresses(module: torch.nn.Module) -> dict[str, int]:
+    return {
+        name: t.data_ptr() for name, t in chain(module.named_parameters(), module.named_buffers())
+    }
 
 
 def test_step_state_keeps_its_addresses_across_requests_and_buckets(engine) -> None:
@@ -268,6 +271,25 @@ def test_compiled_step_graph_passes_inductors_cudagraph_checks(engine) -> None:
     """
     frame, input_pos, kv_len = prime(engine)
     dec = engine.decoder
+    names, mutated = capture_for_cudagraphs(dec, dec.decode_step, frame, input_pos, kv_len)
+    assert names.dynamic == ["L['frame']", "L['input_pos']"]
+    caches = [name for name in names.all if name.endswith(("kv_cache.k_cache", "kv_cache.v_cache"))]
+    assert len(caches) == 2 * (len(dec.model.layers) + len(dec.model.fast_layers))
+    assert mutated == {*caches, "window"}
+
+
+@dataclass
+class InputNames:
+    all: list[str]  # module state by its attribute path, others by dynamo source (L['frame'])
+    dynamic: list[str]  # the inputs that are not static (inductor copies them into a graph)
+
+
+def capture_for_cudagraphs(
+    module: torch.nn.Module, fn: Any, *args: Any
+) -> tuple[InputNames, set[str]]:
+    """Compile ``fn(*args)`` up to aot_autograd's inference graph, run inductor's CUDA-graph
+    checks on it (mutation, memory overlap, static inputs that are ``module`` state) and return
+    its input names and the names of the inputs it writes in place."""
     captured: list[CapturedStep] = []
 
     def backend(gm: torch.fx.GraphModule, example_inputs: list[Tensor]):
@@ -290,23 +312,21 @@ def test_compiled_step_graph_passes_inductors_cudagraph_checks(engine) -> None:
         )
 
     torch._dynamo.reset()
-    step_fn = torch.compile(dec.decode_step, backend=backend, fullgraph=True, dynamic=False)
+    step_fn = torch.compile(fn, backend=backend, fullgraph=True, dynamic=False)
     with torch.inference_mode():
-        step_fn(frame, input_pos, kv_len)
+        step_fn(*args)
     (step,) = captured
     assert step.aot_graph is not None and step.static_input_idxs is not None
     inputs = step.dynamo_inputs
     aot_placeholders = list(step.aot_graph.graph.find_nodes(op="placeholder"))
     assert len(aot_placeholders) == len(inputs) == len(step.placeholders)
 
-    state = {ptr: name for name, ptr in state_addresses(dec).items()}
-    # Decoder state by its attribute path, anything else by its dynamo source (L['frame'], ...).
+    state = {ptr: name for name, ptr in state_addresses(module).items()}
     names = [
         state.get(t.data_ptr(), node._dynamo_source.name)
         for t, node in zip(inputs, step.placeholders, strict=True)
     ]
     dynamic = [names[i] for i in range(len(inputs)) if i not in step.static_input_idxs]
-    assert dynamic == ["L['frame']", "L['input_pos']"]
     not_state = [names[i] for i in step.static_input_idxs if inputs[i].data_ptr() not in state]
     assert not not_state, f"static inputs that are no parameter or buffer: {not_state}"
 
@@ -325,10 +345,41 @@ def test_compiled_step_graph_passes_inductors_cudagraph_checks(engine) -> None:
     )
     assert reason is None
     assert all(isinstance(t, Tensor) and not complex_memory_overlap(t) for t in inputs)
+    return InputNames(names, dynamic), {names[i] for i in step.mutated_input_idxs}
 
-    caches = [name for name in names if name.endswith(("kv_cache.k_cache", "kv_cache.v_cache"))]
-    assert len(caches) == 2 * (len(dec.model.layers) + len(dec.model.fast_layers))
-    assert {names[i] for i in step.mutated_input_idxs} == {*caches, "window"}
+
+@pytest.fixture(scope="module")
+def batched_engine(tiny_checkpoint: Path) -> Iterator[OptimizedFishSpeech]:
+    """A max_batch 4 engine after one request, whose slot 0 is left where it ended."""
+    engine = OptimizedFishSpeech.from_checkpoint(tiny_checkpoint, EngineProfile(max_batch=4))
+    engine.synthesize(LONG_TEXT, fixed_frames=6, seed=3)
+    yield engine
+    engine.close()
+
+
+def test_batched_step_reads_kv_in_place_and_never_syncs(batched_engine) -> None:
+    """Four rows at once, each at its own position: fused grouped attention over the slot
+    caches' views, each new K/V written in place, no host read-back."""
+    state = batched_engine.batcher.state
+    state.input_pos[:4] = torch.tensor([[300], [40], [7], [511]])
+    with torch.inference_mode(), OpRecorder() as rec:
+        state.step(4, 512)
+    assert not rec.ops & HOST_SYNCS, sorted(rec.ops & HOST_SYNCS)
+    k_cache = state.slot_caches()[0].k_cache
+    assert_fused_attention_without_kv_copies(rec, k_cache[:4, :, :512])
+
+
+def test_compiled_batched_step_passes_inductors_cudagraph_checks(batched_engine) -> None:
+    """The batched step reads nothing but the scheduler's state (every input static: a CUDA
+    graph per batch size and bucket replays with no copies in) and writes only the slot
+    caches and the repetition window."""
+    state = batched_engine.batcher.state
+    names, mutated = capture_for_cudagraphs(state, state.step, 4, 512)
+    assert names.dynamic == []
+    caches = [n for n in names.all if n.endswith(("slot_cache.k_cache", "slot_cache.v_cache"))]
+    model = batched_engine.decoder.model
+    assert len(caches) == 2 * (len(model.layers) + len(model.fast_layers))
+    assert mutated == {*caches, "window"}
 
 
 def test_compiled_step_is_one_graph_per_kv_bucket(engine) -> None:
