@@ -127,6 +127,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         yield
         services.worker.stop()
+        if services.worker.engine is not None:
+            services.worker.engine.close()  # the batch scheduler's thread, when it has one
 
     app = FastAPI(
         title="fishbench",

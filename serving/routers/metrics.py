@@ -13,7 +13,8 @@ router = APIRouter(prefix="/metrics", tags=["metrics"])
 
 @router.get("")
 async def metrics(services: ServicesDep) -> MetricsResponse:
-    """p50/p95 latency, time to first audio and RTF, peak VRAM, GPU %, queue, cache hit rates."""
+    """p50/p95 latency, time to first audio, RTF, queue wait and frames/s; batch occupancy, peak
+    VRAM, GPU %, queue, cache hit rates."""
     return services.snapshot()
 
 

@@ -137,7 +137,9 @@ class EngineWorker(Generic[E]):
             raise Unavailable(f"the engine is not available: {self.error or self.state}")
         job = Job(fn, asyncio.get_running_loop())
         with self._lock:
-            full = self._waiting >= self.queue_size
+            # Counted against every job thread, busy or not: jobs submitted together count as
+            # waiting until a thread takes them, and must not be refused while threads are idle.
+            full = self._waiting + len(self._running) >= self.queue_size + (self.concurrency or 1)
             if not full:
                 self._waiting += 1
                 self._queue.put(job)
@@ -222,11 +224,11 @@ class EngineWorker(Generic[E]):
             return
         job.started_at = time.perf_counter()
         try:
-            job.emit(_Done(job.fn(self.engine, job)))
+            outcome: _Done | _Failed = _Done(job.fn(self.engine, job))
         except Exception as exc:
-            job.emit(_Failed(exc))
-        finally:
-            elapsed = time.perf_counter() - job.started_at
-            with self._lock:
-                self._mean_job_s = 0.8 * self._mean_job_s + 0.2 * elapsed
-                self._running.discard(job)
+            outcome = _Failed(exc)
+        elapsed = time.perf_counter() - job.started_at
+        with self._lock:  # before the caller hears of the end, so it never sees itself in depth
+            self._mean_job_s = 0.8 * self._mean_job_s + 0.2 * elapsed
+            self._running.discard(job)
+        job.emit(outcome)

@@ -141,3 +141,39 @@ def test_gpu_gauges_appear_when_measured() -> None:
     assert hits[0] == "counter" and value(hits[1], "fishbench_cache_hits_total") == 2
     assert "fishbench_cache_bytes" not in families  # only byte-bounded caches report bytes
     assert value(families["fishbench_queue_depth"][1], "fishbench_queue_depth") == 1
+
+
+def test_queue_wait_frames_per_second_and_batch_occupancy_come_from_the_reports() -> None:
+    """Queue wait is queued -> a job thread took it, plus the engine's wait for a slot
+    (``queue_s``); frames/s and occupancy count decoded chunks only: a semantic cache hit ran no
+    frame step."""
+    store = MetricsStore()
+    before = store.snapshot(0, 2, {})
+    assert before.batch_occupancy_mean is None and before.queue_wait_ms.count == 0
+
+    batched = stats("openai", frames=100, decode_s=2.0, batch_occupancy=3.0, queue_s=0.25)
+    batched.queued_at, batched.started_at = 0.0, 0.5
+    cached = stats("openai", frames=40, decode_s=0.0, semantic_cache_hit=True)
+    cached.queued_at, cached.started_at = 0.0, 0.0
+    alone = stats("tts", frames=50, decode_s=0.5, batch_occupancy=1.0)
+    alone.queued_at, alone.started_at = 0.0, 0.0
+    for request in (batched, cached, alone):
+        store.record(request, "ok")
+
+    snapshot = store.snapshot(0, 2, {})
+    assert snapshot.batch_occupancy_mean == pytest.approx(2.0)  # (3 + 1) / 2, not the cache hit
+    assert snapshot.queue_wait_ms.count == 3
+    assert snapshot.queue_wait_ms.mean == pytest.approx(250)  # (750 + 0 + 0) / 3
+    assert snapshot.frames_per_s.count == 2 and snapshot.frames_per_s.mean == pytest.approx(75)
+    assert batched.summary()["queue_wait_ms"] == pytest.approx(750)
+    assert batched.summary()["frames_per_s"] == pytest.approx(50)
+
+    families = parse(store.exposition(snapshot)[0].decode())
+    kind, occupancy = families["fishbench_batch_occupancy"]
+    assert kind == "histogram"
+    assert value(occupancy, "fishbench_batch_occupancy_bucket", route="openai", le="2.0") == 0
+    assert value(occupancy, "fishbench_batch_occupancy_bucket", route="openai", le="3.0") == 1
+    assert value(occupancy, "fishbench_batch_occupancy_bucket", route="tts", le="1.0") == 1
+    waits = families["fishbench_queue_wait_seconds"][1]
+    assert value(waits, "fishbench_queue_wait_seconds_count", route="openai") == 2
+    assert value(waits, "fishbench_queue_wait_seconds_sum", route="openai") == pytest.approx(0.75)
