@@ -24,6 +24,7 @@ Minutes each: ``make test-compile`` runs them, ``make test`` does not.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -130,3 +131,73 @@ def test_compiled_engine_matches_eager_and_never_recompiles_after_warmup(
     # Every graph dynamo builds, a recompile or a first compile, bumps this one counter (torch
     # 2.11 keeps no recompile count of its own: TORCH_LOGS=recompiles shows the reasons).
     assert counters["stats"]["unique_graphs"] == 0
+
+
+# Continuous batching: one static step graph per (padded batch size, KV bucket), 3 x 2 here.
+BATCHED = EngineProfile(
+    max_batch=4, compile_decode="default", compile_prefill=True, max_seq_len=512
+)
+
+
+@pytest.mark.compiled
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compiled_batched_engine_samples_the_batch_one_codes_and_never_recompiles(
+    backend: str,
+    tiny_checkpoint: Path,
+    piper_reference: tuple[Path, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Four requests at once after warm-up (a saved voice, a longer text in the larger bucket,
+    end of speech allowed in one): each one's audio is the eager batch-1 engine's, and dynamo
+    builds no graph. Each slot's noise is an input drawn from its request's generator, so even
+    inductor's own random numbers play no part (no ``fallback_random`` here)."""
+    audio, text = piper_reference
+    long_text = "A longer text that needs the larger bucket, said again and again. " * 4
+    requests = [
+        ("A new voice speaks.", {"reference_audio": audio, "reference_text": text}, 24),
+        (long_text, {}, 120),
+        ("Short and sweet.", {}, None),
+        ("Four at once.", {"temperature": 0.6, "top_p": 0.9}, 40),
+    ]
+
+    def run(engine: OptimizedFishSpeech, i: int) -> np.ndarray:
+        words, extra, frames = requests[i]
+        budget = {"fixed_frames": frames} if frames else {"max_new_tokens": 64}
+        return engine.synthesize(words, seed=20 + i, **extra, **budget)
+
+    eager = OptimizedFishSpeech.from_checkpoint(
+        tiny_checkpoint,
+        BATCHED.model_copy(
+            update={"max_batch": 1, "compile_decode": "none", "compile_prefill": False}
+        ),
+    )
+    expected = [run(eager, i) for i in range(len(requests))]
+
+    _with_backend(backend, monkeypatch)
+    torch._dynamo.reset()
+    compiled = OptimizedFishSpeech.from_checkpoint(tiny_checkpoint, BATCHED)
+    try:
+        compiled.warmup()
+        counters.clear()
+        results: list[np.ndarray | None] = [None] * len(requests)
+        start = threading.Barrier(len(requests))
+
+        def worker(i: int) -> None:
+            start.wait()
+            results[i] = run(compiled, i)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(requests))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
+        for i, (want, have) in enumerate(zip(expected, results, strict=True)):
+            assert have is not None and have.shape == want.shape, i
+            np.testing.assert_allclose(
+                have, want, atol=FRAMES_TOLERANCE[torch.float32], err_msg=str(i)
+            )
+        assert compiled.batcher is not None and compiled.batcher.occupancy > 1
+        assert counters["stats"]["unique_graphs"] == 0
+    finally:
+        compiled.close()
