@@ -138,8 +138,13 @@ def ours(
     kv_len: int,
     semantic_size: int = 4096,
     residual_size: int = 1024,
+    rows: int = 1,
 ) -> FrameBytes:
-    """Our engine under a *resolved* profile, attending over a ``kv_len`` bucket."""
+    """Our engine under a *resolved* profile, attending over a ``kv_len`` bucket.
+
+    A batched step of ``rows`` requests reads the weights and heads once and each request's own
+    K/V: per frame made, the weights cost 1/rows of a batch-1 frame's.
+    """
     fb = FLOAT_BYTES[profile.precision]
     scheme, group = profile.quantization, profile.int4_group_size
     steps = cfg.num_codebooks
@@ -151,7 +156,8 @@ def ours(
         slow_layers=slow_layer_bytes(cfg, scheme, fb, group),
         fast_layers=steps * fast_layer_bytes(cfg, scheme, fb, group),
         heads=((semantic_size + 1) * cfg.dim + (steps - 1) * residual_size * cfg.fast_dim) * fb,
-        kv_cache=_kv_bytes(cfg.n_layer, cfg.n_local_heads, cfg.head_dim, kv_len, fb) + fast_kv,
+        kv_cache=rows
+        * (_kv_bytes(cfg.n_layer, cfg.n_local_heads, cfg.head_dim, kv_len, fb) + fast_kv),
     )
 
 
