@@ -178,7 +178,7 @@ def measure_concurrency(job: dict[str, Any]) -> dict[str, Any]:
 
 def _measure_levels(engine: Any, job: dict[str, Any]) -> dict[str, Any]:
     """Warm-up, then per level one untimed round and ``repeats`` timed rounds."""
-    warmup_s = engine.warmup()
+    warmup_s = engine.warmup(buckets=_buckets_needed(engine, job))
     rounds_run = 0
 
     def one_round(c: int) -> dict[str, Any]:
@@ -202,6 +202,20 @@ def _measure_levels(engine: Any, job: dict[str, Any]) -> dict[str, Any]:
         levels[c] = {"rounds": rounds, "untimed_round_s": untimed_s, "graphs_in_timed": built}
         log.info("concurrency %d: %d timed rounds", c, len(rounds))
     return {"levels": levels, "warmup_s": warmup_s}
+
+
+def _buckets_needed(engine: Any, job: dict[str, Any]) -> list[int]:
+    """The KV buckets the rounds' requests attend over: warm-up builds the compiled step for
+    those (at every batch size) and no other. All of a profile's buckets would be minutes per
+    graph at full size on a CPU, for buckets no round reaches."""
+    from engine.profile import kv_bucket
+
+    audio, text = job["reference_audio"], job["reference_text"]
+    codes = engine.reference_codes(audio)[0] if audio else None
+    texts = CONCURRENT_TEXTS[: max(job["levels"])]
+    lengths = [engine.build_prompt(t, codes, text if audio else None).shape[1] for t in texts]
+    limit = engine.active_profile.max_seq_len
+    return sorted({kv_bucket(n + job["frames"], limit) for n in lengths})
 
 
 def _request_figures(r: dict[str, Any]) -> dict[str, float | None]:
