@@ -286,9 +286,12 @@ class BatchScheduler:
                     for slot, request in enumerate(self._busy):
                         if request is not None:
                             self._finish(slot, exc)
+        closed = RuntimeError("the batch scheduler was closed")
         for slot, request in enumerate(self._busy):
             if request is not None:
-                self._finish(slot, RuntimeError("the batch scheduler was closed"))
+                self._finish(slot, closed)
+        while not self._waiting.empty():
+            self._waiting.get_nowait().out.put(closed)
 
     def _run_calls(self) -> None:
         while True:
