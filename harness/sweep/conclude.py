@@ -45,12 +45,14 @@ def _search_lines(
 ) -> list[str]:
     """How candidates were found, the Pareto front, and (for Optuna) what the grid would cost."""
     conf = sweep.conf
+    key = conf.quality.metric
+    unit = "s" if conf.quality.objective == "latency" else "audio s/s"
     measured = sum(1 for r in run.records if not r.is_baseline and r.ok and not r.screened)
     points = ", ".join(
-        f"{r.name} ({r.metric(conf.quality.objective):.3g} s, {r.memory_mb:.0f} MB)" for r in front
+        f"{r.name} ({r.metric(key):.3g} {unit}, {r.memory_mb:.0f} MB)" for r in front
     )
     lines = [
-        f"- Pareto front of {conf.quality.objective} and peak memory among the {measured} "
+        f"- Pareto front of {key} and peak memory among the {measured} "
         f"measured candidates that pass the quality gates: {points or 'empty'}"
     ]
     if conf.search.name != "optuna":
@@ -86,6 +88,7 @@ def _export_winner(
         ratio,
         Path(sweep.conf.reports_dir),
         sweep.folder.sweep_id,
+        sweep.conf.quality.objective,
     )
     sweep.tracker.mark_champion(selection.winner.run_id, sweep.parent_id, sweep.tags["hardware_id"])
     return [dated], profile_path, {**selection.winner.metrics, "speedup_vs_baseline": ratio}
@@ -134,7 +137,9 @@ def conclude(
     sweep.tracker.tag_screening(screens, {k: v.why for k, v in run.verdicts.items()})
     artifacts, profile_path, winner_metrics = _export_winner(sweep, selection, baseline)
     candidates = [r for r in records if not r.is_baseline and gates.feasible(r, baseline)]
-    front = pareto_front(candidates, conf.quality.objective, conf.quality.objective_goal)
+    front = pareto_front(candidates, conf.quality.metric, conf.quality.goal)
+    # The plot's axes are p50 latency and memory, so the line it draws is latency's front.
+    plotted = pareto_front(candidates, "latency_p50_s", "min")
     budget, source = conf.effective_budget()
     context = SweepContext(
         sweep_id=sweep.folder.sweep_id,
@@ -150,7 +155,8 @@ def conclude(
         profile_path=profile_path,
         machine=state_lines(start_state, records),
         search=_search_lines(sweep, run, specs, front, run.asked),
-        front=[r.name for r in front],
+        front=[r.name for r in plotted],
+        objective=_objective_line(conf),
         not_run=run.not_run,
         budget_minutes=budget,
         timing=_timing_lines(run, f"{budget:g} min ({source})" if budget else source),
@@ -172,6 +178,8 @@ def conclude(
     sweep.tracker.finish_parent(sweep.parent_id, winner_metrics, parent_tags, artifacts)
     title = f"sweep {sweep.folder.sweep_id} ({conf.grid.name})"
     console.print(console_table(records, selection, title))
+    if conf.quality.objective == "throughput":
+        console.print(console_table(records, selection, f"{title}: throughput", throughput=True))
     _print_tail(console, run, len(screens), rerun)
     console.print(f"report: {report}" + (f"\nprofile: {profile_path}" if profile_path else ""))
     return SweepOutcome(
@@ -192,6 +200,18 @@ def _print_tail(console: Console, run: TrialsRun, screens: int, rerun: str | Non
         console.print(f"screened {screens} candidates, confirmed {confirmed} (report: both stages)")
     if run.not_run and rerun:
         console.print(f"not run within the budget: {', '.join(run.not_run)}\nto run them: {rerun}")
+
+
+def _objective_line(conf: SweepConf) -> str:
+    q = conf.quality
+    if q.objective == "latency":
+        return "latency: the lowest p50 latency of one request (`quality.objective=latency`)"
+    return (
+        "throughput: the most audio seconds per second over a trial's `max_batch` concurrent "
+        "requests (`aggregate_audio_s_per_s`; concurrency 1 for max_batch 1), with every request "
+        f"faster than real time and their first audio's p95 within {q.ttfa_slo_s:g} s "
+        "(`quality.objective=throughput`, `quality.ttfa_slo_s`)"
+    )
 
 
 def _screen_line(conf: SweepConf) -> str:

@@ -109,6 +109,9 @@ class ScenarioConf:
     ci_target_pct: float = 3.0
     max_repeat_s: float = 120.0
     fidelity_frames: int = 32
+    # A candidate with max_batch > 1 then streams max_batch requests at once: one untimed round,
+    # then this many timed ones (harness.trial.measure).
+    concurrent_rounds: int = 3
     seed: int = 0
     temperature: float = SamplingParams.temperature
     top_p: float = SamplingParams.top_p
@@ -117,7 +120,7 @@ class ScenarioConf:
     def __post_init__(self) -> None:
         if not self.text.strip():
             raise ConfigError("scenario.text is empty")
-        for key in ("fixed_frames", "repeats", "fidelity_frames"):
+        for key in ("fixed_frames", "repeats", "fidelity_frames", "concurrent_rounds"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"scenario.{key} must be at least 1")
         if self.warmup_runs < 0:
@@ -156,12 +159,24 @@ class AsrConf:
             )
 
 
+# What each objective ranks by, and which way: a listener waiting for one request (the p50
+# latency), or a server with many at once (the most audio seconds made per wall second).
+OBJECTIVES: dict[str, tuple[str, str]] = {
+    "latency": ("latency_p50_s", "min"),
+    "throughput": ("aggregate_audio_s_per_s", "max"),
+}
+
+
 @dataclass
 class QualityConf:
-    """How the winner is chosen: an objective under gates."""
+    """How the winner is chosen: an objective under gates.
 
-    objective: str = "latency_p50_s"
-    objective_goal: str = "min"
+    ``throughput`` adds two gates a server needs: every request of a trial's concurrent rounds
+    faster than real time (``per_request_rtf_max`` < 1), and their first audio's p95 within
+    ``ttfa_slo_s``."""
+
+    objective: str = "latency"  # latency | throughput (see OBJECTIVES)
+    ttfa_slo_s: float = 2.0  # throughput: the p95 of first-audio times under concurrency, at most
     tie_tolerance: float = 0.02  # relative: objectives this close count as a tie, lower memory wins
     must_beat_baseline: bool = True
     max_wer_delta: float = 0.05
@@ -171,12 +186,24 @@ class QualityConf:
     asr: AsrConf = field(default_factory=AsrConf)
 
     def __post_init__(self) -> None:
-        if self.objective_goal not in ("min", "max"):
+        if self.objective not in OBJECTIVES:
             raise ConfigError(
-                f"quality.objective_goal must be min or max, not {self.objective_goal!r}"
+                f"quality.objective must be {' or '.join(OBJECTIVES)}, not {self.objective!r}"
             )
         if self.tie_tolerance < 0 or self.max_wer_delta < 0:
             raise ConfigError("quality.tie_tolerance and quality.max_wer_delta must be >= 0")
+        if self.ttfa_slo_s <= 0:
+            raise ConfigError("quality.ttfa_slo_s must be positive")
+
+    @property
+    def metric(self) -> str:
+        """The trial metric the objective ranks by."""
+        return OBJECTIVES[self.objective][0]
+
+    @property
+    def goal(self) -> str:
+        """``min`` or ``max``: which way the metric is better."""
+        return OBJECTIVES[self.objective][1]
 
 
 @dataclass

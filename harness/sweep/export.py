@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -43,8 +44,10 @@ def export_profile(
     speedup: float | None,
     reports_dir: Path,
     stamp: str,
+    objective: Literal["latency", "throughput"],
 ) -> tuple[Path, Path]:
-    """Write the timestamped and the active profile; returns both paths."""
+    """Write the timestamped and the active profile; returns both paths. ``objective`` is the
+    one the winner won under (a throughput profile batches requests; the service says which)."""
     figures = {key: winner.metric(key) for key in HEADLINE_METRICS}
     figures.update({f"fidelity_{key}": value for key, value in (winner.fidelity or {}).items()})
     figures.update(speedup_vs_baseline=speedup, wer=winner.wer)
@@ -58,6 +61,7 @@ def export_profile(
         hardware=hardware_name,
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         metrics={key: value for key, value in figures.items() if value is not None},
+        objective=objective,
     )
     profile = winning_profile(winner, hw).model_copy(update={"provenance": provenance})
     profiles = reports_dir / "profiles"

@@ -2,7 +2,8 @@
 
 A candidate whose swept knobs this machine cannot honour (``resolve_profile`` would change them,
 e.g. fp16 or reduce-overhead on CPU) is marked SKIPPED with the engine's own reason, so it shows
-up in MLflow and the report instead of being silently run as something else.
+up in MLflow and the report instead of being silently run as something else. So is one whose
+resident memory the perf model prices above the VRAM budget (``harness.sweep.vram``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -22,6 +23,9 @@ from engine.errors import ConfigError
 from engine.profile import EngineProfile, Hardware, resolve_profile, upstream_precision
 from harness.sweep.config import SweepConf
 from harness.trial.record import BASELINE, CANDIDATE, FAILED, SKIPPED, TrialRecord
+
+if TYPE_CHECKING:
+    from harness.sweep.vram import VramBound
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +107,10 @@ def candidate_spec(
     overrides: dict[str, Any],
     hw: Hardware,
     inputs: dict[str, Any],
+    bound: VramBound | None = None,
 ) -> TrialSpec:
+    """The candidate ``overrides`` make of ``base``: SKIPPED when ``hw`` cannot run it as asked
+    or (with a ``bound``) its memory cannot fit the VRAM budget, FAILED when it is no profile."""
     knobs = {**base, **overrides}
     name = trial_name(overrides)
     try:
@@ -114,6 +121,8 @@ def candidate_spec(
     knobs = requested.knobs()
     digest = config_hash(CANDIDATE, knobs, inputs)
     reason = _skip_reason(requested, overrides, hw)
+    if reason is None and bound is not None:
+        reason = bound.refusal(requested, hw)
     return TrialSpec(name, CANDIDATE, knobs, digest, SKIPPED if reason else None, reason)
 
 
@@ -136,14 +145,17 @@ def base_knobs(conf: SweepConf) -> dict[str, Any]:
     return {**dataclasses.asdict(conf.engine), "device": conf.hardware.device}
 
 
-def build_trials(conf: SweepConf, hw: Hardware, checkpoint_hash: str) -> list[TrialSpec]:
-    """Baseline, then the grid's candidates in order, each distinct configuration once."""
+def build_trials(
+    conf: SweepConf, hw: Hardware, checkpoint_hash: str, bound: VramBound | None = None
+) -> list[TrialSpec]:
+    """Baseline, then the grid's candidates in order, each distinct configuration once (those
+    over the VRAM ``bound`` SKIPPED)."""
     inputs = trial_inputs(conf, checkpoint_hash)
     base = base_knobs(conf)
     specs = [baseline_spec(conf, hw, inputs)]
     seen = {specs[0].config_hash: specs[0].name}
     for overrides in grid_overrides(conf.grid.axes, conf.grid.points):
-        spec = candidate_spec(base, overrides, hw, inputs)
+        spec = candidate_spec(base, overrides, hw, inputs, bound)
         if spec.config_hash in seen:
             log.info(
                 "%s is the same configuration as %s: run once", spec.name, seen[spec.config_hash]

@@ -116,6 +116,7 @@ def open_sweep(
         "grid": conf.grid.name,
         "scenario": conf.scenario.name,
         "checkpoint": str(checkpoint.path),
+        "objective": conf.quality.objective,
     }
     parent_id = tracker.start_parent(
         f"sweep-{folder.sweep_id}", params, tags, state.get("parent_run_id")
@@ -148,6 +149,7 @@ def make_plan(
     checkpoint_hash = checkpoint.content_hash if checkpoint else "no-checkpoint"
     if conf.search.name == "optuna":
         from harness.sweep.search import OptunaPlan
+        from harness.sweep.vram import VramBound
 
         return OptunaPlan(
             conf,
@@ -156,6 +158,7 @@ def make_plan(
             base_knobs(conf),
             trial_inputs(conf, checkpoint_hash),
             checkpoint is not None and not checkpoint.is_synthetic,
+            VramBound.for_sweep(conf, checkpoint),
         )
     ordered = order_by_promise(specs, history)
     if screening_on(conf, sum(1 for spec in specs[1:] if spec.runs)):

@@ -2,6 +2,8 @@
 
 Both render the same rows, so the terminal and the report never disagree. Every speed figure is
 shown next to its ratio to the baseline (SPEC: speed is always reported relative to upstream).
+A second table shows throughput: each trial's concurrent rounds (``max_batch`` requests at once)
+or, for one that decodes one request at a time, its streamed repeats (concurrency 1).
 """
 
 from __future__ import annotations
@@ -35,6 +37,20 @@ COLUMNS = (
     "WER",
     "gates",
 )
+THROUGHPUT_COLUMNS = (
+    "trial",
+    "concurrency",
+    "audio s/s",
+    "vs baseline",
+    "frames/s",
+    "per-request frames/s",
+    "worst RTF",
+    "TTFA p50 s",
+    "TTFA p95 s",
+    "queue s",
+    "occupancy",
+    "gates",
+)
 ERROR_LINES = 15
 
 
@@ -51,6 +67,7 @@ class SweepContext:
     torch_version: str
     grid: str
     scenario: str
+    objective: str  # which objective chose the winner, in words
     wer_note: str | None
     profile_path: Path | None
     machine: list[str]  # the machine's state around the sweep (``harness.sweep.machine``)
@@ -77,19 +94,22 @@ def speedup(trial: TrialRecord, baseline: TrialRecord | None) -> float | None:
     return base / mine if base and mine else None
 
 
+def _gates(record: TrialRecord, selection: Selection) -> str:
+    if record.is_baseline:
+        text = "reference"
+    elif not record.ok:
+        text = "n/a"
+    else:
+        text = "fail" if selection.failures.get(record.name) else "pass"
+    return text + (" ★ champion" if selection.winner is record else "")
+
+
 def table_rows(records: Sequence[TrialRecord], selection: Selection) -> list[list[str]]:
     baseline = next((r for r in records if r.is_baseline), None)
     rows = []
     for r in records:
         ratio = speedup(r, baseline)
-        if r.is_baseline:
-            gates = "reference"
-        elif not r.ok:
-            gates = "n/a"
-        else:
-            gates = "fail" if selection.failures.get(r.name) else "pass"
-        if selection.winner is r:
-            gates += " ★ champion"
+        gates = _gates(r, selection)
         rows.append(
             [
                 r.name,
@@ -106,6 +126,35 @@ def table_rows(records: Sequence[TrialRecord], selection: Selection) -> list[lis
                 figure(ratio, ".2f", "x"),
                 figure(r.wer),
                 gates,
+            ]
+        )
+    return rows
+
+
+def throughput_rows(records: Sequence[TrialRecord], selection: Selection) -> list[list[str]]:
+    """One row per trial that measured throughput, its aggregate audio as a ratio to the
+    baseline's (one request at a time) beside it."""
+    baseline = next((r for r in records if r.is_baseline and r.ok), None)
+    base = baseline.metric("aggregate_audio_s_per_s") if baseline else None
+    rows = []
+    for r in records:
+        audio = r.metric("aggregate_audio_s_per_s")
+        if audio is None:
+            continue
+        rows.append(
+            [
+                r.name,
+                figure(r.metric("concurrency"), ".0f"),
+                figure(audio),
+                figure(audio / base if base else None, ".2f", "x"),
+                figure(r.metric("aggregate_frames_per_s")),
+                figure(r.metric("per_request_frames_per_s")),
+                figure(r.metric("per_request_rtf_max")),
+                figure(r.metric("concurrent_ttfa_p50_s")),
+                figure(r.metric("concurrent_ttfa_p95_s")),
+                figure(r.metric("queue_s")),
+                figure(r.metric("batch_occupancy")),
+                _gates(r, selection),
             ]
         )
     return rows
@@ -147,13 +196,21 @@ def screening_lines(
     return ["", "## Screening", "", intro, "", *markdown_table(SCREEN_COLUMNS, rows)]
 
 
-def console_table(records: Sequence[TrialRecord], selection: Selection, title: str) -> Table:
+def console_table(
+    records: Sequence[TrialRecord], selection: Selection, title: str, throughput: bool = False
+) -> Table:
+    """The trial table, or with ``throughput`` the throughput table (a throughput sweep's)."""
     table = Table(title=title, caption=selection.summary)
-    for column in COLUMNS:
+    columns, rows = (
+        (THROUGHPUT_COLUMNS, throughput_rows(records, selection))
+        if throughput
+        else (COLUMNS, table_rows(records, selection))
+    )
+    for column in columns:
         table.add_column(
             column, justify="left" if column in ("trial", "status", "gates") else "right"
         )
-    for row in table_rows(records, selection):
+    for row in rows:
         table.add_row(*row)
     return table
 
@@ -205,6 +262,7 @@ def write_report(
         f"- hardware preset: `{context.hardware}` on {context.device_name}, "
         f"torch {context.torch_version}",
         f"- grid: `{context.grid}`; scenario: {context.scenario}",
+        f"- objective: {context.objective}",
         *context.machine,
         "- latency: `synthesize` end to end after warm-up (compile and warm-up are the compile "
         "column); TTFA: `synthesize_stream` to the first chunk (the baseline's first audio is its "
@@ -233,6 +291,20 @@ def write_report(
         lines += ["", "## Time", "", *context.timing]
     lines += ["", "## Search", "", *context.search]
     lines += ["", "## Trials", "", *markdown_table(COLUMNS, table_rows(records, selection))]
+    throughput = throughput_rows(records, selection)
+    if throughput:
+        lines += [
+            "",
+            "## Throughput",
+            "",
+            "A trial with `max_batch` > 1 streamed `max_batch` requests at once (its own text and "
+            "seed each) after its repeats; the others' figures are their streamed repeats, one "
+            "request at a time (concurrency 1). audio s/s: all requests' audio seconds over the "
+            "round's wall time (median over rounds); worst RTF: the slowest request's wall time "
+            "over its audio; TTFA: release to first audio as each caller saw it.",
+            "",
+            *markdown_table(THROUGHPUT_COLUMNS, throughput),
+        ]
     lines += context.screening
     lines += _details(records, selection)
     lines += [

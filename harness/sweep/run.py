@@ -61,6 +61,7 @@ from harness.sweep.plan import (
 from harness.sweep.screen import screen_scenario
 from harness.sweep.selection import fidelity_gates
 from harness.sweep.store import SweepFolder
+from harness.sweep.vram import VramBound
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def _run_locked(conf: SweepConf, folder: SweepFolder, console: Console, rerun: s
     hw = check_hardware(conf)
     checkpoint = prepare_checkpoint(conf)
     reference = prepare_reference(conf.scenario)
-    specs = build_trials(conf, hw, checkpoint.content_hash)
+    specs = build_trials(conf, hw, checkpoint.content_hash, VramBound.for_sweep(conf, checkpoint))
     start_state = survey(conf.hardware.device)
     warning = busy_warning(start_state, conf.isolation.max_other_cores)
     if warning:
@@ -196,7 +197,8 @@ def plan_only(conf: SweepConf, console: Console, rerun: str | None = None) -> li
     hw = planning_hardware(conf.hardware)
     path = next((p for p in (conf.checkpoint, conf.synthetic_checkpoint) if Path(p).is_dir()), None)
     checkpoint = CheckpointFolder.open(path) if path else None
-    specs = build_trials(conf, hw, checkpoint.content_hash if checkpoint else "no-checkpoint")
+    digest = checkpoint.content_hash if checkpoint else "no-checkpoint"
+    specs = build_trials(conf, hw, digest, VramBound.for_sweep(conf, checkpoint))
     history = load_history(conf.reports_dir, conf.hardware.name, "")
     plan = make_plan(conf, hw, specs, history, checkpoint)
     estimator = build_estimator(conf, hw, checkpoint, "")

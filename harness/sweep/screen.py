@@ -9,7 +9,9 @@ trial of the ``screen.keep`` fastest screens and of every other one within the n
 fastest (its repeats' range overlaps the fastest one's, or its objective is within
 ``quality.tie_tolerance`` of it), fastest first. A NOISY screen is confirmed too: its rank cannot
 be trusted. Only confirmed trials can win. A screen compiles the candidate's graphs, so its
-confirmation starts warm from the compile cache.
+confirmation starts warm from the compile cache. "Fastest" is the best objective: under
+``quality.objective=throughput`` the most aggregate audio per second, among the screens whose
+concurrent requests keep to real time and the first-audio SLO (the others are not confirmed).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 
 from harness.sweep.config import ScenarioConf, SweepConf
 from harness.sweep.grid import TrialSpec, config_hash, trial_inputs
+from harness.sweep.selection import throughput_failures
 from harness.trial.record import CONFIRM, SCREEN, TrialRecord
 
 log = logging.getLogger(__name__)
@@ -85,7 +88,7 @@ def _spread(record: TrialRecord, objective: str) -> tuple[float, float]:
 
 
 def _within_noise(record: TrialRecord, best: TrialRecord, conf: SweepConf) -> str | None:
-    objective = conf.quality.objective
+    objective = conf.quality.metric
     low, high = _spread(record, objective)
     best_low, best_high = _spread(best, objective)
     if low <= best_high and best_low <= high:
@@ -99,17 +102,22 @@ def _within_noise(record: TrialRecord, best: TrialRecord, conf: SweepConf) -> st
     return None
 
 
+def _unusable(record: TrialRecord, conf: SweepConf) -> str | None:
+    """Why a screen that ran cannot be ranked: no objective, over the VRAM budget, or (under the
+    throughput objective) concurrent requests slower than real time or past the first-audio SLO."""
+    quality, budget = conf.quality, conf.hardware.vram_budget_mb
+    if record.metric(quality.metric) is None:
+        return f"{quality.metric} not measured"
+    reserved = record.metric("peak_reserved_mb")
+    if budget and reserved is not None and reserved > budget:
+        return f"peak reserved VRAM {reserved:.0f} MB > {budget} MB"
+    return "; ".join(throughput_failures(record, quality)) or None
+
+
 def _ranked(screens: Sequence[TrialRecord], conf: SweepConf) -> list[TrialRecord]:
-    objective, budget = conf.quality.objective, conf.hardware.vram_budget_mb
-    usable = [
-        r
-        for r in screens
-        if r.ok
-        and r.metric(objective) is not None
-        and not (budget and (r.metric("peak_reserved_mb") or 0.0) > budget)
-    ]
-    sign = 1.0 if conf.quality.objective_goal == "min" else -1.0
-    return sorted(usable, key=lambda r: sign * r.metric(objective))
+    usable = [r for r in screens if r.ok and _unusable(r, conf) is None]
+    sign = 1.0 if conf.quality.goal == "min" else -1.0
+    return sorted(usable, key=lambda r: sign * r.metric(conf.quality.metric))
 
 
 def pick_confirmations(screens: Sequence[TrialRecord], conf: SweepConf) -> dict[str, Verdict]:
@@ -121,11 +129,7 @@ def pick_confirmations(screens: Sequence[TrialRecord], conf: SweepConf) -> dict[
         if not r.ok:
             verdicts[r.name] = Verdict(False, f"{r.status}: {r.headline}")
         elif r not in ranked:
-            reserved = r.metric("peak_reserved_mb")
-            why = f"{conf.quality.objective} not measured"
-            if reserved is not None and r.metric(conf.quality.objective) is not None:
-                why = f"peak reserved VRAM {reserved:.0f} MB > {conf.hardware.vram_budget_mb} MB"
-            verdicts[r.name] = Verdict(False, why)
+            verdicts[r.name] = Verdict(False, _unusable(r, conf) or "not ranked")
     for rank, r in enumerate(ranked, 1):
         place = f"#{rank} of {len(ranked)}"
         noise = _within_noise(r, ranked[0], conf) if rank > 1 else None
@@ -136,7 +140,7 @@ def pick_confirmations(screens: Sequence[TrialRecord], conf: SweepConf) -> dict[
         elif r.noisy:
             verdicts[r.name] = Verdict(True, f"{place}: NOISY, so its rank cannot be trusted")
         else:
-            objective = conf.quality.objective
+            objective = conf.quality.metric
             verdicts[r.name] = Verdict(
                 False,
                 f"{place}: {r.metric(objective):.4g} against the fastest's "

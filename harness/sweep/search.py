@@ -7,9 +7,11 @@ sampler. Hydra's sweeper would launch each trial as its own Hydra job; the trial
 the sweep's loop instead (baseline first, one MLflow parent, resume by config hash, the budget),
 so the study is driven with Optuna's ask/tell.
 
-Two objectives are minimised, the quality objective (p50 latency) and peak memory; the quality
-gates (fidelity, WER, VRAM budget, NOISY) are constraints: a candidate failing any is infeasible,
-so the front Optuna converges to is the one the selection can choose from.
+Two objectives are minimised, the quality objective (p50 latency, or under
+``quality.objective=throughput`` the aggregate audio per second, negated) and peak memory; the
+quality gates (fidelity, WER, VRAM budget, NOISY, and under throughput real time and the
+first-audio SLO) are constraints: a candidate failing any is infeasible, so the front Optuna
+converges to is the one the selection can choose from.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from harness.sweep.config import SweepConf
 from harness.sweep.grid import TrialSpec, candidate_spec
 from harness.sweep.plan import Plan
 from harness.sweep.selection import Gates
+from harness.sweep.vram import VramBound
 from harness.trial.record import TrialRecord
 
 log = logging.getLogger(__name__)
@@ -77,8 +80,10 @@ class OptunaPlan(Plan):
         base: dict[str, Any],
         inputs: dict[str, Any],
         wer_applicable: bool,
+        bound: VramBound | None = None,
     ) -> None:
         self.conf, self.hw, self.base, self.inputs = conf, hw, base, inputs
+        self.bound = bound
         self.gates = Gates(
             conf.quality, conf.hardware.vram_budget_mb, wer_applicable, conf.selection.allow_noisy
         )
@@ -108,7 +113,7 @@ class OptunaPlan(Plan):
             trial = self.study.ask(self.distributions)
             params = {key: _typed(key, value) for key, value in trial.params.items()}
             overrides = {k: v for k, v in params.items() if v != self.base.get(k)}
-            spec = candidate_spec(self.base, overrides, self.hw, self.inputs)
+            spec = candidate_spec(self.base, overrides, self.hw, self.inputs, self.bound)
             if spec.config_hash in self.results:  # asked again: answer from the first run
                 log.info("optuna asked for %s again; reusing its result", spec.name)
                 self._tell(trial, self.results[spec.config_hash])
@@ -144,11 +149,11 @@ class OptunaPlan(Plan):
         return self.conf.search.n_trials - self.left
 
     def _tell(self, trial: optuna.trial.Trial, record: TrialRecord) -> None:
-        objective, memory = record.metric(self.conf.quality.objective), record.memory_mb
+        objective, memory = record.metric(self.conf.quality.metric), record.memory_mb
         if not record.ok or objective is None:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return
         ok = self.gates.feasible(record, self.baseline)
         trial.set_user_attr(CONSTRAINTS, [0.0 if ok else 1.0])
-        sign = 1.0 if self.conf.quality.objective_goal == "min" else -1.0
+        sign = 1.0 if self.conf.quality.goal == "min" else -1.0
         self.study.tell(trial, [sign * objective, memory if memory is not None else 0.0])

@@ -1,12 +1,16 @@
 """Choose the winning trial: the best objective among candidates that pass every gate.
 
+The objective is ``latency`` (lowest p50 latency of one request) or ``throughput`` (most audio
+seconds per second over a trial's concurrent requests; ``harness.sweep.config.OBJECTIVES``).
 Gates: the trial ran, its timings were not disturbed by other processes (NOISY, unless
 ``allow_noisy``), fidelity within the thresholds, WER within ``max_wer_delta`` of the baseline
 (only where WER means something, i.e. real weights), peak reserved VRAM within the hardware
-budget, and (by default) a better objective than the baseline. Candidates whose 95 % intervals of
-the objective overlap the best one's are tied (without intervals: objectives within
-``tie_tolerance``), and the lowest peak memory among them wins. When nothing passes the baseline
-wins, and every candidate keeps the reasons it failed.
+budget, and (by default) a better objective than the baseline. Under ``throughput`` a server's
+promises are gates too: every concurrent request faster than real time, and their first audio's
+p95 within ``ttfa_slo_s`` (more aggregate audio that keeps callers waiting is no win).
+Candidates whose 95 % intervals of the objective overlap the best one's are tied (without
+intervals: objectives within ``tie_tolerance``), and the lowest peak memory among them wins. When
+nothing passes the baseline wins, and every candidate keeps the reasons it failed.
 """
 
 from __future__ import annotations
@@ -69,15 +73,36 @@ def _vram_reasons(trial: TrialRecord, budget_mb: float | None) -> list[str]:
     return [f"peak reserved VRAM {reserved:.0f} MB > budget {budget_mb:.0f} MB"]
 
 
+def throughput_failures(trial: TrialRecord, quality: QualityConf) -> list[str]:
+    """Under the throughput objective, why the trial's concurrent requests break what a server
+    promises each caller: real time for every request, first audio within the SLO."""
+    if quality.objective != "throughput":
+        return []
+    under = f"at concurrency {trial.metric('concurrency') or 1:.0f}"
+    rtf, ttfa = trial.metric("per_request_rtf_max"), trial.metric("concurrent_ttfa_p95_s")
+    reasons = []
+    if rtf is None:
+        reasons.append("per_request_rtf_max was not measured")
+    elif rtf >= 1.0:
+        reasons.append(f"slower than real time {under}: per_request_rtf_max {rtf:.3g} >= 1")
+    if ttfa is None:
+        reasons.append("concurrent_ttfa_p95_s was not measured")
+    elif ttfa > quality.ttfa_slo_s:
+        reasons.append(
+            f"first audio p95 {ttfa:.3g} s {under} > quality.ttfa_slo_s {quality.ttfa_slo_s:g} s"
+        )
+    return reasons
+
+
 def _baseline_reasons(
     trial: TrialRecord, baseline: TrialRecord | None, quality: QualityConf
 ) -> list[str]:
     if not quality.must_beat_baseline or baseline is None or not baseline.ok:
         return []
-    mine, theirs = trial.metric(quality.objective), baseline.metric(quality.objective)
-    if theirs is None or _better(mine, theirs, quality.objective_goal):
+    mine, theirs = trial.metric(quality.metric), baseline.metric(quality.metric)
+    if theirs is None or _better(mine, theirs, quality.goal):
         return []
-    return [f"{quality.objective} {mine:.4g} does not beat the baseline's {theirs:.4g}"]
+    return [f"{quality.metric} {mine:.4g} does not beat the baseline's {theirs:.4g}"]
 
 
 @dataclass(frozen=True)
@@ -96,12 +121,13 @@ class Gates:
             return [f"{trial.status}: {trial.headline}"]
         if trial.noisy and not self.allow_noisy:
             return [f"NOISY: {trial.noisy} (selection.allow_noisy=true lets it win)"]
-        if trial.metric(quality.objective) is None:
-            return [f"objective {quality.objective} was not measured"]
+        if trial.metric(quality.metric) is None:
+            return [f"objective {quality.objective} ({quality.metric}) was not measured"]
         reasons = _fidelity_reasons(trial, quality)
         if self.wer_applicable:
             reasons += _wer_reasons(trial, baseline, quality.max_wer_delta)
         reasons += _vram_reasons(trial, self.vram_budget_mb)
+        reasons += throughput_failures(trial, quality)
         return reasons + _baseline_reasons(trial, baseline, quality)
 
     def feasible(self, trial: TrialRecord, baseline: TrialRecord | None) -> bool:
@@ -119,7 +145,7 @@ def interval(trial: TrialRecord, key: str) -> tuple[float, float] | None:
 
 
 def _tied(trial: TrialRecord, best: TrialRecord, quality: QualityConf) -> bool:
-    key = quality.objective
+    key = quality.metric
     mine, theirs = interval(trial, key), interval(best, key)
     if mine is not None and theirs is not None:
         return mine[0] <= theirs[1] and theirs[0] <= mine[1]
@@ -133,7 +159,7 @@ def _memory(trial: TrialRecord) -> float:
 
 def _pick(passing: list[TrialRecord], quality: QualityConf) -> tuple[TrialRecord, str | None]:
     """Best objective; among those tied with it, the lowest peak memory (and why, if a tie)."""
-    goal, key = quality.objective_goal, quality.objective
+    goal, key = quality.goal, quality.metric
     best = min(passing, key=lambda t: t.metric(key) if goal == "min" else -t.metric(key))
     tied = [t for t in passing if _tied(t, best, quality)]
     winner = min(tied, key=lambda t: (_memory(t), t is not best))
@@ -163,7 +189,8 @@ def select_winner(trials: Sequence[TrialRecord], gates: Gates) -> Selection:
         return Selection(
             winner,
             failures,
-            f"{winner.name} wins: best {quality.objective} of {len(passing)} passing",
+            f"{winner.name} wins: best {quality.metric} ({quality.objective} objective) of "
+            f"{len(passing)} passing",
             tie,
         )
     if baseline is not None and baseline.ok:

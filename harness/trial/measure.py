@@ -10,12 +10,16 @@ streaming the codec decodes chunks in between decoder steps, so the decoder's cl
 codec time. The baseline is upstream's ``generate()`` + one codec decode, whose first audio is its
 last (upstream streaming sends whole segments). Everything before the timed repeats (compile,
 graph capture, first calls on the scenario's inputs) is reported as ``compile_s``, never inside
-latency. Fidelity is measured last, against the fp32 run the sweep's first candidate saved.
+latency. An engine with ``max_batch`` > 1 then streams ``max_batch`` requests at once
+(``measure_concurrency``) for its throughput; one that decodes a request at a time gets the same
+figures from its streamed repeats. Fidelity is measured last, against the fp32 run the sweep's
+first candidate saved.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -28,7 +32,13 @@ import numpy as np
 
 from engine.audio_io import write_wav
 from harness.trial.isolation import watch_isolation
-from harness.trial.metrics import interval_metrics, roofline, summarize_runs
+from harness.trial.metrics import (
+    concurrent_throughput,
+    interval_metrics,
+    roofline,
+    single_stream_throughput,
+    summarize_runs,
+)
 from harness.trial.record import BASELINE
 from harness.trial.repeats import RepeatPolicy, repeat_until_stable
 
@@ -50,6 +60,10 @@ class Subject:
     frame_bytes: Callable[[], dict[str, int]]  # perf model, for the last request's KV bucket
     active_knobs: dict[str, Any]
     fallbacks: list[str]
+    max_batch: int = 1  # requests decoded together; above 1 the trial also runs concurrent rounds
+    # Stream requests at once (``harness.bench.concurrency.stream_round``); None: one at a time.
+    concurrent_round: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
+    close: Callable[[], None] = lambda: None  # stop what the subject runs beside the caller
 
 
 def _request(job: dict[str, Any]) -> dict[str, Any]:
@@ -88,6 +102,12 @@ def load_candidate(job: dict[str, Any]) -> Subject:
         engine.semantic_cache.clear()
         return np.concatenate(list(engine.synthesize_stream(**request)))
 
+    def concurrent_round(requests: list[dict[str, Any]]) -> dict[str, Any]:
+        from harness.bench.concurrency import stream_round
+
+        engine.semantic_cache.clear()
+        return stream_round(engine, requests)
+
     return Subject(
         synthesize,
         stream,
@@ -97,6 +117,9 @@ def load_candidate(job: dict[str, Any]) -> Subject:
         lambda: engine.frame_bytes().as_dict(),
         engine.active_profile.knobs(),
         [str(f) for f in engine.fallbacks],
+        engine.max_batch,
+        concurrent_round if engine.max_batch > 1 else None,
+        engine.close,
     )
 
 
@@ -174,6 +197,7 @@ def repeat_policy(scenario: dict[str, Any]) -> RepeatPolicy:
     )
 
 
+CONCURRENCY_FILE = "concurrency.json"  # the concurrent rounds' row, every request's figures
 PEAKS = ("peak_allocated_mb", "peak_reserved_mb", "nvml_process_mb", "host_rss_mb")
 SCREEN_NOTE = "screening: fidelity and WER are measured when the candidate is confirmed"
 
@@ -215,6 +239,44 @@ def measure_request(subject: Subject) -> tuple[dict[str, Any], np.ndarray]:
     return run, audio
 
 
+def measure_concurrency(subject: Subject, job: dict[str, Any]) -> dict[str, Any]:
+    """``max_batch`` requests at once on the subject's engine, as ``fishbench bench
+    --concurrency`` times them: one untimed round (whatever this concurrency builds the first
+    time), then ``scenario.concurrent_rounds`` timed ones. Each request has its own text and
+    seed, the scenario's reference, frames and sampling. Returns the bench's row, with every
+    timed request under ``requests`` and the untimed round's seconds."""
+    from harness.bench.concurrency import concurrency_requests, concurrency_row
+
+    s, c = job["scenario"], subject.max_batch
+    sampling = {key: s[key] for key in ("temperature", "top_p", "repetition_penalty")}
+    reference = job["reference_audio"], s["reference_text"]
+
+    def one_round(index: int) -> dict[str, Any]:
+        requests = concurrency_requests(c, index, s["fixed_frames"], *reference)
+        return subject.concurrent_round([request | sampling for request in requests])
+
+    t0 = time.perf_counter()
+    one_round(0)
+    untimed_s = time.perf_counter() - t0
+    rounds = [one_round(index) for index in range(1, s["concurrent_rounds"] + 1)]
+    log.info("concurrency %d: %d timed rounds after %.1f s untimed", c, len(rounds), untimed_s)
+    requests = [q for r in rounds for q in r["requests"]]
+    return concurrency_row(c, rounds) | {"untimed_round_s": untimed_s, "requests": requests}
+
+
+def _concurrent_peaks(
+    metrics: dict[str, float | None], requests: list[dict[str, Any]]
+) -> dict[str, float | None]:
+    """Memory peaks over the repeats and the concurrent requests: a batching engine holds the
+    most while its slots decode together, and that is what the VRAM budget must hold."""
+    peaks = {}
+    for key in PEAKS:
+        values = (metrics[key], *(q["report"].get(key) for q in requests))
+        known = [v for v in values if v is not None]
+        peaks[key] = max(known) if known else None
+    return peaks
+
+
 def run_trial(job: dict[str, Any]) -> dict[str, Any]:
     """Measure one baseline or candidate job; a plain dict (the parent builds the record)."""
     scenario = job["scenario"]
@@ -230,13 +292,22 @@ def run_trial(job: dict[str, Any]) -> dict[str, Any]:
             lambda done: done[0]["total_s"],
             repeat_policy(scenario),
         )
+        row = measure_concurrency(subject, job) if subject.concurrent_round else None
     runs = [run for run, _ in repeats.results]
-    write_wav(Path(job["out_dir"]) / "sample.wav", repeats.results[-1][1])
+    out_dir = Path(job["out_dir"])
+    write_wav(out_dir / "sample.wav", repeats.results[-1][1])
     metrics = summarize_runs(runs)
+    if row is None:
+        metrics.update(single_stream_throughput(runs))
+    else:
+        metrics.update(concurrent_throughput(row))
+        metrics.update(_concurrent_peaks(metrics, row["requests"]))
+        (out_dir / CONCURRENCY_FILE).write_text(json.dumps(row, indent=2, default=str))
     metrics.update(interval_metrics(repeats.interval, runs))
     metrics.update(load_s=subject.load_s, compile_s=compile_s, **cache)
     metrics.update({k: float(v) for k, v in isolation.items() if isinstance(v, int | float)})
     frame_bytes = subject.frame_bytes()
+    subject.close()
     metrics.update({f"bytes_per_frame_{part}": n for part, n in frame_bytes.items()})
     metrics.update(roofline(metrics["frames_per_s"], frame_bytes["total"], job["bandwidth_gb_s"]))
     result = {

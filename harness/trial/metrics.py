@@ -2,11 +2,14 @@
 
 Percentiles for latency (tail behaviour matters to a listener), medians for rates, maxima for
 memory (the budget must hold at the worst moment). Figures the machine cannot measure (VRAM and
-NVML on CPU) stay absent rather than becoming zeros.
+NVML on CPU) stay absent rather than becoming zeros. Throughput (aggregate audio per second, the
+worst request's RTF, first audio under concurrency) comes from a batching trial's concurrent
+rounds, or from the streamed repeats of one that decodes a request at a time.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +30,9 @@ HEADLINE_METRICS = (
     "peak_reserved_mb",
     "host_rss_mb",
     "compile_s",
+    "aggregate_audio_s_per_s",
+    "per_request_rtf_max",
+    "concurrent_ttfa_p95_s",
 )
 
 
@@ -102,3 +108,59 @@ def roofline(
         figures["roofline_frames_per_s"] = bandwidth_gb_s * 1e9 / bytes_per_frame
         figures["roofline_pct"] = 100.0 * figures["achieved_gb_s"] / bandwidth_gb_s
     return figures
+
+
+def single_stream_throughput(runs: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    """The throughput figures at concurrency 1, from the streamed requests of the timed repeats
+    (one at a time), so that a trial that decodes one request at a time, the baseline included,
+    compares on throughput with one that ran concurrent rounds (``concurrent_throughput``)."""
+    streamed = [
+        (float(run["stream_total_s"]), float(run["audio_s"]), float(run["frames"]))
+        for run in runs
+        if run.get("stream_total_s") and run.get("audio_s")
+    ]
+    if not streamed:
+        return {}
+    ttfa = summarize(_values(runs, "ttfa_s"))
+    frame_rates = [frames / wall for wall, _, frames in streamed]
+    return {
+        "concurrency": 1.0,
+        "aggregate_audio_s_per_s": summarize([audio / wall for wall, audio, _ in streamed])["p50"],
+        "aggregate_frames_per_s": summarize(frame_rates)["p50"],
+        "per_request_frames_per_s": statistics.fmean(frame_rates),
+        "per_request_rtf_max": max(wall / audio for wall, audio, _ in streamed),
+        "concurrent_ttfa_p50_s": ttfa.get("p50"),
+        "concurrent_ttfa_p95_s": ttfa.get("p95"),
+    }
+
+
+def _round_audio_s_per_s(requests: Sequence[dict[str, Any]]) -> float:
+    """One round's audio seconds, all requests together, per second of the round's wall time
+    (from the first release to the last request's last audio)."""
+    wall = max(r["end_s"] for r in requests) - min(r["start_s"] for r in requests)
+    return sum(r["report"]["audio_s"] for r in requests) / wall
+
+
+def concurrent_throughput(row: dict[str, Any]) -> dict[str, float | None]:
+    """The throughput figures of concurrent rounds: ``row`` is the bench's
+    ``harness.bench.concurrency.concurrency_row`` of the rounds, with every timed request under
+    ``requests`` (medians over rounds for the aggregates; every request of every round for the
+    per-request figures and first audio)."""
+    requests, size = row["requests"], int(row["concurrency"])
+    rounds = [requests[i : i + size] for i in range(0, len(requests), size)]
+    audio = summarize([_round_audio_s_per_s(r) for r in rounds])
+    return {
+        "concurrency": float(row["concurrency"]),
+        "concurrent_rounds": float(row["rounds"]),
+        "concurrent_untimed_round_s": row["untimed_round_s"],
+        "aggregate_audio_s_per_s": audio["p50"],
+        "aggregate_frames_per_s": row["aggregate_frames_per_s"],
+        "aggregate_frames_per_s_spread": row["aggregate_frames_per_s_spread"],
+        "aggregate_decode_frames_per_s": row["aggregate_decode_frames_per_s"],
+        "per_request_frames_per_s": row["per_request_frames_per_s"],
+        "per_request_rtf_max": row["per_request_rtf_max"],
+        "concurrent_ttfa_p50_s": row["ttfa_p50_s"],
+        "concurrent_ttfa_p95_s": row["ttfa_p95_s"],
+        "queue_s": row["queue_s"],
+        "batch_occupancy": row["batch_occupancy"],
+    }

@@ -97,7 +97,9 @@ def test_an_export_waits_for_another_sweeps_export(tmp_path: Path, tiny_checkpoi
     with holder(reports / "profiles" / ".export.lock") as other:
         export = threading.Thread(
             target=lambda: exported.extend(
-                export_profile(winner, Hardware.detect("cpu"), "cpu", checkpoint, 1.0, reports, "s")
+                export_profile(
+                    winner, Hardware.detect("cpu"), "cpu", checkpoint, 1.0, reports, "s", "latency"
+                )
             )
         )
         export.start()

@@ -75,6 +75,7 @@ def _report(folder: Path, records: list[TrialRecord]) -> list[Path]:
         torch_version="2",
         grid="quick-cpu",
         scenario="fixed",
+        objective="latency",
         wer_note=None,
         profile_path=None,
         machine=["- machine at the start: other processes used 0.01 of 2 CPU cores"],
