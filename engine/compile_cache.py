@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from engine.profile import EngineProfile
+from engine.profile import EngineProfile, batch_size
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,19 @@ GRAPH_KNOBS: dict[str, tuple[str, ...]] = {
     "prefill": ("device", "precision", "quantization", "int4_group_size", "max_seq_len"),
     "codec": ("device", "precision"),  # one graph per padded decode length
 }
+# ``max_batch > 1`` compiles the batched step (one graph per padded batch size, over slot caches
+# of ``batch_size(max_batch)`` rows) and a prefill that stops at the hidden state, instead.
+GRAPH_KNOBS |= {"batch_step": GRAPH_KNOBS["decode_step"], "batch_prefill": GRAPH_KNOBS["prefill"]}
 # The knobs that change the inductor settings a function's graphs compile under (part of
 # inductor's cache key, not of the graph). ``tf32`` counts only on CUDA (CPU matmuls ignore it).
 SETTING_KNOBS: dict[str, tuple[str, ...]] = {
     "decode_step": ("compile_decode", "coordinate_descent_tuning", "tf32"),
     "prefill": ("coordinate_descent_tuning", "tf32"),
     "codec": ("compile_codec", "coordinate_descent_tuning", "tf32"),
+}
+SETTING_KNOBS |= {
+    "batch_step": SETTING_KNOBS["decode_step"],
+    "batch_prefill": SETTING_KNOBS["prefill"],
 }
 
 # The counters torch bumps on each cache lookup (torch/_inductor/codecache.py and
@@ -216,10 +223,14 @@ def compiled_graphs(profile: EngineProfile, codec_lengths: Iterable[int] | None 
     default every warmed one). Two profiles compile a unit once between them when it is the same
     string in both: only ``GRAPH_KNOBS`` and ``SETTING_KNOBS`` enter it."""
     units = set()
-    if profile.compile_decode != "none":
+    batched = profile.max_batch > 1
+    if profile.compile_decode != "none" and batched:
+        rows = batch_size(profile.max_batch)
+        units |= {_unit("batch_step", profile, f"@{n}of{rows}") for n in profile.batch_sizes()}
+    elif profile.compile_decode != "none":
         units.add(_unit("decode_step", profile))
     if profile.compile_prefill:
-        units.add(_unit("prefill", profile))
+        units.add(_unit("batch_prefill" if batched else "prefill", profile))
     if profile.compile_codec != "none":
         if codec_lengths is None:
             from engine.codec import decode_lengths

@@ -58,9 +58,10 @@ SHAPING = [
     ({"quantization": "int8"}, {"precision": "bf16"}),
     ({"int4_group_size": 32}, {"precision": "bf16", "quantization": "int4"}),
 ]
-# Knobs a CPU cannot vary (they resolve to one value here), or that choose which functions compile.
+# Knobs a CPU cannot vary (they resolve to one value here), or that choose which functions compile
+# (``max_batch > 1`` compiles the batched step and prefill instead: test_batched_units below).
 NOT_ON_CPU = {"device", "tf32", "num_streams"}
-CHOOSERS = {"compile_decode", "compile_codec", "compile_prefill"}
+CHOOSERS = {"compile_decode", "compile_codec", "compile_prefill", "max_batch"}
 
 
 def capture(checkpoint: Path, knobs: dict[str, Any]) -> dict[str, str]:
@@ -139,9 +140,28 @@ def test_a_graph_knob_changes_exactly_the_graphs_it_is_listed_for(
     before, after = captured({**BASE, **within}), captured({**BASE, **within, **change})
     changed = {name for name in before if before[name] != after[name]}
     knob = next(iter(change))
-    assert changed == {name for name, knobs in GRAPH_KNOBS.items() if knob in knobs}
+    listed = {name for name, knobs in GRAPH_KNOBS.items() if knob in knobs and name in before}
+    assert changed == listed
     model_before, model_after = modelled({**BASE, **within}), modelled({**BASE, **within, **change})
     assert {name for name in model_before if model_before[name] != model_after[name]} == changed
+
+
+def test_batched_units_are_one_step_per_batch_size_and_their_own_prefill() -> None:
+    """A batched engine compiles a step per padded batch size over slot caches of its padded
+    rows: max_batch 3 and 4 share every graph (both pad to 4 rows), 8 shares none of theirs."""
+    three, four = modelled({**BASE, "max_batch": 3}), modelled({**BASE, "max_batch": 4})
+    assert set(three) == {"batch_step", "batch_prefill", "codec"}
+    both = {u for u in compiled_graphs(_resolved({**BASE, "max_batch": 4}), [CODEC_LENGTH])}
+    assert both == compiled_graphs(_resolved({**BASE, "max_batch": 3}), [CODEC_LENGTH])
+    steps = {u for u in both if u.startswith("batch_step")}
+    assert len(steps) == 3  # batch sizes 1, 2, 4
+    eight = compiled_graphs(_resolved({**BASE, "max_batch": 8}), [CODEC_LENGTH])
+    assert not steps & eight
+    assert three["batch_prefill"] == four["batch_prefill"] != modelled(BASE)["prefill"]
+
+
+def _resolved(knobs: dict[str, Any]) -> EngineProfile:
+    return resolve_profile(EngineProfile(**knobs), Hardware("cpu", "cpu", None, False))[0]
 
 
 def test_every_knob_is_classified() -> None:
