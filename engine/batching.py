@@ -199,6 +199,8 @@ class BatchScheduler:
         Warm-up goes through here: CUDA graph trees are per thread, so graphs are recorded on
         the thread that replays them.
         """
+        if threading.current_thread() is self._thread:
+            return fn()
         done: queue.Queue = queue.Queue(1)
         self._calls.put((fn, done))
         self._wake.set()
