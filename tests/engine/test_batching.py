@@ -41,6 +41,13 @@ PARAMS = [
 
 
 @pytest.fixture(scope="module")
+def engine(tiny_checkpoint: Path) -> OptimizedFishSpeech:
+    """The batch-1 engine the batched one is compared with (its own: these tests fill its voice
+    caches, which other modules' tests of the shared engine expect empty)."""
+    return OptimizedFishSpeech.from_checkpoint(tiny_checkpoint, EngineProfile())
+
+
+@pytest.fixture(scope="module")
 def batched(tiny_checkpoint: Path) -> Iterator[OptimizedFishSpeech]:
     engine = OptimizedFishSpeech.from_checkpoint(tiny_checkpoint, EngineProfile(max_batch=4))
     yield engine

@@ -61,6 +61,7 @@ def test_every_env_override_sets_its_knob() -> None:
         "FIRST_CHUNK_SIZE": "2",
         "NUM_STREAMS": "2",
         "CACHE_LIMIT": "5",
+        "MAX_BATCH": "4",
     }
     assert set(env) == set(ENV_OVERRIDES)  # a new override needs a line here
     profile = EngineProfile.from_env(env=env)
@@ -74,6 +75,7 @@ def test_every_env_override_sets_its_knob() -> None:
         5,
     )
     assert profile.first_chunk_size == 2
+    assert profile.max_batch == 4
 
 
 def _example_sections() -> dict[str, set[str]]:
