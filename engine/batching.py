@@ -31,7 +31,7 @@ from fish_speech.models.text2semantic.llama import KVCache
 from torch import Tensor, nn
 
 from engine import dual_ar
-from engine.generation import PREFILL_WARMUP_TOKENS, SemanticDecoder
+from engine.generation import PREFILL_WARMUP_TOKENS, SemanticDecoder, block_due, speech_end
 from engine.profile import batch_size, kv_bucket
 from engine.sampling import DEFAULT_SAMPLING, REPETITION_WINDOW, SamplingParams, sample
 from engine.telemetry import SynthesisReport
@@ -408,13 +408,11 @@ class BatchScheduler:
         """At a block boundary: hand the block over, or end the request at end-of-speech."""
         interval = self.decoder.profile.eos_check_interval
         produced, emitted = request.produced, request.emitted
-        due = produced - emitted == interval or (emitted == 0 and produced == request.first_block)
-        if not (due or produced == request.budget):
+        if not block_due(produced, emitted, interval, request.first_block, request.budget):
             return
         block = self.store[slot, :, emitted:produced]
-        ends = (block[0] == self.decoder.im_end).nonzero()
-        if ends.numel():
-            cut = int(ends[0, 0])
+        cut = speech_end(block, self.decoder.im_end)
+        if cut is not None:
             if cut:
                 request.out.put(block[1:, :cut].clone())
             request.produced = emitted + cut

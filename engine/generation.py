@@ -32,6 +32,19 @@ log = logging.getLogger(__name__)
 PREFILL_WARMUP_TOKENS = 3
 
 
+def block_due(produced: int, emitted: int, interval: int, first: int, budget: int) -> bool:
+    """Whether the frames made since the last block end one: the first block after ``first``
+    frames, then every ``interval``, and whatever is left at the budget."""
+    due = produced - emitted == interval or (emitted == 0 and produced == first)
+    return due or produced == budget
+
+
+def speech_end(block: Tensor, im_end: int) -> int | None:
+    """The index of a block's first end-of-speech frame (a host read-back), None if none."""
+    ends = (block[0] == im_end).nonzero()
+    return int(ends[0, 0]) if ends.numel() else None
+
+
 class SemanticDecoder(nn.Module):
     """Generates frames of 1 token + ``num_codebooks`` codes from a prompt [1 + C, T]."""
 
@@ -283,12 +296,10 @@ class SemanticDecoder(nn.Module):
         report.decode_s = 0.0
         t1 = time.perf_counter()
         while True:
-            due = produced - emitted == interval or (emitted == 0 and produced == first)
-            if due or produced == budget:
+            if block_due(produced, emitted, interval, first, budget):
                 block = frames[:, emitted:produced]
-                ends = (block[0] == self.im_end).nonzero()
-                if ends.numel():
-                    cut = int(ends[0, 0])
+                cut = speech_end(block, self.im_end)
+                if cut is not None:
                     if cut:
                         report.decode_s += time.perf_counter() - t1
                         yield block[1:, :cut]
