@@ -22,6 +22,8 @@ from fish_speech.models.dac.modded_dac import DAC
 from torch import nn
 from torch.nn.utils import parametrize
 
+from engine.codec_layout import channels_last_decoder
+from engine.codec_stream import CodecStream
 from engine.profile import EngineProfile
 from engine.sampling import MAX_NEW_TOKENS
 
@@ -86,6 +88,8 @@ class CodecRunner:
         self.codec = codec
         self.profile = profile
         fuse_weight_norm(codec)
+        if profile.codec_layout == "channels_last":
+            channels_last_decoder(codec, stateful=profile.codec_streaming == "stateful")
         # Upstream computes these with numpy: dynamo guards a numpy scalar as a tensor, and that
         # guard fails at once under inference_mode (a compiled decode crashed on its first call).
         codec.hop_length = int(codec.hop_length)
@@ -225,6 +229,22 @@ class CodecRunner:
         """Audio (float32, 44.1 kHz) for codes [num_codebooks, frames]."""
         audio = self._decode_frames(codes.to(self.device))
         return audio.float().cpu().numpy()
+
+    def open_stream(self) -> Callable[[torch.Tensor, int, int], torch.Tensor]:
+        """For one streamed request: a function giving device audio for frames [start, end) of
+        its codes, called chunk after chunk in order. Stateful (``codec_streaming``): each frame
+        decoded once, carrying the layers' state; else ``decode_window``."""
+        if self.profile.codec_streaming != "stateful":
+            return self.decode_window
+        stream = CodecStream(self._decode_eager)
+
+        @torch.inference_mode()
+        def decode(codes: torch.Tensor, start: int, end: int) -> torch.Tensor:
+            if start != stream.frames:
+                raise ValueError(f"a codec stream at frame {stream.frames} was asked for {start}")
+            return stream.decode(codes[:, start:end].to(self.device))
+
+        return decode
 
     @torch.inference_mode()
     def decode_window(self, codes: torch.Tensor, start: int, end: int) -> torch.Tensor:

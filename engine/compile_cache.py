@@ -48,7 +48,7 @@ BUILT_GRAPHS = "built-graphs.json"  # in the cache folder: the graph units sweep
 GRAPH_KNOBS: dict[str, tuple[str, ...]] = {
     "decode_step": ("device", "precision", "quantization", "int4_group_size", "max_seq_len"),
     "prefill": ("device", "precision", "quantization", "int4_group_size", "max_seq_len"),
-    "codec": ("device", "precision"),  # one graph per padded decode length
+    "codec": ("device", "precision", "codec_layout"),  # one graph per padded decode length
 }
 # ``max_batch > 1`` compiles the batched step (one graph per padded batch size, over slot caches
 # of ``batch_size(max_batch)`` rows) and a prefill that stops at the hidden state, instead.

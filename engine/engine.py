@@ -385,6 +385,7 @@ class OptimizedFishSpeech:
             prompt, prefix_len = self._prepare(text, reference_audio, reference_text, report)
             codes = torch.empty(self.decoder.num_codebooks, 0, dtype=torch.long, device=self.device)
             emitted, pending, codec_s = 0, deque(), 0.0
+            decode = self.codec.open_stream()
             blocks = self.iter_codes(
                 prompt, params, max_new_tokens, fixed_frames, report, prefix_len, first, should_stop
             )
@@ -399,7 +400,7 @@ class OptimizedFishSpeech:
                         break
                     end = min(emitted + size, available)
                     t0 = time.perf_counter()
-                    pending.append(self._launch_decode(codes, emitted, end, side))
+                    pending.append(self._launch_decode(decode, codes, emitted, end, side))
                     codec_s += time.perf_counter() - t0
                     emitted = end
                     yield from self._ready(pending, False, report, measure.start)
@@ -411,10 +412,14 @@ class OptimizedFishSpeech:
         self, pending: deque, wait: bool, report: SynthesisReport, start: float
     ) -> Iterator[np.ndarray]:
         """Decoded chunks in order, those already finished or all of them when ``wait``, counted
-        into ``report`` (the first one sets the time to first audio)."""
+        into ``report`` (the first one sets the time to first audio, the last one the stream's
+        end)."""
         while pending and (wait or pending[0][0] is None or pending[0][0].query()):
             audio = self._finish_decode(pending.popleft())
-            report.ttfa_s = report.ttfa_s or time.perf_counter() - start
+            report.last_chunk_s = time.perf_counter() - start
+            if report.ttfa_s is None:
+                report.ttfa_s = report.last_chunk_s
+                report.first_chunk_audio_s = len(audio) / SAMPLE_RATE
             report.audio_s += len(audio) / SAMPLE_RATE
             yield audio
 
@@ -430,15 +435,20 @@ class OptimizedFishSpeech:
             return fn()
 
     def _launch_decode(
-        self, codes: torch.Tensor, start: int, end: int, side: torch.cuda.Stream | None
+        self,
+        decode: Callable[[torch.Tensor, int, int], torch.Tensor],
+        codes: torch.Tensor,
+        start: int,
+        end: int,
+        side: torch.cuda.Stream | None,
     ):
         if side is None:
-            audio = self._run_codec(lambda: self.codec.decode_window(codes, start, end))
+            audio = self._run_codec(lambda: decode(codes, start, end))
             return None, audio.float().cpu().numpy()
         side.wait_stream(torch.cuda.current_stream(self.device))
         codes.record_stream(side)
         with torch.cuda.stream(side), self._codec_lock:
-            audio = self.codec.decode_window(codes, start, end).float()
+            audio = decode(codes, start, end).float()
             host = torch.empty(audio.shape, dtype=torch.float32, pin_memory=True)
             host.copy_(audio, non_blocking=True)
             done = torch.cuda.Event()

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune"]
 Quantization = Literal["none", "int8", "int4", "nf4"]
+CodecLayout = Literal["auto", "upstream", "channels_last"]
+CodecStreaming = Literal["auto", "context", "stateful"]
 
 MAX_BATCH = 8
 BATCH_SIZES = (1, 2, 4, 8)  # a frame step's batch is padded up to one of these
@@ -109,6 +111,18 @@ class EngineProfile(BaseModel):
     compile_decode: CompileMode = "none"
     compile_codec: CompileMode = "none"
     compile_prefill: bool = False
+    codec_layout: CodecLayout = Field(
+        "auto",
+        description="the codec decoder's convolutions as upstream runs them, or as channels-last "
+        "2-D ones (engine/codec_layout.py); auto: channels_last on a CPU, upstream on CUDA",
+    )
+    codec_streaming: CodecStreaming = Field(
+        "auto",
+        description="streamed chunks decoded with codec_left_context frames of context each, or "
+        "carrying every causal layer's state (engine/codec_stream.py: each frame decoded once, "
+        "one-shot decoding's audio; needs the channels_last layout and an eager codec); auto: "
+        "stateful where it can run",
+    )
     fullgraph: bool = True
     quantization: Quantization = "none"
     coordinate_descent_tuning: bool = Field(
@@ -342,6 +356,8 @@ ENV_OVERRIDES = {
     "NUM_STREAMS": _set("num_streams", _integer),
     "CACHE_LIMIT": _set("cache_limit", _integer),
     "MAX_BATCH": _set("max_batch", _integer),
+    "CODEC_LAYOUT": _set("codec_layout", str.lower),
+    "CODEC_STREAMING": _set("codec_streaming", str.lower),
 }
 
 
@@ -424,6 +440,8 @@ def _on_cpu(r: _Resolution) -> None:
     r.change("precision", "bf16" if data["precision"] == "bf16" else "fp32", "fp16 is GPU-only")
     data["tf32"] = False
     r.change("num_streams", 1, "CUDA streams need a CUDA device")
+    if data["codec_layout"] == "auto":
+        data["codec_layout"] = "channels_last"
     dynamic_int8 = data["quantization"] == "int8" and data["precision"] == "fp32"
     why_eager = "torch.compile cannot trace CPU dynamic-int8 linear layers"
     for key in ("compile_decode", "compile_codec"):
@@ -445,6 +463,8 @@ def _on_cuda(r: _Resolution) -> None:
         r.change("precision", "fp16", f"bf16 {too_old}")
     if data["tf32"] and major < 8:
         r.change("tf32", False, f"TF32 {too_old}")
+    if data["codec_layout"] == "auto":
+        data["codec_layout"] = "upstream"  # channels_last is measured on CPUs only
     if data["quantization"] == "int4" and data["precision"] != "bf16":
         r.change("quantization", "int8", "int4 (tinygemm) kernels need bf16 weights")
     if data["quantization"] == "int8" and data["compile_decode"] == "none":
@@ -461,6 +481,20 @@ def _on_cuda(r: _Resolution) -> None:
             "CUDA int8 is fused into the matmul only with inductor's coordinate-descent "
             "tuning; without it every call copies each weight to the float dtype",
         )
+
+
+def _codec_streaming(r: _Resolution) -> None:
+    data = r.data
+    if data["codec_layout"] != "channels_last":
+        why = "stateful streaming runs on the channels_last codec layout"
+    elif data["compile_codec"] != "none":
+        why = "stateful streaming runs the codec eager (its state is Python-side)"
+    else:
+        why = None
+    if data["codec_streaming"] == "auto":
+        data["codec_streaming"] = "context" if why else "stateful"
+    elif data["codec_streaming"] == "stateful" and why:
+        r.change("codec_streaming", "context", why)
 
 
 def _within_limits(r: _Resolution, model_max_seq_len: int | None) -> None:
@@ -502,6 +536,7 @@ def resolve_profile(
         _on_cuda(r)
     else:
         _on_cpu(r)
+    _codec_streaming(r)
     _within_limits(r, model_max_seq_len)
     for fallback in r.fallbacks if log_fallbacks else ():
         log.warning("profile fallback: %s", fallback)

@@ -72,6 +72,8 @@ class SynthesisReport:
     kv_bucket: int = 0
     queue_s: float = 0.0  # waiting for a free decoding slot (batched engines)
     batch_occupancy: float = 1.0  # mean requests decoding together during this one's frames
+    first_chunk_audio_s: float = 0.0  # a stream's first chunk, which arrived at ttfa_s
+    last_chunk_s: float | None = None  # when a stream's last chunk was ready, from the start
     peak_allocated_mb: float | None = None
     peak_reserved_mb: float | None = None
     nvml_process_mb: float | None = None
@@ -88,6 +90,25 @@ class SynthesisReport:
         return self.total_s / self.audio_s if self.audio_s > 0 else None
 
     @property
+    def stream_rtf(self) -> float | None:
+        """A stream's seconds from its first chunk to its last over the audio the later chunks
+        carry: at or below 1, a listener who starts playing at the first chunk is never
+        starved (on average over the stream). None for one-shot or single-chunk requests."""
+        later = self.audio_s - self.first_chunk_audio_s
+        if self.last_chunk_s is None or self.ttfa_s is None or later <= 0:
+            return None
+        return (self.last_chunk_s - self.ttfa_s) / later
+
+    def stage_ms_per_frame(self) -> dict[str, float | None]:
+        """Prefill, decode and codec milliseconds per generated frame: where a frame's time goes
+        (real time needs their sum under 46.4 ms, one frame of audio)."""
+        stages = {"prefill": self.prefill_s, "decode": self.decode_s, "codec": self.codec_s}
+        return {
+            f"{name}_ms_per_frame": 1000.0 * seconds / self.frames if self.frames else None
+            for name, seconds in stages.items()
+        }
+
+    @property
     def j_per_audio_s(self) -> float | None:
         return (
             self.energy_j / self.audio_s if self.energy_j is not None and self.audio_s > 0 else None
@@ -95,7 +116,13 @@ class SynthesisReport:
 
     def as_dict(self) -> dict[str, object]:
         data = asdict(self)
-        data.update(frames_per_s=self.frames_per_s, rtf=self.rtf, j_per_audio_s=self.j_per_audio_s)
+        data.update(
+            frames_per_s=self.frames_per_s,
+            rtf=self.rtf,
+            stream_rtf=self.stream_rtf,
+            j_per_audio_s=self.j_per_audio_s,
+            **self.stage_ms_per_frame(),
+        )
         return data
 
 

@@ -53,8 +53,9 @@ class TeacherForced:
 
 
 def reference_profile(device: str) -> EngineProfile:
-    """The fp32, uncompiled, unquantized profile every candidate is compared against."""
-    return EngineProfile(device=device, precision="fp32", tf32=False)
+    """The fp32, uncompiled, unquantized profile every candidate is compared against, its codec
+    laid out as upstream's (so the codec SNR gate judges the channels-last layout too)."""
+    return EngineProfile(device=device, precision="fp32", tf32=False, codec_layout="upstream")
 
 
 @torch.inference_mode()

@@ -171,6 +171,51 @@ def _notes(meta: dict[str, Any]) -> list[str]:
     ]
 
 
+STAGE_COLUMNS = (
+    "row",
+    "prefill ms/frame",
+    "decode ms/frame",
+    "codec ms/frame (one-shot)",
+    "codec ms/frame (streamed)",
+    "sum, streamed",
+    "streamed RTF",
+)
+REAL_TIME_MS = 1000.0 * 2048 / 44100  # one frame of audio: 46.4 ms
+
+
+def _stage_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Where a frame's time goes, stage by stage (medians over the repeats)."""
+    cells = []
+    for r in rows:
+        if "error" in r:
+            continue
+        streamed = r.get("stream_codec_ms_per_frame")
+        parts = (r.get("prefill_ms_per_frame"), r.get("decode_ms_per_frame"), streamed)
+        total = sum(parts) if all(p is not None for p in parts) else None
+        cells.append(
+            (
+                r["row"],
+                figure(r.get("prefill_ms_per_frame"), ".1f"),
+                figure(r.get("decode_ms_per_frame"), ".1f"),
+                figure(r.get("codec_ms_per_frame"), ".1f"),
+                figure(streamed, ".1f"),
+                figure(total, ".1f"),
+                figure(r.get("stream_rtf"), ".2f"),
+            )
+        )
+    return [
+        "",
+        "## Stages per frame, ms",
+        "",
+        *markdown_table(STAGE_COLUMNS, cells),
+        "",
+        f"Real time is {REAL_TIME_MS:.1f} ms per frame. Streamed codec: the chunks of a stream, "
+        "each decoded with its left context. Streamed RTF: seconds from the first chunk to the "
+        "last over the audio after the first chunk (at or below 1, playback started at the first "
+        "chunk never waits). Upstream has no stream.",
+    ]
+
+
 def _bytes_table(rows: list[dict[str, Any]]) -> list[str]:
     parts = ("slow_layers", "fast_layers", "heads", "kv_cache", "total")
     head = ("row", "KV bucket", "slow layers", "fast layers (x10)", "heads", "KV cache", "total")
@@ -203,7 +248,8 @@ def to_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """The bench report: speed table, bytes-per-frame table, and the GPU projection."""
     table = markdown_table(SPEED_COLUMNS, [_speed_cells(r) for r in rows])
     lines = _header(meta) + table + _notes(meta)
-    return "\n".join(lines + _bytes_table(rows) + _projection(meta)) + "\n"
+    tables = _stage_table(rows) + _bytes_table(rows) + _projection(meta)
+    return "\n".join(lines + tables) + "\n"
 
 
 CONCURRENCY_COLUMNS = (

@@ -75,6 +75,19 @@ CPU_ROWS = [
         "engine",
         {"precision": "bf16", "quantization": "int4", **_CPU_COMPILED},
     ),
+    # The int8 row with the codec as upstream lays it out, chunks decoded with left context:
+    # what the channels-last layout and stateful streaming are measured against.
+    Row(
+        "ours-int8-compiled-upstream-codec",
+        "engine",
+        {
+            "precision": "bf16",
+            "quantization": "int8",
+            **_CPU_COMPILED,
+            "codec_layout": "upstream",
+            "codec_streaming": "context",
+        },
+    ),
 ]
 
 

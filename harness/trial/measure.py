@@ -232,7 +232,12 @@ def measure_request(subject: Subject) -> tuple[dict[str, Any], np.ndarray]:
         return {**run, "stream_total_s": run["total_s"]}, audio
     subject.stream()
     streamed = subject.last_report()
-    run.update(ttfa_s=streamed["ttfa_s"], stream_total_s=streamed["total_s"])
+    run.update(
+        ttfa_s=streamed["ttfa_s"],
+        stream_total_s=streamed["total_s"],
+        stream_rtf=streamed["stream_rtf"],
+        stream_codec_ms_per_frame=streamed["codec_ms_per_frame"],
+    )
     for key in PEAKS:
         values = [v for v in (run[key], streamed[key]) if v is not None]
         run[key] = max(values) if values else None

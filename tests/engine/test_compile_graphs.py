@@ -43,6 +43,7 @@ NEUTRAL = [
     {"chunk_size": 8},
     {"first_chunk_size": 2},
     {"codec_left_context": 16},
+    {"codec_streaming": "context"},  # a compiled codec streams with context: it decides nothing
     {"eos_check_interval": 32},
     {"fullgraph": False},
     {"cache_limit": 3},
@@ -55,6 +56,7 @@ NEUTRAL = [
 SHAPING = [
     ({"precision": "bf16"}, {}),
     ({"max_seq_len": 512}, {}),
+    ({"codec_layout": "upstream"}, {}),
     ({"quantization": "int8"}, {"precision": "bf16"}),
     ({"int4_group_size": 32}, {"precision": "bf16", "quantization": "int4"}),
 ]

@@ -62,6 +62,8 @@ def test_every_env_override_sets_its_knob() -> None:
         "NUM_STREAMS": "2",
         "CACHE_LIMIT": "5",
         "MAX_BATCH": "4",
+        "CODEC_LAYOUT": "UPSTREAM",
+        "CODEC_STREAMING": "context",
     }
     assert set(env) == set(ENV_OVERRIDES)  # a new override needs a line here
     profile = EngineProfile.from_env(env=env)
@@ -76,6 +78,7 @@ def test_every_env_override_sets_its_knob() -> None:
     )
     assert profile.first_chunk_size == 2
     assert profile.max_batch == 4
+    assert (profile.codec_layout, profile.codec_streaming) == ("upstream", "context")
 
 
 def _example_sections() -> dict[str, set[str]]:
@@ -168,7 +171,14 @@ def test_max_seq_len_falls_back_to_the_checkpoint_limit(caplog: pytest.LogCaptur
     odd = resolve_profile(EngineProfile(max_seq_len=8192), CPU, model_max_seq_len=2047)[0]
     assert odd.max_seq_len == 2040
     assert resolve_profile(EngineProfile(max_seq_len=1024), CPU, 2048) == (
-        EngineProfile(max_seq_len=1024, device="cpu", precision="fp32", tf32=False),
+        EngineProfile(
+            max_seq_len=1024,
+            device="cpu",
+            precision="fp32",
+            tf32=False,
+            codec_layout="channels_last",
+            codec_streaming="stateful",
+        ),
         [],
     )
 
@@ -244,7 +254,14 @@ def test_cuda_int8_runs_only_compiled() -> None:
     ]
     compiled = EngineProfile(quantization="int8", compile_decode="reduce-overhead")
     assert resolve_profile(compiled, RTX_4060) == (
-        compiled.model_copy(update={"device": "cuda", "precision": "bf16"}),
+        compiled.model_copy(
+            update={
+                "device": "cuda",
+                "precision": "bf16",
+                "codec_layout": "upstream",
+                "codec_streaming": "context",
+            }
+        ),
         [],
     )
 
