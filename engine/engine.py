@@ -9,6 +9,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar, Unpack
 
@@ -40,6 +41,21 @@ StopCheck = Callable[[], bool]
 """Asked between generated blocks; True stops the request (``GenerationCancelled``)."""
 
 MAX_TEXT_CHARS = 2000
+
+
+def one_core_thread(name: str) -> ThreadPoolExecutor:
+    """A single worker thread whose torch ops run on one core, every other thread's setting
+    left as it was.
+
+    ``torch.set_num_threads`` sets the calling thread's OpenMP team size and also the count
+    threads started later take: so the worker sets 1 for itself, then this thread sets its own
+    count again, which puts the process-wide one back.
+    """
+    threads = torch.get_num_threads()
+    pool = ThreadPoolExecutor(1, name)
+    pool.submit(torch.set_num_threads, 1).result()
+    torch.set_num_threads(threads)
+    return pool
 
 
 class OptimizedFishSpeech:
@@ -83,6 +99,7 @@ class OptimizedFishSpeech:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._codec_lock = threading.Lock()
+        self._codec_pool = one_core_thread("codec") if profile.codec_thread else None
         self.compile_seconds: float | None = None
         self.frames_generated = 0  # lifetime count of frames the decoder made (not cache hits)
         self.compile_cache: Path | None = None
@@ -128,9 +145,11 @@ class OptimizedFishSpeech:
         return self._profile.max_batch
 
     def close(self) -> None:
-        """Stop the batch scheduler's thread, if there is one."""
+        """Stop the batch scheduler's thread and the codec's, if there are."""
         if self.batcher is not None:
             self.batcher.close()
+        if self._codec_pool is not None:
+            self._codec_pool.shutdown()
 
     @property
     def active_profile(self) -> EngineProfile:
@@ -384,7 +403,7 @@ class OptimizedFishSpeech:
         with Measure(self.device, report) as measure, torch.inference_mode():
             prompt, prefix_len = self._prepare(text, reference_audio, reference_text, report)
             codes = torch.empty(self.decoder.num_codebooks, 0, dtype=torch.long, device=self.device)
-            emitted, pending, codec_s = 0, deque(), 0.0
+            emitted, pending, spent = 0, deque(), []
             decode = self.codec.open_stream()
             blocks = self.iter_codes(
                 prompt, params, max_new_tokens, fixed_frames, report, prefix_len, first, should_stop
@@ -399,13 +418,11 @@ class OptimizedFishSpeech:
                     if available - emitted < size and not (done and emitted < available):
                         break
                     end = min(emitted + size, available)
-                    t0 = time.perf_counter()
-                    pending.append(self._launch_decode(decode, codes, emitted, end, side))
-                    codec_s += time.perf_counter() - t0
+                    pending.append(self._launch_decode(decode, codes, emitted, end, side, spent))
                     emitted = end
                     yield from self._ready(pending, False, report, measure.start)
                 yield from self._ready(pending, done, report, measure.start)
-            report.codec_s = codec_s
+            report.codec_s = sum(spent)
         self.last_report = report
 
     def _ready(
@@ -414,7 +431,7 @@ class OptimizedFishSpeech:
         """Decoded chunks in order, those already finished or all of them when ``wait``, counted
         into ``report`` (the first one sets the time to first audio, the last one the stream's
         end)."""
-        while pending and (wait or pending[0][0] is None or pending[0][0].query()):
+        while pending and (wait or self._decoded(pending[0][0])):
             audio = self._finish_decode(pending.popleft())
             report.last_chunk_s = time.perf_counter() - start
             if report.ttfa_s is None:
@@ -441,10 +458,23 @@ class OptimizedFishSpeech:
         start: int,
         end: int,
         side: torch.cuda.Stream | None,
+        spent: list[float],
     ):
+        """Start decoding frames [start, end) to audio: inline, on the codec thread
+        (``codec_thread``) or on a CUDA side stream; the seconds it takes (to launch, on CUDA)
+        go into ``spent``."""
         if side is None:
-            audio = self._run_codec(lambda: decode(codes, start, end))
-            return None, audio.float().cpu().numpy()
+
+            def job() -> np.ndarray:
+                began = time.perf_counter()
+                audio = self._run_codec(lambda: decode(codes, start, end).float().cpu().numpy())
+                spent.append(time.perf_counter() - began)
+                return audio
+
+            if self._codec_pool is not None:
+                return self._codec_pool.submit(job), None
+            return None, job()
+        t0 = time.perf_counter()
         side.wait_stream(torch.cuda.current_stream(self.device))
         codes.record_stream(side)
         with torch.cuda.stream(side), self._codec_lock:
@@ -453,6 +483,7 @@ class OptimizedFishSpeech:
             host.copy_(audio, non_blocking=True)
             done = torch.cuda.Event()
             done.record(side)
+        spent.append(time.perf_counter() - t0)
         return done, host
 
     @staticmethod
@@ -460,8 +491,17 @@ class OptimizedFishSpeech:
         done, audio = item
         if done is None:
             return audio
+        if isinstance(done, Future):
+            return done.result()
         done.synchronize()
         return audio.numpy()
+
+    @staticmethod
+    def _decoded(done: Future | torch.cuda.Event | None) -> bool:
+        """Whether a launched chunk's audio is ready (inline decodes always are)."""
+        if done is None:
+            return True
+        return done.done() if isinstance(done, Future) else done.query()
 
     def warmup(
         self,

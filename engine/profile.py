@@ -156,6 +156,11 @@ class EngineProfile(BaseModel):
         description="reference audio encoded in chunks this long (at least one frame)",
     )
     num_streams: int = Field(1, ge=1, le=3)
+    codec_thread: bool = Field(
+        False,
+        description="on a CPU, decode streamed chunks to audio on a thread of their own with one "
+        "core, while the frames of the next chunk are generated (CUDA overlaps with num_streams)",
+    )
     max_batch: int = Field(
         1,
         ge=1,
@@ -334,10 +339,14 @@ def _quantization(data: dict[str, Any], raw: str) -> None:
     data["quantization"] = {"4bit": "nf4"}.get(raw.lower(), raw.lower())
 
 
-def _enable_compile(data: dict[str, Any], raw: str) -> None:
+def _boolean(raw: str) -> bool:
     if raw.lower() not in _TRUE | _FALSE:
         raise ValueError(f"expected true or false, got {raw!r}")
-    on = raw.lower() in _TRUE
+    return raw.lower() in _TRUE
+
+
+def _enable_compile(data: dict[str, Any], raw: str) -> None:
+    on = _boolean(raw)
     data["compile_decode"] = "reduce-overhead" if on else "none"
     data["compile_codec"] = "default" if on else "none"
     data["compile_prefill"] = on
@@ -358,6 +367,7 @@ ENV_OVERRIDES = {
     "MAX_BATCH": _set("max_batch", _integer),
     "CODEC_LAYOUT": _set("codec_layout", str.lower),
     "CODEC_STREAMING": _set("codec_streaming", str.lower),
+    "CODEC_THREAD": _set("codec_thread", _boolean),
 }
 
 
@@ -465,6 +475,7 @@ def _on_cuda(r: _Resolution) -> None:
         r.change("tf32", False, f"TF32 {too_old}")
     if data["codec_layout"] == "auto":
         data["codec_layout"] = "upstream"  # channels_last is measured on CPUs only
+    r.change("codec_thread", False, "on CUDA the codec overlaps on a stream (num_streams)")
     if data["quantization"] == "int4" and data["precision"] != "bf16":
         r.change("quantization", "int8", "int4 (tinygemm) kernels need bf16 weights")
     if data["quantization"] == "int8" and data["compile_decode"] == "none":

@@ -335,6 +335,13 @@ class MetricsResponse(BaseModel):
     latency_ms: Percentiles
     ttfa_ms: Percentiles
     rtf: Percentiles
+    stream_rtf: Percentiles = Field(
+        description="per request: seconds from the first audio chunk to the last over the audio "
+        "after the first (at or below 1: playback never runs dry)"
+    )
+    stage_ms_per_frame: dict[str, float | None] = Field(
+        description="mean prefill, decode and codec milliseconds per generated frame"
+    )
     queue_wait_ms: Percentiles = Field(
         description="queued until a job thread took the request, plus waits for a decoding slot"
     )

@@ -75,6 +75,13 @@ CPU_ROWS = [
         "engine",
         {"precision": "bf16", "quantization": "int4", **_CPU_COMPILED},
     ),
+    # The int8 row with each chunk decoded to audio on a thread of its own (one core) while the
+    # next frames are generated, against ``ours-int8-compiled``, which takes turns on both cores.
+    Row(
+        "ours-int8-compiled-codec-thread",
+        "engine",
+        {"precision": "bf16", "quantization": "int8", **_CPU_COMPILED, "codec_thread": True},
+    ),
     # The int8 row with the codec as upstream lays it out, chunks decoded with left context:
     # what the channels-last layout and stateful streaming are measured against.
     Row(

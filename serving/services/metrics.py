@@ -41,6 +41,16 @@ def _percentiles(values: list[float]) -> Percentiles:
     return Percentiles(p50=stats["p50"], p95=stats["p95"], mean=stats["mean"], count=len(values))
 
 
+def _stage_means(recent: list[RequestStats]) -> dict[str, float | None]:
+    """Mean prefill, decode and codec ms per frame over the requests that decoded frames."""
+    means: dict[str, float | None] = {}
+    for stage in ("prefill", "decode", "codec"):
+        values = [s.stage_ms_per_frame[stage] for s in recent]
+        known = [v for v in values if v is not None]
+        means[stage] = float(np.mean(known)) if known else None
+    return means
+
+
 class MetricsStore:
     """The last ``window`` completed requests, lifetime outcome counters and Prometheus series."""
 
@@ -131,6 +141,8 @@ class MetricsStore:
             ),
             ttfa_ms=_percentiles([s.ttfa_s * 1000 for s in recent if s.ttfa_s is not None]),
             rtf=_percentiles([s.rtf for s in recent if s.rtf is not None]),
+            stream_rtf=_percentiles([s.stream_rtf for s in recent if s.stream_rtf is not None]),
+            stage_ms_per_frame=_stage_means(recent),
             queue_wait_ms=_percentiles(
                 [s.queue_wait_s * 1000 for s in recent if s.queue_wait_s is not None]
             ),

@@ -125,8 +125,10 @@ class RequestStats:
     queued_at: float | None = None
     started_at: float | None = None  # a job thread took it; None if it never ran
     first_audio_at: float | None = None
+    last_audio_at: float | None = None
     finished_at: float | None = None
     audio_samples: int = 0
+    first_chunk_samples: int = 0
     reports: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -176,6 +178,26 @@ class RequestStats:
         return self.compute_s / self.audio_s if self.audio_s > 0 and self.reports else None
 
     @property
+    def stream_rtf(self) -> float | None:
+        """Seconds from the first audio chunk to the last over the audio after the first: at or
+        below 1, playback started at the first chunk never runs dry (on average)."""
+        later = (self.audio_samples - self.first_chunk_samples) / self.sample_rate
+        if self.first_audio_at is None or self.last_audio_at is None or later <= 0:
+            return None
+        return (self.last_audio_at - self.first_audio_at) / later
+
+    @property
+    def stage_ms_per_frame(self) -> dict[str, float | None]:
+        """Prefill, decode and codec milliseconds per generated frame over the decoded chunks."""
+        frames = sum(int(r["frames"]) for r in self.decoded)
+        return {
+            stage: 1000.0 * sum(float(r.get(f"{stage}_s") or 0.0) for r in self.decoded) / frames
+            if frames
+            else None
+            for stage in ("prefill", "decode", "codec")
+        }
+
+    @property
     def peak_vram_mb(self) -> float | None:
         values = [
             r["peak_allocated_mb"] for r in self.reports if r.get("peak_allocated_mb") is not None
@@ -198,6 +220,8 @@ class RequestStats:
             "ttfa_ms": _ms(self.ttfa_s),
             "queue_wait_ms": _ms(self.queue_wait_s),
             "rtf": self.rtf,
+            "stream_rtf": self.stream_rtf,
+            "stage_ms_per_frame": self.stage_ms_per_frame,
             "audio_s": self.audio_s,
             "frames": self.frames,
             "frames_per_s": self.frames_per_s,
@@ -235,8 +259,10 @@ class SynthesisStream:
                 continue
             if not len(item):
                 continue  # a text chunk whose speech ended at once
+            self.stats.last_audio_at = time.perf_counter()
             if self.stats.first_audio_at is None:
-                self.stats.first_audio_at = time.perf_counter()
+                self.stats.first_audio_at = self.stats.last_audio_at
+                self.stats.first_chunk_samples = len(item)
             self.stats.audio_samples += len(item)
             return item
         return None

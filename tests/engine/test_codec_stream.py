@@ -109,6 +109,10 @@ def test_the_engine_streams_one_shot_audio_with_a_stateful_codec(
     assert engine.active_profile.codec_streaming == "stateful"
     text = "Every chunk of this stream is decoded once."
     streamed = np.concatenate(list(engine.synthesize_stream(text, fixed_frames=40, seed=3)))
+    report = engine.last_report
+    assert report.first_chunk_audio_s == engine.active_profile.first_chunk_size * 2048 / 44100
+    assert report.last_chunk_s >= report.ttfa_s and report.stream_rtf > 0
+    assert report.stage_ms_per_frame()["codec_ms_per_frame"] == 1000 * report.codec_s / 40
     one_shot = engine.synthesize(text, fixed_frames=40, seed=3)
     assert streamed.shape == one_shot.shape
     assert np.max(np.abs(streamed - one_shot)) < 1e-5

@@ -44,6 +44,7 @@ NEUTRAL = [
     {"first_chunk_size": 2},
     {"codec_left_context": 16},
     {"codec_streaming": "context"},  # a compiled codec streams with context: it decides nothing
+    {"codec_thread": True},
     {"eos_check_interval": 32},
     {"fullgraph": False},
     {"cache_limit": 3},

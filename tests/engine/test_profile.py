@@ -64,6 +64,7 @@ def test_every_env_override_sets_its_knob() -> None:
         "MAX_BATCH": "4",
         "CODEC_LAYOUT": "UPSTREAM",
         "CODEC_STREAMING": "context",
+        "CODEC_THREAD": "true",
     }
     assert set(env) == set(ENV_OVERRIDES)  # a new override needs a line here
     profile = EngineProfile.from_env(env=env)
@@ -79,6 +80,7 @@ def test_every_env_override_sets_its_knob() -> None:
     assert profile.first_chunk_size == 2
     assert profile.max_batch == 4
     assert (profile.codec_layout, profile.codec_streaming) == ("upstream", "context")
+    assert profile.codec_thread
 
 
 def _example_sections() -> dict[str, set[str]]:

@@ -177,3 +177,26 @@ def test_queue_wait_frames_per_second_and_batch_occupancy_come_from_the_reports(
     waits = families["fishbench_queue_wait_seconds"][1]
     assert value(waits, "fishbench_queue_wait_seconds_count", route="openai") == 2
     assert value(waits, "fishbench_queue_wait_seconds_sum", route="openai") == pytest.approx(0.75)
+
+
+def test_stage_times_per_frame_and_the_streamed_rtf_come_from_the_reports_and_the_chunks() -> None:
+    """Stage milliseconds per frame sum a request's decoded chunks over its frames; the streamed
+    RTF is the time from the first audio chunk to the last over the audio after the first."""
+    store = MetricsStore()
+    two_chunks = stats("tts", frames=40, prefill_s=0.2, decode_s=0.8, codec_s=0.4)
+    two_chunks.reports.append({"total_s": 0.5, "frames": 60, "decode_s": 1.2, "codec_s": 0.6})
+    two_chunks.first_chunk_samples, two_chunks.last_audio_at = 4_410, 0.91  # 0.1 s, then 0.9 s
+    cached = stats("tts", frames=40, decode_s=0.0, semantic_cache_hit=True)
+    for request in (two_chunks, cached):
+        store.record(request, "ok")
+    assert two_chunks.stage_ms_per_frame == pytest.approx(
+        {"prefill": 2.0, "decode": 20.0, "codec": 10.0}
+    )
+    assert two_chunks.stream_rtf == pytest.approx((0.91 - 0.1) / 0.9)
+    assert cached.stream_rtf is None  # one chunk: nothing after the first
+    snapshot = store.snapshot(0, 2, {})
+    assert snapshot.stream_rtf.count == 1 and snapshot.stream_rtf.p50 == pytest.approx(0.9)
+    assert snapshot.stage_ms_per_frame == pytest.approx(
+        {"prefill": 2.0, "decode": 20.0, "codec": 10.0}
+    )
+    assert two_chunks.summary()["stream_rtf"] == pytest.approx(0.9)
