@@ -47,15 +47,21 @@ def one_core_thread(name: str) -> ThreadPoolExecutor:
     """A single worker thread whose torch ops run on one core, every other thread's setting
     left as it was.
 
-    ``torch.set_num_threads`` sets the calling thread's OpenMP team size and also the count
-    threads started later take: so the worker sets 1 for itself, then this thread sets its own
-    count again, which puts the process-wide one back.
+    ``torch.set_num_threads`` sets the calling thread's OpenMP team size and also the count a
+    thread takes when it first asks for one: so the worker first takes the process's count (a
+    later ``set_num_threads`` elsewhere would otherwise reach it then), sets 1 for itself, and
+    this thread sets its own count again, which puts the process-wide one back.
     """
     threads = torch.get_num_threads()
     pool = ThreadPoolExecutor(1, name)
-    pool.submit(torch.set_num_threads, 1).result()
+    pool.submit(_one_thread).result()
     torch.set_num_threads(threads)
     return pool
+
+
+def _one_thread() -> None:
+    torch.get_num_threads()
+    torch.set_num_threads(1)
 
 
 class OptimizedFishSpeech:

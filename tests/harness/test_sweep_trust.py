@@ -118,6 +118,7 @@ def test_budget_stops_the_quick_grid_after_the_baseline_and_one_candidate(
         "chunk_size=8",
         "eos_check_interval=32",
         "compile_decode=default",
+        "codec_thread=True",
     ]
     assert outcome.profile_path is not None and outcome.profile_path.is_file()
     assert "Budget of 0.01 min reached; not run: quantization=int8" in (
