@@ -468,7 +468,9 @@ class OptimizedFishSpeech:
     ):
         """Start decoding frames [start, end) to audio: inline, on the codec thread
         (``codec_thread``) or on a CUDA side stream; the seconds it takes (to launch, on CUDA)
-        go into ``spent``."""
+        go into ``spent``. The first chunk is decoded inline on every core even with the codec
+        thread: nothing is generated while a listener waits for it (measured, full size: first
+        audio 1.78 s with it on the one-core thread, 0.98 s without the thread)."""
         if side is None:
 
             def job() -> np.ndarray:
@@ -477,7 +479,7 @@ class OptimizedFishSpeech:
                 spent.append(time.perf_counter() - began)
                 return audio
 
-            if self._codec_pool is not None:
+            if self._codec_pool is not None and start > 0:
                 return self._codec_pool.submit(job), None
             return None, job()
         t0 = time.perf_counter()
