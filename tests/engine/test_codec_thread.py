@@ -64,7 +64,8 @@ def test_a_stream_decodes_on_the_codec_thread_into_the_same_audio(
     assert names[0] == threading.current_thread().name
     assert all(name.startswith("codec") for name in names[1:])
     inline = np.concatenate(list(engine.synthesize_stream(TEXT, fixed_frames=40, seed=2)))
-    assert np.array_equal(np.concatenate(chunks), inline)
+    # The same computation on one thread instead of two: oneDNN splits its sums differently.
+    np.testing.assert_allclose(np.concatenate(chunks), inline, rtol=0, atol=1e-6)
     assert threaded.last_report.codec_s > 0
 
 
