@@ -44,6 +44,18 @@ def _is_time_major(x: torch.Tensor) -> bool:
     return x.shape[-1] == 1 or x.transpose(1, 2).is_contiguous()
 
 
+def _computes_what_upstream_does(
+    twin: torch.nn.Module, upstream: torch.nn.Module, length: int
+) -> None:
+    """The same output for the same input, and in time-major memory."""
+    x = torch.randn(1, upstream.conv.in_channels, length)
+    with torch.inference_mode():
+        expected, got = upstream(x), twin(x)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert _is_time_major(got)
+
+
 CONVS = {
     "kernel 7, dilation 3": lambda: CausalConvNet(6, 10, 7, dilation=3),
     "kernel 1": lambda: CausalConvNet(10, 10, 1),
@@ -61,13 +73,7 @@ TRANS_CONVS = {
 @pytest.mark.parametrize("length", [1, 5, 37])
 def test_a_channels_last_convolution_is_upstreams_causal_convolution(make, length: int) -> None:
     upstream = _randomised(make())
-    twin = ChannelsLastCausalConv(upstream)
-    x = torch.randn(1, upstream.conv.in_channels, length)
-    with torch.inference_mode():
-        expected, got = upstream(x), twin(x)
-    assert got.shape == expected.shape
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    assert _is_time_major(got)
+    _computes_what_upstream_does(ChannelsLastCausalConv(upstream), upstream, length)
 
 
 @pytest.mark.parametrize("make", TRANS_CONVS.values(), ids=TRANS_CONVS.keys())
@@ -77,13 +83,7 @@ def test_a_phase_folded_convolution_is_upstreams_transposed_convolution(make, le
     channels are the stride's phases; the result is the same signal, samples in order."""
     upstream = _randomised(make())
     assert ChannelsLastCausalTransConv.supports(upstream)
-    twin = ChannelsLastCausalTransConv(upstream)
-    x = torch.randn(1, upstream.conv.in_channels, length)
-    with torch.inference_mode():
-        expected, got = upstream(x), twin(x)
-    assert got.shape == expected.shape
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    assert _is_time_major(got)
+    _computes_what_upstream_does(ChannelsLastCausalTransConv(upstream), upstream, length)
 
 
 def test_transposed_convolutions_whose_kernel_is_no_whole_number_of_strides_stay_upstreams() -> (
