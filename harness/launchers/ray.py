@@ -88,22 +88,27 @@ def _local_token(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def _loopback() -> Iterator[None]:
-    """On Linux Ray turns 127.0.0.1 into the machine's network address, and its servers listen
-    on every interface, unless it runs in its single-machine mode (its default on macOS and
-    Windows), where all of them bind to 127.0.0.1: that mode while the local cluster starts."""
-    before = ray_constants.ENABLE_RAY_CLUSTER
+def _this_machine() -> Iterator[None]:
+    """Two of Ray's defaults made for clusters, off while the local cluster starts.
+
+    On Linux Ray turns 127.0.0.1 into the machine's network address, and its servers listen on
+    every interface, unless it runs in its single-machine mode (its default on macOS and
+    Windows), where all of them bind to 127.0.0.1. And under ``uv run`` (as ``make`` runs us)
+    Ray ships the current folder, ``.venv`` included (7.5 GB here), into every session for its
+    workers to ``uv run`` in: on one machine they run this interpreter as it is."""
+    before = ray_constants.ENABLE_RAY_CLUSTER, ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV
     ray_constants.ENABLE_RAY_CLUSTER = False
+    ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False
     try:
         yield
     finally:
-        ray_constants.ENABLE_RAY_CLUSTER = before
+        ray_constants.ENABLE_RAY_CLUSTER, ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = before
 
 
 def _start_local() -> None:
     folder = _private_folder(local_dir())
     _local_token(folder)
-    with _loopback():
+    with _this_machine():
         ray.init(
             include_dashboard=False,
             log_to_driver=False,

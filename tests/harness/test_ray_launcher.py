@@ -1,7 +1,8 @@
 """launcher=ray on a local Ray instance: each trial in its own fresh worker process, a trial that
 fails inside its worker recorded FAILED with the reason, and resume skipping finished trials. The
 local instance listens on 127.0.0.1 only and keeps its files (auth token included) in its own
-folder, nothing under the home folder."""
+folder, nothing under the home folder, and its workers run this interpreter: no copy of the project
+shipped to them, even under ``uv run``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 import ray
+from ray._private.runtime_env import uv_runtime_env_hook
 from sweep_args import TinySweep
 
 from harness.sweep.conclude import SweepOutcome
@@ -27,6 +29,7 @@ RAY = (
     "launcher.allow_shared_cpu=true",
     "isolation.max_other_cores=8",  # side-by-side trials on shared CPUs, on purpose
 )
+UV_RUN = ["uv", "run", "--frozen", "pytest"]
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 # Where a local cluster's files go (README): a folder of the user's own in the temp folder.
 LOCAL_DIR = Path(tempfile.gettempdir()) / f"fishbench-ray-{getpass.getuser()}"
@@ -34,10 +37,12 @@ LOCAL_DIR = Path(tempfile.gettempdir()) / f"fishbench-ray-{getpass.getuser()}"
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory, tiny_sweep: TinySweep) -> Iterator[Path]:
-    """An empty home folder for the whole Ray session (its fixtures made before it)."""
+    """An empty home folder for the whole Ray session (its fixtures made before it), the driver
+    seen by Ray as run under ``uv run`` (as ``make test`` runs it) however pytest was started."""
     folder = tmp_path_factory.mktemp("home")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HOME", str(folder))
+        patch.setattr(uv_runtime_env_hook, "_get_uv_run_cmdline", lambda: UV_RUN)
         yield folder
 
 
@@ -111,3 +116,13 @@ def test_the_local_clusters_files_stay_in_its_folder(first: SweepOutcome, home: 
     assert LOCAL_DIR.stat().st_mode & 0o777 == 0o700
     assert (LOCAL_DIR / "auth_token").stat().st_mode & 0o777 == 0o600
     assert not (home / ".ray").exists()  # no ~/.ray/auth_token
+
+
+def test_the_local_clusters_workers_run_this_interpreter(first: SweepOutcome) -> None:
+    """Under ``uv run`` Ray would otherwise ship the project to every session and have each
+    worker ``uv run`` (a whole environment synced) in that copy."""
+    assert uv_runtime_env_hook._get_uv_run_cmdline() == UV_RUN
+    runtime_env = ray.get_runtime_context().runtime_env
+    assert "working_dir" not in runtime_env and "py_executable" not in runtime_env
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    assert not list(session.glob("runtime_resources/working_dir_files/*"))
