@@ -84,7 +84,13 @@ class OptimizedFishSpeech:
             configure_cuda_math(profile)
         model = load_dual_ar(checkpoint, self.device, self.dtype, profile.max_seq_len)
         codec = load_codec(checkpoint, self.device, self.dtype)
-        apply_quantization(model, profile.quantization, self.device, profile.int4_group_size)
+        apply_quantization(
+            model,
+            profile.quantization,
+            self.device,
+            profile.int4_group_size,
+            profile.int8_kernel,
+        )
         self.codec = CodecRunner(codec, profile)
         self.decoder = SemanticDecoder(
             model, profile, self.codec.semantic_size, self.codec.residual_size

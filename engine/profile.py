@@ -31,6 +31,7 @@ CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune"]
 Quantization = Literal["none", "int8", "int4", "nf4"]
 CodecLayout = Literal["auto", "upstream", "channels_last"]
 CodecStreaming = Literal["auto", "context", "stateful"]
+Int8Kernel = Literal["auto", "stock", "vnni"]
 
 MAX_BATCH = 8
 BATCH_SIZES = (1, 2, 4, 8)  # a frame step's batch is padded up to one of these
@@ -125,6 +126,12 @@ class EngineProfile(BaseModel):
     )
     fullgraph: bool = True
     quantization: Quantization = "none"
+    int8_kernel: Int8Kernel = Field(
+        "auto",
+        description="CPU bf16 int8 frame steps on torch's own kernel (stock) or on the AVX-512 "
+        "VNNI one (engine/model/int8_kernel.py); auto: vnni where this CPU and a C++ compiler "
+        "can run it",
+    )
     coordinate_descent_tuning: bool = Field(
         True, description="inductor's coordinate-descent tuning, set for every compiled row"
     )
@@ -368,6 +375,7 @@ ENV_OVERRIDES = {
     "CODEC_LAYOUT": _set("codec_layout", str.lower),
     "CODEC_STREAMING": _set("codec_streaming", str.lower),
     "CODEC_THREAD": _set("codec_thread", _boolean),
+    "INT8_KERNEL": _set("int8_kernel", str.lower),
 }
 
 
@@ -508,6 +516,24 @@ def _codec_streaming(r: _Resolution) -> None:
         r.change("codec_streaming", "context", why)
 
 
+def _int8_kernel(r: _Resolution) -> None:
+    data = r.data
+    if r.hw.device != "cpu":
+        why = "the VNNI kernel is a CPU kernel (CUDA int8 is inductor's fused form)"
+    elif data["quantization"] != "int8":
+        why = "the VNNI kernel serves int8 weights"
+    elif data["precision"] == "fp32":
+        why = "fp32 int8 on a CPU is dynamic quantization (quantize_dynamic)"
+    else:
+        from engine.model.int8_kernel import problem
+
+        why = problem()
+    if data["int8_kernel"] == "auto":
+        data["int8_kernel"] = "stock" if why else "vnni"
+    elif data["int8_kernel"] == "vnni" and why:
+        r.change("int8_kernel", "stock", why)
+
+
 def _within_limits(r: _Resolution, model_max_seq_len: int | None) -> None:
     data = r.data
     if model_max_seq_len is not None and data["max_seq_len"] > model_max_seq_len:
@@ -548,6 +574,7 @@ def resolve_profile(
     else:
         _on_cpu(r)
     _codec_streaming(r)
+    _int8_kernel(r)
     _within_limits(r, model_max_seq_len)
     for fallback in r.fallbacks if log_fallbacks else ():
         log.warning("profile fallback: %s", fallback)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine.model.checkpoint import CheckpointError, CheckpointFolder
 from engine.model.checkpoint_report import _codec_facts
@@ -21,6 +22,7 @@ from harness.cli import main
 
 BNB_MESSAGE = "Failed to load CPU gemm_4bit_forward"
 WEIGHT_NORM_MESSAGE = "`torch.nn.utils.weight_norm` is deprecated"
+NO_CUDA_MESSAGE = "No CUDA runtime is found"
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -101,6 +103,7 @@ import logging, warnings
 import bitsandbytes
 from dac.nn.layers import WNConv1d
 WNConv1d(1, 1, 1)
+import torch.utils.cpp_extension
 """
 OTHERS = """
 warnings.warn("an unrelated deprecation", FutureWarning)
@@ -108,6 +111,7 @@ ops = logging.getLogger("bitsandbytes.backends.cpu.ops")
 ops.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure",
             ModuleNotFoundError("No module named 'kernels'"))
 ops.warning("an unrelated bitsandbytes warning")
+logging.getLogger("torch.utils.cpp_extension").warning("an unrelated extension warning")
 """
 
 
@@ -116,12 +120,15 @@ def test_startup_noise_is_silenced_and_other_warnings_are_kept() -> None:
     loud = _run("-c", NOISE)
     assert loud.returncode == 0, loud.stderr
     assert WEIGHT_NORM_MESSAGE in loud.stderr  # without the engine's filters it is printed
+    assert (NO_CUDA_MESSAGE in loud.stderr) == (not torch.cuda.is_available())
     quiet = _run("-c", "import engine" + NOISE + OTHERS)
     assert quiet.returncode == 0, quiet.stderr
     assert WEIGHT_NORM_MESSAGE not in quiet.stderr
     assert BNB_MESSAGE not in quiet.stderr  # both the real import's record and the one above
     assert "FutureWarning: an unrelated deprecation" in quiet.stderr
     assert "an unrelated bitsandbytes warning" in quiet.stderr
+    assert NO_CUDA_MESSAGE not in quiet.stderr
+    assert "an unrelated extension warning" in quiet.stderr
 
 
 def test_bitsandbytes_failures_other_than_the_missing_package_are_kept() -> None:

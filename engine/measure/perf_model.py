@@ -58,6 +58,7 @@ def linear_bytes(
 
     int8: one int8 per weight + a per-output-channel scale in the float dtype (weight-only), or
     a per-tensor scale (CPU fp32 dynamic int8, whose scale is not a stored tensor).
+    int8-vnni: int8 with the VNNI kernel's int32 sum of each output channel's codes beside it.
     int4: two weights per byte + a scale and a zero point per group of ``group_size``.
     nf4: two weights per byte + an 8-bit absmax per block of 64 + an fp32 per 256 such blocks.
     """
@@ -66,6 +67,8 @@ def linear_bytes(
         return weights * float_bytes
     if scheme == "int8":
         return weights + (out_features * float_bytes if float_bytes < 4 else 0)
+    if scheme == "int8-vnni":
+        return linear_bytes(out_features, in_features, "int8", float_bytes) + 4 * out_features
     if scheme == "int4":
         return weights // 2 + 2 * out_features * (in_features // group_size) * float_bytes
     if scheme == "nf4":
@@ -132,6 +135,12 @@ def _kv_bytes(layers: int, heads: int, head_dim: int, length: int, float_bytes: 
     return layers * 2 * heads * head_dim * length * float_bytes
 
 
+def _scheme(profile: EngineProfile) -> str:
+    """The storage scheme of a *resolved* profile's linear layers (S1's all fit the VNNI kernel)."""
+    vnni = profile.quantization == "int8" and profile.int8_kernel == "vnni"
+    return "int8-vnni" if vnni else profile.quantization
+
+
 def ours(
     cfg: BaseModelArgs,
     profile: EngineProfile,
@@ -146,7 +155,7 @@ def ours(
     K/V: per frame made, the weights cost 1/rows of a batch-1 frame's.
     """
     fb = FLOAT_BYTES[profile.precision]
-    scheme, group = profile.quantization, profile.int4_group_size
+    scheme, group = _scheme(profile), profile.int4_group_size
     steps = cfg.num_codebooks
     fast_kv = sum(
         _kv_bytes(cfg.n_fast_layer, cfg.fast_n_local_heads, cfg.fast_head_dim, steps, fb)
@@ -208,7 +217,7 @@ def resident(
     (``codec_bytes``): its config is not the DualAR's.
     """
     fb = FLOAT_BYTES[profile.precision]
-    scheme, group = profile.quantization, profile.int4_group_size
+    scheme, group = _scheme(profile), profile.int4_group_size
     steps = cfg.num_codebooks
     project = (cfg.dim + 1) * cfg.fast_dim if cfg.dim != cfg.fast_dim else 0
     floats = (

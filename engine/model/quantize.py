@@ -9,6 +9,8 @@ output looping over K in fp32 (torch 2.11's ``int8mm.cu``), slower than a bf16 G
 form copies each weight to the float dtype per call, so ``resolve_profile`` runs CUDA int8 only
 compiled. GPU int4 is torchao's tinygemm layout (aten's ``_weight_int4pack_mm``, fast eager too),
 nf4 is bitsandbytes (a memory option, experimental).
+On CPUs with AVX-512 VNNI the int8 steps of up to 16 rows go to our own kernel instead
+(``engine.model.int8_kernel``, the ``int8_kernel`` knob): aten's is compute bound there.
 CPU fp32 int8 is dynamic (``quantize_dynamic``, which only runs on CPU); CPU int4 is
 :class:`Int4Linear` (tinygemm's scheme on aten's CPU kernel, since torchao 0.18 has no CPU int4
 layout); nf4 is bitsandbytes' CPU path. The same quantization arithmetic on both devices is what
@@ -24,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from fish_speech.models.text2semantic.llama import DualARTransformer
 from torch import nn
+
+from engine.model import int8_kernel
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +61,12 @@ class Int8Linear(nn.Module):
     """Weight-only int8 linear layer: symmetric, one scale per output channel.
 
     torchao's ``Int8WeightOnlyConfig`` scheme (scale = max|w| / 127.5, codes in [-128, 127]);
-    on CPU aten's kernel reads the int8 codes directly, on CUDA inductor fuses the conversion
-    into the matmul (see the module docstring).
+    on CPU aten's kernel reads the int8 codes directly, or with ``vnni`` the AVX-512 VNNI kernel
+    (``engine.model.int8_kernel``) takes steps of up to ``MAX_ROWS`` rows; on CUDA inductor fuses
+    the conversion into the matmul (see the module docstring).
     """
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, vnni: bool = False) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         weight = linear.weight.detach().float()
@@ -69,6 +74,9 @@ class Int8Linear(nn.Module):
         codes = (weight / scales[:, None]).round().clamp(-128, 127).to(torch.int8)
         self.register_buffer("weight", codes)
         self.register_buffer("scales", scales.to(linear.weight.dtype))
+        self.vnni = vnni and int8_kernel.fits(self.in_features, self.out_features)
+        if self.vnni:
+            self.register_buffer("rowsum", codes.sum(1, dtype=torch.int32), persistent=False)
         self.bias = (
             None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
         )
@@ -78,7 +86,10 @@ class Int8Linear(nn.Module):
             out = F.linear(x, self.weight.to(x.dtype)) * self.scales
         else:
             flat = x.reshape(-1, self.in_features)
-            out = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales)
+            if self.vnni and flat.shape[0] <= int8_kernel.MAX_ROWS:
+                out = int8_kernel.int8_gemv(flat, self.weight, self.rowsum, self.scales)
+            else:
+                out = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales)
             out = out.reshape(*x.shape[:-1], self.out_features)
         return out if self.bias is None else out + self.bias
 
@@ -183,9 +194,14 @@ def quantize_nf4(model: DualARTransformer, dtype: torch.dtype) -> None:
 
 
 def apply_quantization(
-    model: DualARTransformer, kind: str, device: torch.device, group_size: int
+    model: DualARTransformer,
+    kind: str,
+    device: torch.device,
+    group_size: int,
+    kernel: str = "stock",
 ) -> None:
-    """Quantize in place with the scheme a *resolved* profile names for ``device``."""
+    """Quantize in place with the scheme a *resolved* profile names for ``device``; ``kernel``
+    is its ``int8_kernel`` (``vnni``: CPU int8 steps on ``engine.model.int8_kernel``)."""
     if kind == "none":
         return
     dtype = model.norm.weight.dtype
@@ -196,4 +212,4 @@ def apply_quantization(
     elif device.type == "cpu" and dtype == torch.float32:
         quantize_cpu_int8(model)
     else:
-        _swap_linears(model, Int8Linear)
+        _swap_linears(model, lambda layer: Int8Linear(layer, vnni=kernel == "vnni"))

@@ -75,6 +75,13 @@ CPU_ROWS = [
         "engine",
         {"precision": "bf16", "quantization": "int4", **_CPU_COMPILED},
     ),
+    # The int8 row on torch's own int8 kernel (aten's _weight_int8pack_mm): what the VNNI kernel
+    # that ``ours-int8-compiled`` resolves to on an AVX-512 VNNI CPU is measured against.
+    Row(
+        "ours-int8-compiled-stock-int8",
+        "engine",
+        {"precision": "bf16", "quantization": "int8", **_CPU_COMPILED, "int8_kernel": "stock"},
+    ),
     # The int8 row with each chunk decoded to audio on a thread of its own (one core) while the
     # next frames are generated, against ``ours-int8-compiled``, which takes turns on both cores.
     Row(

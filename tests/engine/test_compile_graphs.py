@@ -59,6 +59,7 @@ SHAPING = [
     ({"max_seq_len": 512}, {}),
     ({"codec_layout": "upstream"}, {}),
     ({"quantization": "int8"}, {"precision": "bf16"}),
+    ({"int8_kernel": "stock"}, {"precision": "bf16", "quantization": "int8"}),
     ({"int4_group_size": 32}, {"precision": "bf16", "quantization": "int4"}),
 ]
 # Knobs a CPU cannot vary (they resolve to one value here), or that choose which functions compile

@@ -65,6 +65,7 @@ def test_every_env_override_sets_its_knob() -> None:
         "CODEC_LAYOUT": "UPSTREAM",
         "CODEC_STREAMING": "context",
         "CODEC_THREAD": "true",
+        "INT8_KERNEL": "Stock",
     }
     assert set(env) == set(ENV_OVERRIDES)  # a new override needs a line here
     profile = EngineProfile.from_env(env=env)
@@ -81,6 +82,7 @@ def test_every_env_override_sets_its_knob() -> None:
     assert profile.max_batch == 4
     assert (profile.codec_layout, profile.codec_streaming) == ("upstream", "context")
     assert profile.codec_thread
+    assert profile.int8_kernel == "stock"
 
 
 def _example_sections() -> dict[str, set[str]]:
@@ -180,6 +182,7 @@ def test_max_seq_len_falls_back_to_the_checkpoint_limit(caplog: pytest.LogCaptur
             tf32=False,
             codec_layout="channels_last",
             codec_streaming="stateful",
+            int8_kernel="stock",
         ),
         [],
     )
@@ -262,6 +265,7 @@ def test_cuda_int8_runs_only_compiled() -> None:
                 "precision": "bf16",
                 "codec_layout": "upstream",
                 "codec_streaming": "context",
+                "int8_kernel": "stock",
             }
         ),
         [],

@@ -1,0 +1,118 @@
+"""``fishbench::int8_gemv``: the CPU int8 GEMV of a decode step, through AVX-512 VNNI.
+
+At one row (a frame step) a linear layer is a GEMV that reads each weight byte once, so its speed
+is memory bandwidth. aten's ``_weight_int8pack_mm`` widens every byte to fp32 and multiplies it by
+its scale before the FMA: four vector instructions per 16 bytes, which on two cores is compute
+bound at about 45 % of the machine's read bandwidth (docs/engine.md has the figures).
+``kernels/int8_gemv.cpp`` splits the activations into two int8 digits instead and meets 64 weight
+bytes per ``vpdpbusd``, reaching what a plain read of the same matrices reaches. Two digits keep
+about 15 bits of each activation, more than bf16 carries, and the sums are exact integers: the
+result equals the float product to fp32 rounding.
+
+The kernel is C++ built once per machine by torch's extension loader (about 30 s with g++) into
+``<compile cache root>/kernels/``; ``problem()`` says why it cannot run here (a CPU without AVX-512
+VNNI, no C++ compiler, a failed build), and profile resolution falls back to aten with that reason.
+It is a torch custom op, so compiled frame steps call it as one opaque kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import shutil
+import time
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "kernels" / "int8_gemv.cpp"
+FLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vnni", "-fopenmp")
+NEEDED_FLAGS = ("avx512f", "avx512bw", "avx512_vnni")  # /proc/cpuinfo spellings
+MAX_ROWS = 16  # more rows (a prefill) go to aten's kernel, which tiles for them
+K_MULTIPLE, N_MULTIPLE = 64, 4  # bytes per vpdpbusd; weight rows per block
+
+
+def fits(in_features: int, out_features: int) -> bool:
+    """Whether a linear layer of this shape can run on the kernel."""
+    return in_features % K_MULTIPLE == 0 and out_features % N_MULTIPLE == 0
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return set()
+    flags = next((line for line in lines if line.startswith("flags")), "")
+    return set(flags.partition(":")[2].split())
+
+
+def _build_folder() -> Path:
+    from engine.compile_cache import cache_root
+
+    key = hashlib.sha256(
+        SOURCE.read_bytes() + " ".join(FLAGS).encode() + torch.__version__.encode()
+    ).hexdigest()[:12]
+    return cache_root() / "kernels" / f"int8_gemv-{key}"
+
+
+@functools.cache
+def _extension() -> ModuleType:
+    from torch.utils import cpp_extension
+
+    folder = _build_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    fresh = not any(folder.glob("*.so"))
+    if fresh:
+        log.info("building the int8 VNNI kernel in %s (once per machine, about 30 s)", folder)
+    t0 = time.perf_counter()
+    module = cpp_extension.load(
+        name=f"fishbench_int8_gemv_{folder.name.rpartition('-')[2]}",
+        sources=[str(SOURCE)],
+        extra_cflags=list(FLAGS),
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(folder),
+        verbose=False,
+    )
+    if fresh:
+        log.info("int8 VNNI kernel built in %.1f s", time.perf_counter() - t0)
+    return module
+
+
+@functools.cache
+def problem() -> str | None:
+    """Why the kernel cannot run on this machine, or None (it is then built and loaded)."""
+    missing = [flag for flag in NEEDED_FLAGS if flag not in _cpu_flags()]
+    if missing:
+        return f"this CPU lacks {', '.join(missing)}"
+    from torch.utils import cpp_extension
+
+    compiler = cpp_extension.get_cxx_compiler()
+    if shutil.which(compiler) is None:
+        return f"no C++ compiler ({compiler}) to build it"
+    try:
+        _extension()
+    except Exception as exc:  # a compiler that fails on these flags, a broken toolchain
+        first = str(exc).strip().splitlines()
+        log.warning("the int8 VNNI kernel did not build: %s", exc)
+        return f"its build failed ({first[0] if first else type(exc).__name__})"
+    return None
+
+
+@torch.library.custom_op("fishbench::int8_gemv", mutates_args=())
+def int8_gemv(
+    x: torch.Tensor, weight: torch.Tensor, rowsum: torch.Tensor, scales: torch.Tensor
+) -> torch.Tensor:
+    """``x [M, K] @ (weight [N, K] int8 * scales [N]).T`` in x's dtype; ``rowsum`` is
+    ``weight.sum(1)`` as int32 (the kernel's unsigned-digit offset)."""
+    return _extension().int8_gemv(x, weight, rowsum, scales)
+
+
+@int8_gemv.register_fake
+def _(
+    x: torch.Tensor, weight: torch.Tensor, rowsum: torch.Tensor, scales: torch.Tensor
+) -> torch.Tensor:
+    return x.new_empty(x.shape[0], weight.shape[0])
