@@ -44,8 +44,8 @@ BUILT_GRAPHS = "built-graphs.json"  # in the cache folder: the graph units sweep
 
 # The knobs that shape each compiled function's graphs (their code or their inputs' shapes and
 # dtypes), per function. Every other knob leaves them unchanged, so profiles differing only there
-# share the compiled artifacts. ``int4_group_size`` counts only under int4. ``int8_kernel`` shapes
-# only the steps (a prefill's rows go to aten's kernel either way; elsewhere it resolves to stock).
+# share the compiled artifacts. ``int4_group_size`` counts only under int4; ``int8_kernel`` is
+# ``stock`` but under CPU bf16 int8.
 GRAPH_KNOBS: dict[str, tuple[str, ...]] = {
     "decode_step": (
         "device",
@@ -55,7 +55,14 @@ GRAPH_KNOBS: dict[str, tuple[str, ...]] = {
         "int8_kernel",
         "max_seq_len",
     ),
-    "prefill": ("device", "precision", "quantization", "int4_group_size", "max_seq_len"),
+    "prefill": (
+        "device",
+        "precision",
+        "quantization",
+        "int4_group_size",
+        "int8_kernel",
+        "max_seq_len",
+    ),
     "codec": ("device", "precision", "codec_layout"),  # one graph per padded decode length
 }
 # ``max_batch > 1`` compiles the batched step (one graph per padded batch size, over slot caches

@@ -55,13 +55,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     """The start-up warnings the engine silences stay silent under pytest's own filters, and
     every compile cache of the run (this process's and its children's) lives in a temporary
-    folder, never in the checkout's ``.cache/``."""
+    folder, never in the checkout's ``.cache/``; so does the int8 kernel the run builds (once,
+    whatever home folder a test gives its children)."""
     from engine.compile_cache import COMPILE_CACHE_ENV
+    from engine.model.int8_kernel import EXTENSIONS_ENV
     from engine.quiet import PYTEST_FILTERWARNINGS
 
     for line in PYTEST_FILTERWARNINGS:
         config.addinivalue_line("filterwarnings", line)
     os.environ[COMPILE_CACHE_ENV] = tempfile.mkdtemp(prefix="fishbench-test-compile-cache-")
+    os.environ[EXTENSIONS_ENV] = os.path.join(os.environ[COMPILE_CACHE_ENV], "extensions")
 
 
 @pytest.fixture(scope="session")

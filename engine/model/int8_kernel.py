@@ -10,7 +10,7 @@ about 15 bits of each activation, more than bf16 carries, and the sums are exact
 result equals the float product to fp32 rounding.
 
 The kernel is C++ built once per machine by torch's extension loader (about 30 s with g++) into
-``<compile cache root>/kernels/``; ``problem()`` says why it cannot run here (a CPU without AVX-512
+torch's extension folder; ``problem()`` says why it cannot run here (a CPU without AVX-512
 VNNI, no C++ compiler, a failed build), and profile resolution falls back to aten with that reason.
 It is a torch custom op, so compiled frame steps call it as one opaque kernel.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).parent / "kernels" / "int8_gemv.cpp"
 FLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vnni", "-fopenmp")
 NEEDED_FLAGS = ("avx512f", "avx512bw", "avx512_vnni")  # /proc/cpuinfo spellings
-MAX_ROWS = 16  # more rows (a prefill) go to aten's kernel, which tiles for them
+EXTENSIONS_ENV = "TORCH_EXTENSIONS_DIR"  # torch's own variable for where extensions build
 K_MULTIPLE, N_MULTIPLE = 64, 4  # bytes per vpdpbusd; weight rows per block
 
 
@@ -51,12 +52,13 @@ def _cpu_flags() -> set[str]:
 
 
 def _build_folder() -> Path:
-    from engine.compile_cache import cache_root
-
+    """Torch's folder for built extensions (``$TORCH_EXTENSIONS_DIR``, else
+    ``~/.cache/torch_extensions``): one build per machine, source, flags and torch version."""
     key = hashlib.sha256(
         SOURCE.read_bytes() + " ".join(FLAGS).encode() + torch.__version__.encode()
     ).hexdigest()[:12]
-    return cache_root() / "kernels" / f"int8_gemv-{key}"
+    root = os.environ.get(EXTENSIONS_ENV) or Path.home() / ".cache" / "torch_extensions"
+    return Path(root) / f"fishbench_int8_gemv-{key}"
 
 
 @functools.cache

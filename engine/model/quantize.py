@@ -9,8 +9,8 @@ output looping over K in fp32 (torch 2.11's ``int8mm.cu``), slower than a bf16 G
 form copies each weight to the float dtype per call, so ``resolve_profile`` runs CUDA int8 only
 compiled. GPU int4 is torchao's tinygemm layout (aten's ``_weight_int4pack_mm``, fast eager too),
 nf4 is bitsandbytes (a memory option, experimental).
-On CPUs with AVX-512 VNNI the int8 steps of up to 16 rows go to our own kernel instead
-(``engine.model.int8_kernel``, the ``int8_kernel`` knob): aten's is compute bound there.
+On CPUs with AVX-512 VNNI bf16 int8 runs on our own kernel instead (``engine.model.int8_kernel``,
+the ``int8_kernel`` knob): aten's is compute bound there.
 CPU fp32 int8 is dynamic (``quantize_dynamic``, which only runs on CPU); CPU int4 is
 :class:`Int4Linear` (tinygemm's scheme on aten's CPU kernel, since torchao 0.18 has no CPU int4
 layout); nf4 is bitsandbytes' CPU path. The same quantization arithmetic on both devices is what
@@ -62,8 +62,8 @@ class Int8Linear(nn.Module):
 
     torchao's ``Int8WeightOnlyConfig`` scheme (scale = max|w| / 127.5, codes in [-128, 127]);
     on CPU aten's kernel reads the int8 codes directly, or with ``vnni`` the AVX-512 VNNI kernel
-    (``engine.model.int8_kernel``) takes steps of up to ``MAX_ROWS`` rows; on CUDA inductor fuses
-    the conversion into the matmul (see the module docstring).
+    (``engine.model.int8_kernel``) does; on CUDA inductor fuses the conversion into the matmul
+    (see the module docstring).
     """
 
     def __init__(self, linear: nn.Linear, vnni: bool = False) -> None:
@@ -86,7 +86,7 @@ class Int8Linear(nn.Module):
             out = F.linear(x, self.weight.to(x.dtype)) * self.scales
         else:
             flat = x.reshape(-1, self.in_features)
-            if self.vnni and flat.shape[0] <= int8_kernel.MAX_ROWS:
+            if self.vnni:
                 out = int8_kernel.int8_gemv(flat, self.weight, self.rowsum, self.scales)
             else:
                 out = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales)

@@ -10,13 +10,16 @@
 #include <immintrin.h>
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
 namespace {
 
-constexpr int64_t ROWS = 4;   // weight rows per block: four streams for the prefetchers
-constexpr int64_t STEP = 64;  // bytes of K per vpdpbusd
+constexpr int64_t ROWS = 4;    // weight rows per block: four streams for the prefetchers
+constexpr int64_t STEP = 64;   // bytes of K per vpdpbusd
+constexpr int64_t CHUNK = 64;  // activation rows per pass over the weights: their digits
+                               // (2 * CHUNK * K bytes) stay in L2 while each weight block meets them
 
 struct Digits {
   std::vector<uint8_t> hi, lo;  // [M, K], each code + 128
@@ -68,35 +71,38 @@ torch::Tensor int8_gemv(const torch::Tensor& x, const torch::Tensor& w, const to
   const int32_t* rs = rowsum.data_ptr<int32_t>();
   const float* sp = sf.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  at::parallel_for(0, N / ROWS, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t block = begin; block < end; ++block) {
-      const int64_t n0 = block * ROWS;
-      const int8_t* w0 = wp + n0 * K;
-      for (int64_t m = 0; m < M; ++m) {
-        const uint8_t* hi = d.hi.data() + m * K;
-        const uint8_t* lo = d.lo.data() + m * K;
-        __m512i h[ROWS], l[ROWS];
-        for (int r = 0; r < ROWS; ++r) h[r] = l[r] = _mm512_setzero_si512();
-        for (int64_t k = 0; k < K; k += STEP) {
-          const __m512i xh = _mm512_loadu_si512(hi + k);
-          const __m512i xl = _mm512_loadu_si512(lo + k);
+  for (int64_t m0 = 0; m0 < M; m0 += CHUNK) {
+    const int64_t m1 = std::min(M, m0 + CHUNK);
+    at::parallel_for(0, N / ROWS, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t block = begin; block < end; ++block) {
+        const int64_t n0 = block * ROWS;
+        const int8_t* w0 = wp + n0 * K;
+        for (int64_t m = m0; m < m1; ++m) {
+          const uint8_t* hi = d.hi.data() + m * K;
+          const uint8_t* lo = d.lo.data() + m * K;
+          __m512i h[ROWS], l[ROWS];
+          for (int r = 0; r < ROWS; ++r) h[r] = l[r] = _mm512_setzero_si512();
+          for (int64_t k = 0; k < K; k += STEP) {
+            const __m512i xh = _mm512_loadu_si512(hi + k);
+            const __m512i xl = _mm512_loadu_si512(lo + k);
 #pragma GCC unroll 4
+            for (int r = 0; r < ROWS; ++r) {
+              const __m512i wv = _mm512_loadu_si512(w0 + r * K + k);
+              h[r] = _mm512_dpbusd_epi32(h[r], xh, wv);
+              l[r] = _mm512_dpbusd_epi32(l[r], xl, wv);
+            }
+          }
           for (int r = 0; r < ROWS; ++r) {
-            const __m512i wv = _mm512_loadu_si512(w0 + r * K + k);
-            h[r] = _mm512_dpbusd_epi32(h[r], xh, wv);
-            l[r] = _mm512_dpbusd_epi32(l[r], xl, wv);
+            const int64_t n = n0 + r;
+            const int32_t offset = 128 * rs[n];  // |sums| <= 3072 * 255 * 128 < 2^31 at K 3072
+            const float hs = static_cast<float>(_mm512_reduce_add_epi32(h[r]) - offset);
+            const float ls = static_cast<float>(_mm512_reduce_add_epi32(l[r]) - offset);
+            op[m * N + n] = (hs * d.s_hi[m] + ls * d.s_lo[m]) * sp[n];
           }
         }
-        for (int r = 0; r < ROWS; ++r) {
-          const int64_t n = n0 + r;
-          const int32_t offset = 128 * rs[n];  // |sums| <= 3072 * 255 * 128 < 2^31 at K 3072
-          const float hs = static_cast<float>(_mm512_reduce_add_epi32(h[r]) - offset);
-          const float ls = static_cast<float>(_mm512_reduce_add_epi32(l[r]) - offset);
-          op[m * N + n] = (hs * d.s_hi[m] + ls * d.s_lo[m]) * sp[n];
-        }
       }
-    }
-  });
+    });
+  }
   return out.to(x.scalar_type());
 }
 
