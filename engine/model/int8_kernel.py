@@ -84,10 +84,15 @@ def _extension() -> ModuleType:
     return module
 
 
+def missing_cpu_flags() -> list[str]:
+    """The instruction sets the kernel needs that this CPU lacks."""
+    return [flag for flag in NEEDED_FLAGS if flag not in _cpu_flags()]
+
+
 @functools.cache
 def problem() -> str | None:
     """Why the kernel cannot run on this machine, or None (it is then built and loaded)."""
-    missing = [flag for flag in NEEDED_FLAGS if flag not in _cpu_flags()]
+    missing = missing_cpu_flags()
     if missing:
         return f"this CPU lacks {', '.join(missing)}"
     from torch.utils import cpp_extension

@@ -26,17 +26,17 @@ struct Digits {
   std::vector<float> s_hi, s_lo;
 };
 
-Digits split(const torch::Tensor& x) {
-  const int64_t M = x.size(0), K = x.size(1);
-  const torch::Tensor xf = x.to(torch::kFloat).contiguous();
-  const float* xp = xf.data_ptr<float>();
+template <typename scalar_t>
+Digits split(const scalar_t* xp, int64_t M, int64_t K) {
   Digits d{std::vector<uint8_t>(M * K), std::vector<uint8_t>(M * K), std::vector<float>(M),
            std::vector<float>(M)};
-  std::vector<float> rest(K);
+  std::vector<float> row(K), rest(K);
   for (int64_t m = 0; m < M; ++m) {
-    const float* row = xp + m * K;
     float amax = 0.f;
-    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(row[k]));
+    for (int64_t k = 0; k < K; ++k) {
+      row[k] = static_cast<float>(xp[m * K + k]);
+      amax = std::max(amax, std::fabs(row[k]));
+    }
     const float s1 = amax > 0.f ? amax / 127.f : 1.f;
     float rmax = 0.f;
     for (int64_t k = 0; k < K; ++k) {
@@ -55,22 +55,11 @@ Digits split(const torch::Tensor& x) {
   return d;
 }
 
-}  // namespace
 
-torch::Tensor int8_gemv(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& rowsum,
-                        const torch::Tensor& scales) {
-  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "x [M, K], w [N, K]");
-  TORCH_CHECK(w.scalar_type() == torch::kInt8 && w.is_contiguous(), "w: contiguous int8");
-  TORCH_CHECK(rowsum.scalar_type() == torch::kInt && rowsum.size(0) == w.size(0), "rowsum [N]");
-  const int64_t M = x.size(0), N = w.size(0), K = w.size(1);
-  TORCH_CHECK(K % STEP == 0 && N % ROWS == 0, "K a multiple of 64, N of 4");
-  const Digits d = split(x);
-  const torch::Tensor sf = scales.to(torch::kFloat).contiguous();
-  torch::Tensor out = torch::empty({M, N}, torch::kFloat);
-  const int8_t* wp = w.data_ptr<int8_t>();
-  const int32_t* rs = rowsum.data_ptr<int32_t>();
-  const float* sp = sf.data_ptr<float>();
-  float* op = out.data_ptr<float>();
+template <typename scalar_t>
+void gemv(const scalar_t* xp, const int8_t* wp, const int32_t* rs, const scalar_t* sp, scalar_t* op,
+          int64_t M, int64_t N, int64_t K) {
+  const Digits d = split(xp, M, K);
   for (int64_t m0 = 0; m0 < M; m0 += CHUNK) {
     const int64_t m1 = std::min(M, m0 + CHUNK);
     at::parallel_for(0, N / ROWS, 1, [&](int64_t begin, int64_t end) {
@@ -97,13 +86,35 @@ torch::Tensor int8_gemv(const torch::Tensor& x, const torch::Tensor& w, const to
             const int32_t offset = 128 * rs[n];  // |sums| <= 3072 * 255 * 128 < 2^31 at K 3072
             const float hs = static_cast<float>(_mm512_reduce_add_epi32(h[r]) - offset);
             const float ls = static_cast<float>(_mm512_reduce_add_epi32(l[r]) - offset);
-            op[m * N + n] = (hs * d.s_hi[m] + ls * d.s_lo[m]) * sp[n];
+            const float value = (hs * d.s_hi[m] + ls * d.s_lo[m]) * static_cast<float>(sp[n]);
+            op[m * N + n] = static_cast<scalar_t>(value);
           }
         }
       }
     });
   }
-  return out.to(x.scalar_type());
+}
+
+}  // namespace
+
+// x [M, K] and scales [N] of one float dtype, read and written in it (no conversion ops around
+// the call: at a frame step's 336 calls they cost more than the arithmetic they feed).
+torch::Tensor int8_gemv(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& rowsum,
+                        const torch::Tensor& scales) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "x [M, K], w [N, K]");
+  TORCH_CHECK(w.scalar_type() == torch::kInt8 && w.is_contiguous(), "w: contiguous int8");
+  TORCH_CHECK(rowsum.scalar_type() == torch::kInt && rowsum.size(0) == w.size(0), "rowsum [N]");
+  TORCH_CHECK(scales.scalar_type() == x.scalar_type() && scales.size(0) == w.size(0),
+              "scales [N] in x's dtype");
+  const int64_t M = x.size(0), N = w.size(0), K = w.size(1);
+  TORCH_CHECK(K % STEP == 0 && N % ROWS == 0, "K a multiple of 64, N of 4");
+  const torch::Tensor xc = x.contiguous(), sc = scales.contiguous(), rc = rowsum.contiguous();
+  torch::Tensor out = torch::empty({M, N}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "int8_gemv", [&] {
+    gemv<scalar_t>(xc.data_ptr<scalar_t>(), w.data_ptr<int8_t>(), rc.data_ptr<int32_t>(),
+                   sc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), M, N, K);
+  });
+  return out;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
