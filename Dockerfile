@@ -14,11 +14,13 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PATH=/opt/venv/bin:$PATH \
     HOST=0.0.0.0 \
     PORT=8000 \
-    COMPILE_CACHE_DIR=/data/compile-cache
+    COMPILE_CACHE_DIR=/data/compile-cache \
+    TORCH_EXTENSIONS_DIR=/data/compile-cache/torch-extensions
 
 # gcc + libc6-dev: Triton compiles its kernel launcher with the C compiler at run time (against
 # Python.h, which uv's managed Python ships), so every compiled profile needs them in the image.
-# g++: inductor's CPU kernels are C++ (a compiled profile on a CPU, and the codec's CPU parts).
+# g++: inductor's CPU kernels are C++ (a compiled profile on a CPU, and the codec's CPU parts), and
+# so is the CPU int8 kernel, built at the first start and kept on the compile-cache volume.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates libsndfile1 gcc g++ libc6-dev \
     && rm -rf /var/lib/apt/lists/*
