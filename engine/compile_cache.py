@@ -46,23 +46,17 @@ BUILT_GRAPHS = "built-graphs.json"  # in the cache folder: the graph units sweep
 # dtypes), per function. Every other knob leaves them unchanged, so profiles differing only there
 # share the compiled artifacts. ``int4_group_size`` counts only under int4; ``int8_kernel`` is
 # ``stock`` but under CPU bf16 int8.
+_MODEL_KNOBS = (
+    "device",
+    "precision",
+    "quantization",
+    "int4_group_size",
+    "int8_kernel",
+    "max_seq_len",
+)
 GRAPH_KNOBS: dict[str, tuple[str, ...]] = {
-    "decode_step": (
-        "device",
-        "precision",
-        "quantization",
-        "int4_group_size",
-        "int8_kernel",
-        "max_seq_len",
-    ),
-    "prefill": (
-        "device",
-        "precision",
-        "quantization",
-        "int4_group_size",
-        "int8_kernel",
-        "max_seq_len",
-    ),
+    "decode_step": _MODEL_KNOBS,
+    "prefill": _MODEL_KNOBS,
     "codec": ("device", "precision", "codec_layout"),  # one graph per padded decode length
 }
 # ``max_batch > 1`` compiles the batched step (one graph per padded batch size, over slot caches
