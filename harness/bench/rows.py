@@ -82,6 +82,13 @@ CPU_ROWS = [
         "engine",
         {"precision": "bf16", "quantization": "int8", **_CPU_COMPILED, "int8_kernel": "stock"},
     ),
+    # The int8 row streaming a first chunk of 2 frames instead of 4: first audio against
+    # ``ours-int8-compiled``, the rest of the stream in chunks of 16 as there.
+    Row(
+        "ours-int8-compiled-first-chunk-2",
+        "engine",
+        {"precision": "bf16", "quantization": "int8", **_CPU_COMPILED, "first_chunk_size": 2},
+    ),
     # The int8 row with each chunk decoded to audio on a thread of its own (one core) while the
     # next frames are generated, against ``ours-int8-compiled``, which takes turns on both cores.
     Row(
