@@ -201,7 +201,7 @@ def apply_quantization(
     kernel: str = "stock",
 ) -> None:
     """Quantize in place with the scheme a *resolved* profile names for ``device``; ``kernel``
-    is its ``int8_kernel`` (``vnni``: CPU int8 steps on ``engine.model.int8_kernel``)."""
+    is its ``int8_kernel`` (``vnni``: CPU int8 layers on ``engine.model.int8_kernel``)."""
     if kind == "none":
         return
     dtype = model.norm.weight.dtype

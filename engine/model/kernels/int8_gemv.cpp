@@ -1,4 +1,5 @@
-// Batch-few int8 weight-only GEMV for AVX-512 VNNI CPUs (fishbench engine.model.int8_kernel).
+// int8 weight-only matmul for AVX-512 VNNI CPUs (fishbench engine.model.int8_kernel): a GEMV at
+// one row (a frame step), rows in passes of CHUNK beyond (a prefill).
 //
 // out[m, n] = scales[n] * sum_k x[m, k] * w[n, k], w int8 [N, K] row-major, x float [M, K].
 // x is split into two int8 digits per row (x ~= s1 * q1 + s2 * q2, |q| <= 127), so each weight
