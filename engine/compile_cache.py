@@ -86,6 +86,18 @@ _COUNTERS = {
 }
 
 
+# Functions in our graphs that AOTAutograd's cache does not know to be safe, keyed by what their
+# behaviour depends on (torch's version: both are torch's). ``sdpa_kernel`` (engine.dual_ar: fused
+# SDPA or an error) puts its backends into the graph as calls that name them
+# (``_backend_from_string``, a name -> enum lookup) and set them (``_sdpa_kernel``), all from the
+# graph's own constants. Without this every warm start re-traced each graph through AOTAutograd
+# (``autograd_cache_bypass``).
+CACHEABLE_FUNCTIONS = {
+    "torch.nn.attention._backend_from_string": torch.__version__,
+    "torch.nn.attention._sdpa_kernel": torch.__version__,
+}
+
+
 def inductor_settings(profile: EngineProfile) -> dict[str, object]:
     """The compiler config values every compiling process sets, keyed ``<module>.<name>``.
 
@@ -102,6 +114,7 @@ def inductor_settings(profile: EngineProfile) -> dict[str, object]:
         "inductor.coordinate_descent_check_all_directions": tuning,
         "inductor.force_fuse_int_mm_with_mul": True,
         "inductor.triton.unique_kernel_names": True,
+        "inductor.unsafe_marked_cacheable_functions": CACHEABLE_FUNCTIONS,
     }
 
 

@@ -31,7 +31,7 @@ CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune"]
 Quantization = Literal["none", "int8", "int4", "nf4"]
 CodecLayout = Literal["auto", "upstream", "channels_last"]
 CodecStreaming = Literal["auto", "context", "stateful"]
-Int8Kernel = Literal["auto", "stock", "vnni"]
+Int8Kernel = Literal["auto", "stock", "vnni", "amx"]
 
 MAX_BATCH = 8
 BATCH_SIZES = (1, 2, 4, 8)  # a frame step's batch is padded up to one of these
@@ -128,9 +128,9 @@ class EngineProfile(BaseModel):
     quantization: Quantization = "none"
     int8_kernel: Int8Kernel = Field(
         "auto",
-        description="CPU bf16 int8 frame steps on torch's own kernel (stock) or on the AVX-512 "
-        "VNNI one (engine/model/int8_kernel.py); auto: vnni where this CPU and a C++ compiler "
-        "can run it",
+        description="CPU bf16 int8 layers on torch's own kernel (stock), on the AVX-512 VNNI one "
+        "(engine/model/int8_kernel.py), or on that one with prefills on AMX int8 tiles (amx); "
+        "auto: amx, else vnni, where this CPU and a C++ compiler can run them",
     )
     coordinate_descent_tuning: bool = Field(
         True, description="inductor's coordinate-descent tuning, set for every compiled row"
@@ -528,10 +528,20 @@ def _int8_kernel(r: _Resolution) -> None:
         from engine.model.int8_kernel import problem
 
         why = problem()
+    amx_why = why or _amx_problem()
     if data["int8_kernel"] == "auto":
-        data["int8_kernel"] = "stock" if why else "vnni"
-    elif data["int8_kernel"] == "vnni" and why:
+        data["int8_kernel"] = "stock" if why else "vnni" if amx_why else "amx"
+    elif data["int8_kernel"] in ("vnni", "amx") and why:
         r.change("int8_kernel", "stock", why)
+    elif data["int8_kernel"] == "amx" and amx_why:
+        r.change("int8_kernel", "vnni", amx_why)
+
+
+def _amx_problem() -> str | None:
+    """Why AMX prefills cannot run, asked only where the VNNI kernel can (it loads it)."""
+    from engine.model.int8_kernel import amx_problem
+
+    return amx_problem()
 
 
 def _within_limits(r: _Resolution, model_max_seq_len: int | None) -> None:

@@ -137,7 +137,7 @@ def _kv_bytes(layers: int, heads: int, head_dim: int, length: int, float_bytes: 
 
 def _scheme(profile: EngineProfile) -> str:
     """The storage scheme of a *resolved* profile's linear layers (S1's all fit the VNNI kernel)."""
-    vnni = profile.quantization == "int8" and profile.int8_kernel == "vnni"
+    vnni = profile.quantization == "int8" and profile.int8_kernel in ("vnni", "amx")
     return "int8-vnni" if vnni else profile.quantization
 
 

@@ -61,12 +61,12 @@ class Int8Linear(nn.Module):
     """Weight-only int8 linear layer: symmetric, one scale per output channel.
 
     torchao's ``Int8WeightOnlyConfig`` scheme (scale = max|w| / 127.5, codes in [-128, 127]);
-    on CPU aten's kernel reads the int8 codes directly, or with ``vnni`` the AVX-512 VNNI kernel
-    (``engine.model.int8_kernel``) does; on CUDA inductor fuses the conversion into the matmul
-    (see the module docstring).
+    on CPU aten's kernel reads the int8 codes directly, or with ``kernel`` ``vnni`` or ``amx`` our
+    own kernel does (``engine.model.int8_kernel``; ``amx`` runs prefills on AMX tiles); on CUDA
+    inductor fuses the conversion into the matmul (see the module docstring).
     """
 
-    def __init__(self, linear: nn.Linear, vnni: bool = False) -> None:
+    def __init__(self, linear: nn.Linear, kernel: str = "stock") -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         weight = linear.weight.detach().float()
@@ -74,8 +74,9 @@ class Int8Linear(nn.Module):
         codes = (weight / scales[:, None]).round().clamp(-128, 127).to(torch.int8)
         self.register_buffer("weight", codes)
         self.register_buffer("scales", scales.to(linear.weight.dtype))
-        self.vnni = vnni and int8_kernel.fits(self.in_features, self.out_features)
-        if self.vnni:
+        fits = int8_kernel.fits(self.in_features, self.out_features)
+        self.kernel = kernel if fits else "stock"
+        if self.kernel != "stock":
             self.register_buffer("rowsum", codes.sum(1, dtype=torch.int32), persistent=False)
         self.bias = (
             None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
@@ -86,8 +87,9 @@ class Int8Linear(nn.Module):
             out = F.linear(x, self.weight.to(x.dtype)) * self.scales
         else:
             flat = x.reshape(-1, self.in_features)
-            if self.vnni:
-                out = int8_kernel.int8_gemv(flat, self.weight, self.rowsum, self.scales)
+            if self.kernel != "stock":
+                amx = self.kernel == "amx"
+                out = int8_kernel.int8_gemv(flat, self.weight, self.rowsum, self.scales, amx)
             else:
                 out = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales)
             out = out.reshape(*x.shape[:-1], self.out_features)
@@ -201,7 +203,7 @@ def apply_quantization(
     kernel: str = "stock",
 ) -> None:
     """Quantize in place with the scheme a *resolved* profile names for ``device``; ``kernel``
-    is its ``int8_kernel`` (``vnni``: CPU int8 layers on ``engine.model.int8_kernel``)."""
+    is its ``int8_kernel`` (``vnni``, ``amx``: CPU int8 layers on ``engine.model.int8_kernel``)."""
     if kind == "none":
         return
     dtype = model.norm.weight.dtype
@@ -212,4 +214,4 @@ def apply_quantization(
     elif device.type == "cpu" and dtype == torch.float32:
         quantize_cpu_int8(model)
     else:
-        _swap_linears(model, lambda layer: Int8Linear(layer, vnni=kernel == "vnni"))
+        _swap_linears(model, lambda layer: Int8Linear(layer, kernel))

@@ -75,12 +75,18 @@ CPU_ROWS = [
         "engine",
         {"precision": "bf16", "quantization": "int4", **_CPU_COMPILED},
     ),
-    # The int8 row on torch's own int8 kernel (aten's _weight_int8pack_mm): what the VNNI kernel
-    # that ``ours-int8-compiled`` resolves to on an AVX-512 VNNI CPU is measured against.
+    # The int8 row on torch's own int8 kernel (aten's _weight_int8pack_mm) and on the VNNI loop
+    # for every row count: what ``ours-int8-compiled`` (auto: prefills on AMX tiles where the CPU
+    # has them, the VNNI loop on AVX-512 VNNI CPUs) is measured against.
     Row(
         "ours-int8-compiled-stock-int8",
         "engine",
         {"precision": "bf16", "quantization": "int8", **_CPU_COMPILED, "int8_kernel": "stock"},
+    ),
+    Row(
+        "ours-int8-compiled-vnni-prefill",
+        "engine",
+        {"precision": "bf16", "quantization": "int8", **_CPU_COMPILED, "int8_kernel": "vnni"},
     ),
     # The int8 row streaming a first chunk of 2 frames instead of 4: first audio against
     # ``ours-int8-compiled``, the rest of the stream in chunks of 16 as there.

@@ -28,6 +28,7 @@ from functorch.compile import make_boxed_func
 from torch import Tensor
 from torch._dynamo.backends.common import aot_autograd
 from torch._dynamo.utils import counters
+from torch._functorch._aot_autograd.autograd_cache import BypassAOTAutogradCache, check_cacheable
 from torch._inductor.cudagraph_utils import (
     FunctionID,
     WrappedFunction,
@@ -42,6 +43,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from engine import dual_ar
+from engine.compile_cache import inductor_settings
 from engine.engine import OptimizedFishSpeech
 from engine.generation import SemanticDecoder
 from engine.model.synthetic import S1_MINI_CONFIG
@@ -276,6 +278,39 @@ def test_compiled_step_graph_passes_inductors_cudagraph_checks(engine) -> None:
     caches = [name for name in names.all if name.endswith(("kv_cache.k_cache", "kv_cache.v_cache"))]
     assert len(caches) == 2 * (len(dec.model.layers) + len(dec.model.fast_layers))
     assert mutated == {*caches, "window"}
+
+
+@pytest.mark.parametrize("function", ["decode_step", "prefill"])
+def test_compiled_graphs_are_ones_aotautograds_cache_keeps(engine, function: str) -> None:
+    """A graph AOTAutograd's cache bypasses is re-traced through AOTAutograd at every warm start
+    (at full size about a third of it). ``sdpa_kernel`` puts torch functions into the graph that
+    its safety check does not know; the engine's inductor settings mark them, and the check
+    passes on the step's and the prefill's graphs as dynamo hands them to inductor."""
+    frame, input_pos, kv_len = prime(engine)
+    dec = engine.decoder
+    if function == "prefill":
+        prompt = engine.build_prompt("Hello there.", None, None)
+        frame, input_pos = prompt, torch.arange(prompt.shape[1])
+    graphs: list[torch.fx.GraphModule] = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list[Tensor]) -> Any:
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(getattr(dec, function), backend=backend, fullgraph=True)
+    with torch.inference_mode():
+        compiled(frame, input_pos, kv_len)
+    settings = inductor_settings(engine.active_profile)
+    inductor = {k.removeprefix("inductor."): v for k, v in settings.items() if "inductor." in k}
+    with torch._inductor.config.patch(inductor):
+        check_cacheable(graphs[0])
+    unmarked = {**inductor, "unsafe_marked_cacheable_functions": {}}
+    with (
+        torch._inductor.config.patch(unmarked),
+        pytest.raises(BypassAOTAutogradCache, match="torch.nn.attention"),
+    ):
+        check_cacheable(graphs[0])
 
 
 @dataclass
