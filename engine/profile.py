@@ -518,6 +518,7 @@ def _codec_streaming(r: _Resolution) -> None:
 
 def _int8_kernel(r: _Resolution) -> None:
     data = r.data
+    amx_why = None
     if r.hw.device != "cpu":
         why = "the VNNI kernel is a CPU kernel (CUDA int8 is inductor's fused form)"
     elif data["quantization"] != "int8":
@@ -525,23 +526,16 @@ def _int8_kernel(r: _Resolution) -> None:
     elif data["precision"] == "fp32":
         why = "fp32 int8 on a CPU is dynamic quantization (quantize_dynamic)"
     else:
-        from engine.model.int8_kernel import problem
+        from engine.model.int8_kernel import amx_problem, problem
 
-        why = problem()
-    amx_why = why or _amx_problem()
+        why, amx_why = problem(), amx_problem()
+    amx_why = why or amx_why
     if data["int8_kernel"] == "auto":
         data["int8_kernel"] = "stock" if why else "vnni" if amx_why else "amx"
     elif data["int8_kernel"] in ("vnni", "amx") and why:
         r.change("int8_kernel", "stock", why)
     elif data["int8_kernel"] == "amx" and amx_why:
         r.change("int8_kernel", "vnni", amx_why)
-
-
-def _amx_problem() -> str | None:
-    """Why AMX prefills cannot run, asked only where the VNNI kernel can (it loads it)."""
-    from engine.model.int8_kernel import amx_problem
-
-    return amx_problem()
 
 
 def _within_limits(r: _Resolution, model_max_seq_len: int | None) -> None:

@@ -91,9 +91,9 @@ def _extension() -> ModuleType:
     return module
 
 
-def missing_cpu_flags() -> list[str]:
-    """The instruction sets the kernel needs that this CPU lacks."""
-    return [flag for flag in NEEDED_FLAGS if flag not in _cpu_flags()]
+def missing_cpu_flags(needed: tuple[str, ...] = NEEDED_FLAGS) -> list[str]:
+    """The instruction sets of ``needed`` (default: what the kernel needs) this CPU lacks."""
+    return [flag for flag in needed if flag not in _cpu_flags()]
 
 
 @functools.cache
@@ -122,7 +122,7 @@ def amx_problem() -> str | None:
     vnni = problem()
     if vnni:
         return vnni
-    missing = [flag for flag in AMX_FLAGS if flag not in _cpu_flags()]
+    missing = missing_cpu_flags(AMX_FLAGS)
     if missing:
         return f"this CPU lacks {', '.join(missing)}"
     if not _extension().amx_ready():

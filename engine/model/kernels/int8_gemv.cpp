@@ -235,6 +235,10 @@ void amx_mm(const Digits& d, const int8_t* wp, const scalar_t* sp, scalar_t* op,
       _tile_loadconfig(&config);
       alignas(64) int32_t c[4][16][16];
       alignas(64) float buffer[16 * AMX_ROWS];
+      // Where row m's value for weight row r goes in the buffer: m * AMX_ROWS + r.
+      const __m512i across = _mm512_mullo_epi32(
+          _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+          _mm512_set1_epi32(AMX_ROWS));
       for (int64_t block = begin; block < end; ++block) {
         const int64_t n0 = block * AMX_ROWS;
         const int8_t* w0 = wp + n0 * K;
@@ -268,9 +272,6 @@ void amx_mm(const Digits& d, const int8_t* wp, const scalar_t* sp, scalar_t* op,
           const __mmask16 valid = static_cast<__mmask16>((1u << count) - 1);
           const __m512 s_hi = _mm512_maskz_loadu_ps(valid, d.s_hi.data() + first);
           const __m512 s_lo = _mm512_maskz_loadu_ps(valid, d.s_lo.data() + first);
-          const __m512i across = _mm512_mullo_epi32(
-              _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-              _mm512_set1_epi32(AMX_ROWS));
           for (int64_t r = 0; r < AMX_ROWS; ++r) {
             const int half = static_cast<int>(r / 16), i = static_cast<int>(r % 16);
             const __m512 h = _mm512_cvtepi32_ps(_mm512_load_si512(c[2 * half][i]));
